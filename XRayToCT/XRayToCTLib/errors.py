@@ -1,0 +1,23 @@
+"""Errors that reach a user as one clear line."""
+from __future__ import annotations
+
+import os
+
+
+class XRayToCTError(Exception):
+    """Base class of the errors the library raises for problems a user can fix."""
+
+
+class InputError(XRayToCTError):
+    """Bad input: a file that is missing, unreadable, of the wrong kind or with bad values.
+
+    ``str(err)`` is one line naming the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class Cancelled(XRayToCTError):
+    """Raised when a progress callback asks to stop."""

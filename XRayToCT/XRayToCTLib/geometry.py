@@ -1,0 +1,385 @@
+"""The one place that knows coordinate systems.
+
+Conventions (used by every other module; change them here or nowhere):
+
+* Physical space is **LPS** (DICOM/ITK patient space): +x towards the patient's Left,
+  +y towards Posterior, +z towards Superior, in millimetres. Slicer works in **RAS**;
+  the only conversion is :data:`LPS_TO_RAS` (``diag(-1, -1, 1)``) used by
+  :meth:`Volume.ijk_to_ras` / :meth:`Volume.from_ijk_to_ras`.
+* A :class:`Volume` holds ``array`` indexed ``[k, j, i]`` (slice, row, column), exactly as
+  ``SimpleITK.GetArrayFromImage`` returns it; ``spacing`` and ``origin`` are given in
+  ITK order ``(i, j, k)`` / ``(x, y, z)``; ``direction`` is a 3x3 matrix whose *columns*
+  are the LPS directions of the i, j and k axes. Voxel ``(i, j, k)`` sits at
+  ``origin + direction @ (spacing * (i, j, k))``.
+* A :class:`ProjectionGeometry` is a perspective (cone-beam) X-ray set-up: a point source
+  at ``isocenter + sad * normal`` and a flat detector centred at
+  ``isocenter - (sid - sad) * normal``, perpendicular to ``normal``. ``normal`` points from
+  the isocentre towards the source (Plastimatch's ``--nrm``). Detector row 0 is the row
+  furthest along ``vup`` (the top of the image); columns run along
+  ``col_dir = vup x normal``, which is the conventional display of a radiograph *seen from
+  the source*: in the AP preset the patient's left is on the right of the image, in the
+  lateral preset (source on the patient's right) the face is on the right of the image.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+"""Linear map between LPS and RAS coordinates (it is its own inverse)."""
+
+
+def _as3(value: Sequence[float], name: str) -> tuple[float, float, float]:
+    arr = np.asarray(value, dtype=float).reshape(-1)
+    if arr.size != 3 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be three finite numbers, got {value!r}")
+    return (float(arr[0]), float(arr[1]), float(arr[2]))
+
+
+def lps_to_ras_points(points: np.ndarray) -> np.ndarray:
+    """Convert an ``(..., 3)`` array of LPS points to RAS (or back: the map is an involution)."""
+    return np.asarray(points, dtype=float) @ LPS_TO_RAS.T
+
+
+@dataclasses.dataclass
+class Volume:
+    """A 3D image with its full geometry, in LPS.
+
+    Args:
+        array: voxel values indexed ``[k, j, i]``.
+        spacing: voxel size along i, j, k in mm (all > 0).
+        origin: LPS position of voxel ``(0, 0, 0)`` in mm.
+        direction: 3x3 matrix, columns = LPS unit directions of the i, j, k axes.
+        metadata: free-form key/value pairs (source file, DICOM tags, window, ...).
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(3))
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        if self.array.ndim != 3:
+            raise ValueError(f"a Volume needs a 3D array, got shape {self.array.shape}")
+        self.spacing = _as3(self.spacing, "spacing")
+        if min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be positive, got {self.spacing}")
+        self.origin = _as3(self.origin, "origin")
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+            raise ValueError("direction must be an orthonormal 3x3 matrix")
+        self.direction = d
+
+    # -- shape -----------------------------------------------------------------------
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """Number of voxels along i, j, k (ITK order)."""
+        k, j, i = self.array.shape
+        return (i, j, k)
+
+    def with_array(self, array: np.ndarray, **metadata: Any) -> "Volume":
+        """A volume on the same grid with other voxel values."""
+        if np.shape(array) != self.array.shape:
+            raise ValueError(f"shape {np.shape(array)} differs from the grid {self.array.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction.copy(),
+                      {**self.metadata, **metadata})
+
+    # -- index <-> physical ----------------------------------------------------------
+    def index_to_lps(self) -> np.ndarray:
+        """4x4 matrix taking homogeneous ``(i, j, k, 1)`` to LPS millimetres."""
+        m = np.eye(4)
+        m[:3, :3] = self.direction @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    def lps_to_index(self) -> np.ndarray:
+        """4x4 matrix taking homogeneous LPS millimetres to continuous ``(i, j, k, 1)``."""
+        return np.linalg.inv(self.index_to_lps())
+
+    def ijk_to_ras(self) -> np.ndarray:
+        """Slicer's IJKToRAS matrix (the only LPS->RAS conversion in the project)."""
+        m = self.index_to_lps()
+        m[:3, :] = LPS_TO_RAS @ m[:3, :]
+        return m
+
+    @classmethod
+    def from_ijk_to_ras(cls, array: np.ndarray, ijk_to_ras: np.ndarray,
+                        metadata: dict[str, Any] | None = None) -> "Volume":
+        """Build a Volume from an array ``[k, j, i]`` and Slicer's 4x4 IJKToRAS matrix."""
+        m = np.asarray(ijk_to_ras, dtype=float).reshape(4, 4)
+        lin = LPS_TO_RAS @ m[:3, :3]
+        spacing = np.linalg.norm(lin, axis=0)
+        if np.any(spacing <= 0):
+            raise ValueError("IJKToRAS matrix has a zero-length axis")
+        return cls(array, tuple(spacing), tuple(LPS_TO_RAS @ m[:3, 3]), lin / spacing,
+                   dict(metadata or {}))
+
+    def physical_points(self, ijk: np.ndarray) -> np.ndarray:
+        """LPS positions of ``(N, 3)`` continuous indices ``(i, j, k)``."""
+        ijk = np.asarray(ijk, dtype=float)
+        return ijk @ (self.direction @ np.diag(self.spacing)).T + np.asarray(self.origin)
+
+    def continuous_index(self, points: np.ndarray) -> np.ndarray:
+        """Continuous ``(i, j, k)`` indices of ``(N, 3)`` LPS points."""
+        lin = self.direction @ np.diag(self.spacing)
+        return (np.asarray(points, dtype=float) - np.asarray(self.origin)) @ np.linalg.inv(lin).T
+
+    @property
+    def center(self) -> np.ndarray:
+        """LPS position of the geometric centre of the voxel grid."""
+        return self.physical_points(((np.asarray(self.size, dtype=float) - 1.0) / 2.0)[None])[0]
+
+    def corners(self) -> np.ndarray:
+        """LPS positions of the 8 outer corners of the grid (voxel edges, not centres)."""
+        lo = np.full(3, -0.5)
+        hi = np.asarray(self.size, dtype=float) - 0.5
+        c = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                      for z in (lo[2], hi[2])])
+        return self.physical_points(c)
+
+    def geometry_dict(self) -> dict[str, Any]:
+        return {"size": list(self.size), "spacing": list(self.spacing),
+                "origin": list(self.origin), "direction": self.direction.tolist(),
+                "space": "LPS"}
+
+
+def _unit(v: Sequence[float], name: str) -> np.ndarray:
+    a = np.asarray(_as3(v, name))
+    n = np.linalg.norm(a)
+    if n == 0:
+        raise ValueError(f"{name} must not be the zero vector")
+    return a / n
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectionGeometry:
+    """A perspective X-ray projection (point source, flat detector), in LPS millimetres.
+
+    Args:
+        sad: source-to-axis (isocentre) distance.
+        sid: source-to-image (detector) distance, ``> sad``.
+        pixels: detector ``(rows, cols)``.
+        detector_size: physical detector ``(height, width)`` in mm.
+        isocenter: LPS point the central ray passes through.
+        normal: unit vector from the isocentre towards the source.
+        vup: direction of the detector's top row (made orthogonal to ``normal``).
+        view: a name for the view (``"ap"``, ``"lateral"``, ...).
+    """
+
+    sad: float = 1000.0
+    sid: float = 1500.0
+    pixels: tuple[int, int] = (128, 128)
+    detector_size: tuple[float, float] = (400.0, 400.0)
+    isocenter: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    normal: tuple[float, float, float] = (0.0, -1.0, 0.0)
+    vup: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    view: str = "ap"
+
+    def __post_init__(self) -> None:
+        if not (self.sad > 0 and self.sid > self.sad):
+            raise ValueError(f"need 0 < sad < sid, got sad={self.sad}, sid={self.sid}")
+        rows, cols = (int(p) for p in self.pixels)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"detector pixels must be positive, got {self.pixels}")
+        h, w = (float(s) for s in self.detector_size)
+        if not (h > 0 and w > 0):
+            raise ValueError(f"detector size must be positive, got {self.detector_size}")
+        n = _unit(self.normal, "normal")
+        up = _unit(self.vup, "vup")
+        up = up - n * float(up @ n)
+        if np.linalg.norm(up) < 1e-6:
+            raise ValueError("vup must not be parallel to normal")
+        up = up / np.linalg.norm(up)
+        object.__setattr__(self, "pixels", (rows, cols))
+        object.__setattr__(self, "detector_size", (h, w))
+        object.__setattr__(self, "isocenter", _as3(self.isocenter, "isocenter"))
+        object.__setattr__(self, "normal", tuple(float(x) for x in n))
+        object.__setattr__(self, "vup", tuple(float(x) for x in up))
+        object.__setattr__(self, "sad", float(self.sad))
+        object.__setattr__(self, "sid", float(self.sid))
+
+    # -- derived quantities ------------------------------------------------------------
+    @property
+    def pixel_spacing(self) -> tuple[float, float]:
+        """Detector pixel size ``(row, col)`` in mm, at the detector plane."""
+        return (self.detector_size[0] / self.pixels[0], self.detector_size[1] / self.pixels[1])
+
+    @property
+    def col_dir(self) -> np.ndarray:
+        """LPS direction in which the column index grows: ``vup x normal``."""
+        return np.cross(np.asarray(self.vup), np.asarray(self.normal))
+
+    @property
+    def row_dir(self) -> np.ndarray:
+        """LPS direction in which the row index grows (``-vup``)."""
+        return -np.asarray(self.vup)
+
+    @property
+    def source(self) -> np.ndarray:
+        return np.asarray(self.isocenter) + self.sad * np.asarray(self.normal)
+
+    @property
+    def detector_center(self) -> np.ndarray:
+        return np.asarray(self.isocenter) - (self.sid - self.sad) * np.asarray(self.normal)
+
+    @property
+    def magnification(self) -> float:
+        """Magnification at the isocentre, ``sid / sad``."""
+        return self.sid / self.sad
+
+    def detector_origin(self) -> np.ndarray:
+        """LPS position of the centre of pixel (row 0, col 0)."""
+        rs, cs = self.pixel_spacing
+        rows, cols = self.pixels
+        return (self.detector_center - self.row_dir * rs * (rows - 1) / 2.0
+                - self.col_dir * cs * (cols - 1) / 2.0)
+
+    def detector_direction(self) -> np.ndarray:
+        """3x3 matrix, columns = LPS directions of detector column, row, and beam (towards
+        the detector). It is right-handed, so the detector is a valid 3D image slice."""
+        beam = -np.asarray(self.normal)
+        return np.stack([self.col_dir, self.row_dir, beam], axis=1)
+
+    def pixel_centers(self) -> np.ndarray:
+        """``(rows, cols, 3)`` LPS positions of every detector pixel centre."""
+        rs, cs = self.pixel_spacing
+        rows, cols = self.pixels
+        r = np.arange(rows, dtype=float)[:, None, None]
+        c = np.arange(cols, dtype=float)[None, :, None]
+        return self.detector_origin() + r * rs * self.row_dir + c * cs * self.col_dir
+
+    def project(self, points: np.ndarray) -> np.ndarray:
+        """Continuous ``(row, col)`` detector coordinates of ``(N, 3)`` LPS points.
+
+        The same formula, in torch, is :func:`project_points_torch` (used by models)."""
+        p = np.asarray(points, dtype=float) - self.source
+        n = -np.asarray(self.normal)
+        depth = p @ n  # distance along the central ray
+        scale = self.sid / depth
+        rs, cs = self.pixel_spacing
+        rows, cols = self.pixels
+        u = (p @ self.col_dir) * scale / cs + (cols - 1) / 2.0
+        v = (p @ self.row_dir) * scale / rs + (rows - 1) / 2.0
+        return np.stack([v, u], axis=-1)
+
+    def projection_matrix(self) -> np.ndarray:
+        """3x4 matrix P with ``(col*w, row*w, w) = P @ (x, y, z, 1)`` for LPS points."""
+        rs, cs = self.pixel_spacing
+        rows, cols = self.pixels
+        n = -np.asarray(self.normal)
+        r = np.stack([self.col_dir, self.row_dir, n])  # world -> camera rotation
+        t = -r @ self.source
+        k = np.array([[self.sid / cs, 0, (cols - 1) / 2.0],
+                      [0, self.sid / rs, (rows - 1) / 2.0],
+                      [0, 0, 1.0]])
+        return k @ np.concatenate([r, t[:, None]], axis=1)
+
+    # -- presets -------------------------------------------------------------------------
+    def centered_on(self, point: Sequence[float]) -> "ProjectionGeometry":
+        """The same geometry with its isocentre moved to ``point`` (LPS)."""
+        return dataclasses.replace(self, isocenter=_as3(point, "isocenter"))
+
+    def with_pixels(self, rows: int, cols: int | None = None) -> "ProjectionGeometry":
+        return dataclasses.replace(self, pixels=(rows, cols if cols is not None else rows))
+
+    @classmethod
+    def preset(cls, view: str, **kwargs: Any) -> "ProjectionGeometry":
+        """``"ap"``: source anterior, detector posterior, top = superior, patient's left on
+        the image's right. ``"pa"``: the reverse beam. ``"lateral"``: source on the
+        patient's right, detector on the left, top = superior, anterior on the image's
+        right. Other keyword arguments override the default geometry."""
+        normals = {"ap": (0.0, -1.0, 0.0), "pa": (0.0, 1.0, 0.0),
+                   "lateral": (-1.0, 0.0, 0.0), "lateral_left": (1.0, 0.0, 0.0)}
+        if view not in normals:
+            raise ValueError(f"unknown view {view!r}; choose one of {sorted(normals)}")
+        kwargs.setdefault("normal", normals[view])
+        kwargs.setdefault("vup", (0.0, 0.0, 1.0))
+        return cls(view=view, **kwargs)
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update({"space": "LPS", "units": "mm",
+                  "pixel_spacing": list(self.pixel_spacing),
+                  "source": self.source.tolist(),
+                  "detector_center": self.detector_center.tolist(),
+                  "col_dir": self.col_dir.tolist(), "row_dir": self.row_dir.tolist(),
+                  "convention": "normal points from isocenter to source; row 0 is the top "
+                                "(along vup); columns run along vup x normal (image seen "
+                                "from the source)"})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProjectionGeometry":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+DEFAULT_SAD = 1000.0
+DEFAULT_SID = 1500.0
+DEFAULT_DETECTOR_MM = 400.0
+DEFAULT_PIXELS = 128
+
+
+def default_biplanar(isocenter: Sequence[float] = (0.0, 0.0, 0.0), pixels: int = DEFAULT_PIXELS,
+                     sad: float = DEFAULT_SAD, sid: float = DEFAULT_SID,
+                     detector_mm: float = DEFAULT_DETECTOR_MM) -> dict[str, ProjectionGeometry]:
+    """The project's fixed default geometry (seed 001 used one fixed Plastimatch geometry
+    and did not publish it): Plastimatch's default SAD 1000 mm and SID 1500 mm, a square
+    400 mm detector of 128 x 128 pixels (2.08 mm per pixel at the isocentre: a 256 mm head
+    field of view fits with margin), AP and lateral views about ``isocenter``."""
+    common = dict(sad=sad, sid=sid, pixels=(pixels, pixels),
+                  detector_size=(detector_mm, detector_mm), isocenter=tuple(isocenter))
+    return {"ap": ProjectionGeometry.preset("ap", **common),
+            "lateral": ProjectionGeometry.preset("lateral", **common)}
+
+
+def rotation_matrix(angles_deg: Sequence[float]) -> np.ndarray:
+    """Rotation about LPS x, then y, then z (degrees), as a 3x3 matrix ``Rz @ Ry @ Rx``."""
+    ax, ay, az = (math.radians(a) for a in angles_deg)
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+@dataclasses.dataclass
+class Radiograph:
+    """A 2D projection image.
+
+    Args:
+        array: pixel values indexed ``[row, col]``; row 0 is the top of the image.
+        pixel_spacing: ``(row, col)`` pixel size in mm at the detector (``None`` if unknown).
+        geometry: the projection that made it, when known (DRRs always carry it).
+        metadata: free-form key/value pairs (view, modality, source file, units, ...).
+    """
+
+    array: np.ndarray
+    pixel_spacing: tuple[float, float] | None = None
+    geometry: ProjectionGeometry | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        if self.array.ndim != 2:
+            raise ValueError(f"a Radiograph needs a 2D array, got shape {self.array.shape}")
+        if self.pixel_spacing is None and self.geometry is not None:
+            self.pixel_spacing = self.geometry.pixel_spacing
+        if self.pixel_spacing is not None:
+            ps = tuple(float(x) for x in self.pixel_spacing)
+            if len(ps) != 2 or min(ps) <= 0 or not all(math.isfinite(x) for x in ps):
+                raise ValueError(f"pixel spacing must be two positive numbers, got {ps}")
+            self.pixel_spacing = (ps[0], ps[1])
+        if self.geometry is not None and tuple(self.array.shape) != self.geometry.pixels:
+            raise ValueError(f"image shape {self.array.shape} differs from the geometry's "
+                             f"detector {self.geometry.pixels}")
