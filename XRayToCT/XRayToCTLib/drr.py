@@ -101,6 +101,9 @@ class DRRRenderer(torch.nn.Module):
         volume_grid: a :class:`Volume` whose grid (size, spacing, origin, direction) the
             inputs live on; its voxel values are not used.
         chunk_rays: rays processed at once (bounds memory; ``None`` = all).
+        interpolation: ``"bilinear"`` (default: the line integral of the trilinearly
+            interpolated volume, smooth gradients for training) or ``"nearest"`` (voxels as
+            constant boxes, the model of Plastimatch's exact ray trace).
 
     ``forward(mu)`` takes attenuation per mm, shaped ``[B, D, H, W]`` or ``[B, 1, D, H, W]``
     (``D, H, W`` = k, j, i of the grid), and returns line integrals / 10 shaped
@@ -108,7 +111,7 @@ class DRRRenderer(torch.nn.Module):
     """
 
     def __init__(self, geometries: Sequence[ProjectionGeometry], volume_grid: Volume,
-                 chunk_rays: int | None = None):
+                 chunk_rays: int | None = None, interpolation: str = "bilinear"):
         super().__init__()
         if not geometries:
             raise ValueError("at least one geometry is needed")
@@ -118,6 +121,9 @@ class DRRRenderer(torch.nn.Module):
         self.geometries = list(geometries)
         self.grid_shape = tuple(volume_grid.array.shape)  # (D, H, W)
         self.chunk_rays = chunk_rays
+        if interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"interpolation must be bilinear or nearest, got {interpolation!r}")
+        self.mode = interpolation
         self.axes: list[int] = []  # per view: tensor dim (0=k, 1=j, 2=i) the planes stack on
         for v, g in enumerate(self.geometries):
             grid, seg, dim = _joseph_plan(g, volume_grid)
@@ -146,7 +152,7 @@ class DRRRenderer(torch.nn.Module):
             parts = []
             for s in range(0, nrays, chunk):
                 g = grid[:, :, s:s + chunk].repeat(b, 1, 1, 1) if b > 1 else grid[:, :, s:s + chunk]
-                val = F.grid_sample(planes, g, mode="bilinear", padding_mode="zeros",
+                val = F.grid_sample(planes, g, mode=self.mode, padding_mode="zeros",
                                     align_corners=False)  # (B*n, 1, 1, r)
                 parts.append(val.reshape(b, n, -1).sum(dim=1))
             out.append(torch.cat(parts, dim=1) * seg)
@@ -183,17 +189,17 @@ def _joseph_plan(geom: ProjectionGeometry, volume_grid: Volume):
 
 
 def render(volume: Volume, geometries: Sequence[ProjectionGeometry], *, device="auto",
-           exponential: bool = False) -> list[Radiograph]:
+           exponential: bool = False, interpolation: str = "bilinear") -> list[Radiograph]:
     """Render DRRs of a HU volume with the torch renderer; one Radiograph per geometry."""
     dev = resolve_device(device)
-    renderer = DRRRenderer(geometries, volume).to(dev)
+    renderer = DRRRenderer(geometries, volume, interpolation=interpolation).to(dev)
     with torch.no_grad():
         hu = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32)).to(dev)
         img = renderer(hu_to_mu(hu)[None])[0]
         if exponential:
             img = torch.exp(-img)
     img = img.cpu().numpy()
-    return [_radiograph(img[i], g, "torch", volume, exponential)
+    return [_radiograph(img[i], g, f"torch ({interpolation})", volume, exponential)
             for i, g in enumerate(geometries)]
 
 
@@ -221,12 +227,14 @@ def biplanar_geometry(volume: Volume, *, pixels: int = 128, sad: float | None = 
 
 
 def render_biplanar(volume: Volume, *, pixels: int = 128, backend: str = "torch",
-                    device="auto", **geometry_kw) -> dict[str, Radiograph]:
+                    device="auto", interpolation: str = "bilinear",
+                    **geometry_kw) -> dict[str, Radiograph]:
     """AP and lateral DRRs of a HU volume at the default geometry (see
     :func:`~XRayToCTLib.geometry.default_biplanar`)."""
     geoms = biplanar_geometry(volume, pixels=pixels, **geometry_kw)
     if backend == "torch":
-        images = render(volume, list(geoms.values()), device=device)
+        images = render(volume, list(geoms.values()), device=device,
+                        interpolation=interpolation)
     elif backend == "plastimatch":
         images = [render_plastimatch(volume, g) for g in geoms.values()]
     else:

@@ -1,0 +1,207 @@
+"""DRR renderer: geometry (axes and flips), physics, differentiability, and agreement with
+Plastimatch's ``drr`` (the reference) on the same CT and geometry."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from XRayToCTLib import drr
+from XRayToCTLib.geometry import ProjectionGeometry, Volume, rotation_matrix
+from XRayToCTLib.phantom import head_phantom
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+needs_plastimatch = pytest.mark.skipif(drr.plastimatch_executable() is None,
+                                       reason="the plastimatch program is not installed "
+                                              "(pip install plastimatch)")
+
+
+def _blob_volume(center_mm, size=48, spacing=2.0, hu=1000.0, radius=4.0) -> Volume:
+    """Air with one small dense sphere at an LPS position."""
+    n = size
+    origin = -(n - 1) * spacing / 2.0
+    g = origin + spacing * np.arange(n)
+    z, y, x = np.meshgrid(g, g, g, indexing="ij")
+    c = np.asarray(center_mm)
+    r = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
+    return Volume(np.where(r < radius, hu, -1000.0).astype(np.float32), (spacing,) * 3,
+                  (origin,) * 3)
+
+
+def _peak(img: np.ndarray) -> np.ndarray:
+    """Intensity-weighted centroid (row, col) of an image."""
+    w = np.clip(img, 0, None)
+    r, c = np.indices(img.shape)
+    return np.array([(w * r).sum(), (w * c).sum()]) / w.sum()
+
+
+@pytest.mark.parametrize("view", ["ap", "lateral", "pa", "lateral_left"])
+def test_point_projects_where_the_geometry_says(view):
+    center = np.array([30.0, -20.0, 25.0])  # left, anterior, superior
+    vol = _blob_volume(center)
+    geom = ProjectionGeometry.preset(view, pixels=(64, 64), detector_size=(300.0, 300.0))
+    img = drr.render(vol, [geom], device="cpu")[0].array
+    np.testing.assert_allclose(_peak(img), geom.project(center[None])[0], atol=0.3)  # perspective: centroid != centre
+
+
+def test_documented_flips():
+    """AP: superior at the top, patient's left on the right. Lateral (source on the right):
+    superior at the top, anterior (face) on the right."""
+    geoms = {g: ProjectionGeometry.preset(g, pixels=(64, 64), detector_size=(300.0, 300.0))
+             for g in ("ap", "lateral")}
+    sup_left_ant = _blob_volume([40.0, -40.0, 40.0])
+    ap, lat = (r.array for r in drr.render(sup_left_ant, list(geoms.values()), device="cpu"))
+    r_ap, c_ap = _peak(ap)
+    r_lat, c_lat = _peak(lat)
+    assert r_ap < 31.5 and r_lat < 31.5  # superior = top rows
+    assert c_ap > 31.5  # patient's left on the image's right
+    assert c_lat > 31.5  # anterior on the image's right
+
+
+def test_line_integral_of_a_water_box_is_exact():
+    """A 100 mm water cube: the central ray's value is 100 mm * 0.022 / 10."""
+    n, sp = 50, 2.0
+    vol = Volume(np.zeros((n, n, n), np.float32), (sp,) * 3, (-(n - 1) * sp / 2,) * 3)
+    geom = ProjectionGeometry.preset("ap", pixels=(33, 33), detector_size=(60.0, 60.0))
+    img = drr.render(vol, [geom], device="cpu")[0].array
+    assert img[16, 16] == pytest.approx(100.0 * drr.MU_WATER_PER_MM / 10.0, rel=1e-4)
+    # the ray through pixel (16, 0) is oblique: longer path, same cube
+    p = geom.pixel_centers()[16, 0]
+    cos = abs((p - geom.source) @ np.asarray(geom.normal)) / np.linalg.norm(p - geom.source)
+    assert img[16, 0] == pytest.approx(100.0 / cos * drr.MU_WATER_PER_MM / 10.0, rel=2e-3)
+
+
+def test_hu_conversion_matches_plastimatch_definition():
+    hu = np.array([-1000.0, -800.0, -799.0, 0.0, 1000.0])
+    np.testing.assert_allclose(drr.hu_to_mu(hu), [0, 0, 0.022 * 0.201, 0.022, 0.044], rtol=1e-5)
+    t = drr.hu_to_mu(torch.from_numpy(hu))
+    np.testing.assert_allclose(t.numpy(), drr.hu_to_mu(hu), rtol=1e-6)
+
+
+def test_renderer_is_differentiable_and_batched():
+    vol = head_phantom(12, 16.0, seed=3, noise_hu=0.0)
+    geoms = [ProjectionGeometry.preset(v, pixels=(6, 6), detector_size=(300.0, 300.0))
+             for v in ("ap", "lateral")]
+    r = drr.DRRRenderer(geoms, vol).double()
+    mu = torch.rand(1, *vol.array.shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda m: r(m), (mu,), eps=1e-6, atol=1e-6)
+    batch = torch.rand(3, *vol.array.shape, dtype=torch.float64)
+    together = r(batch)
+    alone = torch.cat([r(batch[i:i + 1]) for i in range(3)])
+    assert together.shape == (3, 2, 6, 6)
+    torch.testing.assert_close(together, alone)
+    # chunking rays changes nothing
+    r2 = drr.DRRRenderer(geoms, vol, chunk_rays=7).double()
+    torch.testing.assert_close(r2(batch), together)
+
+
+def test_drr_metadata_documents_geometry():
+    vol = head_phantom(24, 10.0, seed=0)
+    images = drr.render_biplanar(vol, pixels=32, device="cpu")
+    assert set(images) == {"ap", "lateral"}
+    for view, rad in images.items():
+        assert rad.geometry.view == view
+        assert rad.array.shape == (32, 32)
+        np.testing.assert_allclose(rad.geometry.isocenter, vol.center)
+        assert "row 0" in rad.metadata["orientation"]
+        d = rad.geometry.to_dict()
+        assert ProjectionGeometry.from_dict(d) == rad.geometry
+
+
+def _relative_error_in_head(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]:
+    head = ref > 0.05 * ref.max()
+    rel = np.abs(test - ref)[head] / ref[head]
+    return float(np.mean(rel)), float(np.percentile(rel, 99))
+
+
+def _oblique(vol: Volume, angles=(12.0, -8.0, 20.0)) -> Volume:
+    """The same physical head stored with an oblique, non-LPS direction (resampled)."""
+    import SimpleITK as sitk
+
+    from XRayToCTLib.io import sitk_to_volume, volume_to_sitk
+    d = rotation_matrix(angles) @ np.diag([-1.0, 1.0, 1.0])  # also flips the i axis
+    ref = Volume(np.zeros(vol.array.shape, np.uint8), vol.spacing, (0, 0, 0), d)
+    shift = vol.center - ref.center
+    ref = Volume(ref.array, vol.spacing, tuple(shift), d)
+    img = sitk.Resample(volume_to_sitk(vol), volume_to_sitk(ref), sitk.Transform(),
+                        sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+    return sitk_to_volume(img)
+
+
+# Tolerances reached (mean relative error over head pixels, p99 printed with -s):
+# * "nearest" (voxels as boxes, Plastimatch's model): < 1 % at any grid (about 0.4 %);
+# * "bilinear" (the default): < 1 % at the protocol's 1 mm grid (0.7 %, benchmarks/drr.py),
+#   about 2 % at 2-2.5 mm, where skull edges alias differently in the two models. The
+#   total signal agrees within 0.5 % at any grid (no bias).
+TOLERANCE = {"nearest": 0.01, "bilinear": 0.025}
+
+
+@needs_plastimatch
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_agrees_with_plastimatch_on_a_phantom_head(interpolation):
+    vol = head_phantom(96, 2.5, seed=1)
+    geoms = drr.biplanar_geometry(vol, pixels=96)
+    ours = drr.render(vol, list(geoms.values()), device="cpu", interpolation=interpolation)
+    for g, mine in zip(geoms.values(), ours):
+        ref = drr.render_plastimatch(vol, g).array
+        mean_rel, p99 = _relative_error_in_head(ref, mine.array)
+        print(f"phantom {g.view} {interpolation}: mean relative error {mean_rel:.3%}, p99 {p99:.2%}")
+        assert mean_rel < TOLERANCE[interpolation], (g.view, mean_rel)
+        assert mine.array.sum() == pytest.approx(ref.sum(), rel=0.005)
+
+
+@needs_plastimatch
+def test_agrees_with_plastimatch_on_an_oblique_non_lps_head():
+    """Plastimatch ignores direction cosines, so its backend resamples the oblique volume
+    onto an LPS grid first; the torch renderer traces the oblique grid itself."""
+    vol = _oblique(head_phantom(96, 2.5, seed=1))
+    assert not np.allclose(vol.direction, np.eye(3))
+    geoms = drr.biplanar_geometry(vol, pixels=96)
+    for g, mine in zip(geoms.values(), drr.render(vol, list(geoms.values()), device="cpu")):
+        ref = drr.render_plastimatch(vol, g).array
+        mean_rel, p99 = _relative_error_in_head(ref, mine.array)
+        print(f"oblique {g.view}: mean relative error {mean_rel:.3%}, p99 {p99:.2%}")
+        assert mean_rel < TOLERANCE["bilinear"], (g.view, mean_rel)
+        assert mine.array.sum() == pytest.approx(ref.sum(), rel=0.005)
+
+
+@needs_plastimatch
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_agrees_with_plastimatch_on_a_real_head(interpolation):
+    folder = SHARED / "head_ct" / "slicer_ctheadaxial"
+    if not folder.is_dir():
+        pytest.skip(f"real head CT not available ({folder} is absent)")
+    from XRayToCTLib.io import read_volume
+    vol = read_volume(folder, rescale=(1.0, -1024.0))
+    geoms = drr.biplanar_geometry(vol, pixels=96)
+    ours = drr.render(vol, list(geoms.values()), device="cpu", interpolation=interpolation)
+    for g, mine in zip(geoms.values(), ours):
+        ref = drr.render_plastimatch(vol, g).array
+        mean_rel, p99 = _relative_error_in_head(ref, mine.array)
+        print(f"CTHead {g.view} {interpolation}: mean relative error {mean_rel:.3%}, p99 {p99:.2%}")
+        assert mean_rel < TOLERANCE[interpolation], (g.view, mean_rel)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_matches_cpu():
+    vol = head_phantom(64, 4.0, seed=2)
+    geoms = list(drr.biplanar_geometry(vol, pixels=64).values())
+    cpu = drr.render(vol, geoms, device="cpu")
+    gpu = drr.render(vol, geoms, device="cuda")
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(b.array, a.array, rtol=1e-4, atol=1e-5)
+
+
+def test_geometry_validation():
+    with pytest.raises(ValueError):
+        ProjectionGeometry(sad=1500.0, sid=1000.0)
+    with pytest.raises(ValueError):
+        ProjectionGeometry(normal=(0, 0, 1), vup=(0, 0, 2))
+    with pytest.raises(ValueError):
+        ProjectionGeometry.preset("oblique")
+    g = ProjectionGeometry.preset("ap", vup=(0.0, 0.3, 1.0))  # made orthogonal to normal
+    assert abs(np.dot(g.vup, g.normal)) < 1e-12
+    assert dataclasses.replace(g, sad=900.0).magnification == pytest.approx(1500 / 900)

@@ -1,0 +1,314 @@
+"""The ``xraytoct`` command. ``XRayToCTTraining.py`` runs the same parser inside Slicer.
+
+Exit status: 0 success; 2 bad input or usage (one line ``error: ...`` on stderr, no
+traceback); 1 an internal failure (set ``XRAYTOCT_DEBUG=1`` for the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import Cancelled, InputError, XRayToCTError
+from .progress import ProgressCallback
+
+PROG = "xraytoct"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error, as every bad input gets."""
+
+    def error(self, message: str):  # noqa: D401 (argparse API)
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_rescale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rescale", nargs=2, type=float, metavar=("SLOPE", "INTERCEPT"),
+                   help="map stored values to HU as SLOPE*value+INTERCEPT, for CTs whose "
+                        "header does not say (e.g. --rescale 1 -1024)")
+    p.add_argument("--series", metavar="UID",
+                   help="SeriesInstanceUID to read when a DICOM folder holds several series")
+
+
+def _add_geometry(p: argparse.ArgumentParser) -> None:
+    from .geometry import DEFAULT_DETECTOR_MM, DEFAULT_PIXELS, DEFAULT_SAD, DEFAULT_SID
+    g = p.add_argument_group("DRR geometry (LPS mm; defaults: the project's fixed geometry)")
+    g.add_argument("--sad", type=float, default=DEFAULT_SAD,
+                   help="source-to-axis (isocentre) distance in mm (default %(default)g)")
+    g.add_argument("--sid", type=float, default=DEFAULT_SID,
+                   help="source-to-image (detector) distance in mm (default %(default)g)")
+    g.add_argument("--detector-size", type=float, default=DEFAULT_DETECTOR_MM, metavar="MM",
+                   help="side of the square detector in mm (default %(default)g)")
+    g.add_argument("--pixels", type=int, default=DEFAULT_PIXELS,
+                   help="detector pixels per side (default %(default)d)")
+    g.add_argument("--isocenter", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="LPS point the central rays pass through (default: the CT's centre)")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to compute: auto = the GPU when there is one (default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The one argument parser of ``xraytoct`` and of ``XRayToCTTraining.py``."""
+    from . import __version__
+    parser = _Parser(prog=PROG, description="XRayToCT: synthetic head CT (sCT) from "
+                     "radiographs. Every sCT it makes is synthetic: not for diagnosis.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("convert", help="convert a CT or radiograph to NIfTI, NRRD, MHA or DICOM",
+                       description="Convert a CT (NIfTI, NRRD, MHA, DICOM folder) or a radiograph "
+                       "(DICOM, PNG/TIFF/JPEG, 2D NRRD/NIfTI) to NIfTI/NRRD/MHA (by OUT's "
+                       "extension) or to a DICOM series (OUT a folder: a CT only). Geometry "
+                       "(spacing, origin, direction) is kept exactly.")
+    p.add_argument("input", metavar="IN", help="input file or DICOM folder")
+    p.add_argument("output", metavar="OUT", help="output file (.nii.gz, .nii, .nrrd, .mha) or "
+                   "a folder for a DICOM series")
+    p.add_argument("--radiograph", action="store_true",
+                   help="treat IN as a radiograph (default: decided from the data)")
+    _add_rescale(p)
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("preprocess", help="the seed-001 preprocessing of a CT",
+                       description="Register a CT rigidly to a head template (Mattes mutual "
+                       "information, 6 DOF, 3-level pyramid), resample to 1 mm in template "
+                       "space, clip to [-1000, 1000] HU, crop/pad to 256^3 around the head, and "
+                       "resample the target to 128^3. Writes OUT and OUT's sidecar .json "
+                       "(transform back to the CT, provenance).")
+    p.add_argument("ct", metavar="CT", help="CT file or DICOM folder")
+    p.add_argument("--out", required=True, help="output volume (.nii.gz, .nrrd, .mha)")
+    p.add_argument("--template", help="template CT to register to (default: $XRAYTOCT_TEMPLATE, "
+                   "else the Rorden template in ../shared/data when present)")
+    p.add_argument("--no-register", action="store_true",
+                   help="skip registration (the CT is already in template space)")
+    p.add_argument("--window", choices=["brain", "full", "bone"],
+                   help="map the output to [0, 1] in this window (default: HU)")
+    p.add_argument("--size", type=int, default=256, help="grid side at 1 mm (default 256)")
+    p.add_argument("--target-size", type=int, default=128,
+                   help="side of the written target grid (default 128)")
+    _add_rescale(p)
+    p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("drr", help="render AP and lateral DRRs of a CT",
+                       description="Render anteroposterior and lateral digitally reconstructed "
+                       "radiographs of a CT: DIR/ap.nrrd, DIR/lateral.nrrd and DIR/geometry.json. "
+                       "Row 0 is superior; AP shows the patient's left on the right, lateral "
+                       "(source on the patient's right) shows the face on the right.")
+    p.add_argument("ct", metavar="CT", help="CT file or DICOM folder (HU)")
+    p.add_argument("--out-dir", required=True, help="output folder")
+    p.add_argument("--backend", choices=["torch", "plastimatch"], default="torch",
+                   help="torch (differentiable, CPU/GPU; default) or plastimatch (reference)")
+    _add_geometry(p)
+    _add_device(p)
+    _add_rescale(p)
+    p.set_defaults(func=_cmd_drr)
+
+    p = sub.add_parser("phantom", help="generate a synthetic head CT",
+                       description="Generate a synthetic head CT in HU (deterministic by seed).")
+    p.add_argument("--out", required=True, help="output volume (.nii.gz, .nrrd, .mha)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", type=int, default=256, help="voxels per side (default 256)")
+    p.add_argument("--spacing", type=float, default=1.0, help="mm per voxel (default 1)")
+    p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("demo", help="the main job on an embedded default (a phantom head)",
+                       description="Generate a phantom head CT, preprocess it, render its AP and "
+                       "lateral DRRs, and write files you can open (NIfTI, NRRD, PNG previews).")
+    p.add_argument("--out", default="xraytoct-demo", help="output folder (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
+    p.add_argument("--size", type=int, default=256, help="phantom voxels per side at 1 mm "
+                   "(default 256, the seed protocol)")
+    _add_device(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------
+
+def _tqdm_progress(desc: str) -> tuple[ProgressCallback, Callable[[], None]]:
+    """A progress callback drawing a tqdm bar on stderr (silent when not a terminal)."""
+    from tqdm import tqdm
+    bar = tqdm(total=1000, desc=desc, unit="‰", leave=False,
+               disable=not sys.stderr.isatty(), bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def cb(fraction: float, message: str):
+        bar.n = int(fraction * 1000)
+        bar.set_postfix_str(message, refresh=True)
+        return None
+
+    return cb, bar.close
+
+
+def _read_ct(args, path: str):
+    from .io import read_volume
+    return read_volume(path, rescale=tuple(args.rescale) if args.rescale else None,
+                       series_uid=args.series)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Atomic JSON write (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _out_dir(path: str) -> Path:
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise InputError(d, "exists and is not a folder")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _cmd_convert(args) -> int:
+    from .io import read_radiograph, read_volume, write_dicom_series, write_radiograph, write_volume
+    out = Path(args.output)
+    to_dicom = out.suffix == "" or out.is_dir()
+    if args.radiograph:
+        rad = read_radiograph(args.input)
+        if to_dicom:
+            raise InputError(out, "radiographs are written as NRRD/NIfTI/MHA files, not DICOM "
+                             "folders: give OUT a .nrrd, .nii.gz or .mha extension")
+        write_radiograph(rad, out)
+    else:
+        try:
+            vol = read_volume(args.input, rescale=tuple(args.rescale) if args.rescale else None,
+                              series_uid=args.series)
+        except InputError as err:
+            if "2D" not in err.problem and "radiograph" not in err.problem:
+                raise
+            rad = read_radiograph(args.input)  # a 2D image: a radiograph
+            if to_dicom:
+                raise InputError(out, "radiographs are written as NRRD/NIfTI/MHA files") from err
+            write_radiograph(rad, out)
+            print(f"wrote radiograph {out}")
+            return 0
+        if to_dicom:
+            files = write_dicom_series(vol, out, source=vol, synthetic=False,
+                                       series_description=f"converted by {PROG}")
+            print(f"wrote {len(files)} DICOM files to {out}")
+            return 0
+        write_volume(vol, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_preprocess(args) -> int:
+    from . import preprocess as pp
+    from .io import write_volume
+    ct = _read_ct(args, args.ct)
+    template = None
+    if not args.no_register:
+        path = args.template or pp.default_template_path()
+        if path is None:
+            raise InputError(None, "no registration template: pass --template FILE, set "
+                             "XRAYTOCT_TEMPLATE, or pass --no-register")
+        template = pp.load_template(path)
+    cb, close = _tqdm_progress("preprocess")
+    try:
+        res = pp.preprocess_ct(ct, template, register=not args.no_register, size=args.size,
+                               target_size=args.target_size, window=args.window, progress=cb)
+    finally:
+        close()
+    out = Path(args.out)
+    write_volume(res.target, out)
+    sidecar = out.with_name(out.name.split(".")[0] + ".json")
+    _write_json(sidecar, res.to_dict() if hasattr(res, "to_dict") else {})
+    print(f"wrote {out} and {sidecar}")
+    return 0
+
+
+def _geometry_kw(args) -> dict:
+    return dict(pixels=args.pixels, sad=args.sad, sid=args.sid, detector_mm=args.detector_size,
+                isocenter=args.isocenter)
+
+
+def _write_drrs(images: dict, out: Path, extra: dict | None = None) -> None:
+    from .io import write_radiograph
+    for view, rad in images.items():
+        write_radiograph(rad, out / f"{view}.nrrd")
+    _write_json(out / "geometry.json", {
+        "views": {v: r.geometry.to_dict() for v, r in images.items()},
+        "units": next(iter(images.values())).metadata.get("units"),
+        "hu_conversion": next(iter(images.values())).metadata.get("hu_conversion"),
+        **(extra or {})})
+
+
+def _cmd_drr(args) -> int:
+    from .drr import render_biplanar
+    from .geometry import ProjectionGeometry  # noqa: F401 (validated inside)
+    ct = _read_ct(args, args.ct)
+    try:
+        images = render_biplanar(ct, backend=args.backend, device=args.device, **_geometry_kw(args))
+    except ValueError as err:  # geometry out of range
+        raise InputError(None, f"invalid DRR geometry: {err}") from err
+    out = _out_dir(args.out_dir)
+    _write_drrs(images, out, {"ct": str(Path(args.ct).resolve()), "backend": args.backend})
+    print(f"wrote {out / 'ap.nrrd'}, {out / 'lateral.nrrd'} and {out / 'geometry.json'}")
+    return 0
+
+
+def _cmd_phantom(args) -> int:
+    from .io import write_volume
+    from .phantom import head_phantom
+    write_volume(head_phantom(args.size, args.spacing, seed=args.seed), Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+    cb, close = _tqdm_progress("demo")
+    try:
+        files = run_demo(Path(args.out), seed=args.seed, size=args.size, device=args.device,
+                         progress=cb)
+    finally:
+        close()
+    print(f"demo written to {Path(args.out).resolve()}:")
+    for f in files:
+        print(f"  {f.name}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``xraytoct`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, Cancelled) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except XRayToCTError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # an internal failure: say so plainly
+        if os.environ.get("XRAYTOCT_DEBUG"):
+            traceback.print_exc()
+        print(f"internal error: {type(err).__name__}: {err} (set XRAYTOCT_DEBUG=1 for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
