@@ -43,8 +43,8 @@ AIR_THRESHOLD_HU = -800.0
 def hu_to_mu(hu: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     """Linear attenuation per mm from HU, as Plastimatch converts them (see module doc)."""
     if isinstance(hu, torch.Tensor):
-        mu = MU_WATER_PER_MM * (1.0 + hu / 1000.0)
-        return torch.where(hu > AIR_THRESHOLD_HU, mu, torch.zeros_like(mu))
+        mu = hu * (MU_WATER_PER_MM / 1000.0) + MU_WATER_PER_MM
+        return mu * (hu > AIR_THRESHOLD_HU)
     hu = np.asarray(hu, dtype=np.float32)
     return np.where(hu > AIR_THRESHOLD_HU, MU_WATER_PER_MM * (1.0 + hu / 1000.0), 0.0
                     ).astype(np.float32)
@@ -126,10 +126,9 @@ class DRRRenderer(torch.nn.Module):
         self.mode = interpolation
         self.axes: list[int] = []  # per view: tensor dim (0=k, 1=j, 2=i) the planes stack on
         for v, g in enumerate(self.geometries):
-            grid, seg, dim = _joseph_plan(g, volume_grid)
+            plan, dim = _joseph_plan(g, volume_grid)
             self.axes.append(dim)
-            self.register_buffer(f"grid{v}", grid, persistent=False)
-            self.register_buffer(f"seg{v}", seg, persistent=False)
+            self.register_buffer(f"plan{v}", plan, persistent=False)
 
     def forward(self, mu: torch.Tensor) -> torch.Tensor:
         if mu.dim() == 5:
@@ -143,49 +142,57 @@ class DRRRenderer(torch.nn.Module):
         rows, cols = self.geometries[0].pixels
         out = []
         for v, dim in enumerate(self.axes):
-            grid = getattr(self, f"grid{v}").to(mu.dtype)  # (n, 1, R, 2)
-            seg = getattr(self, f"seg{v}").to(mu.dtype)  # (R,)
-            n, _, nrays, _ = grid.shape
+            plan = getattr(self, f"plan{v}").to(mu.dtype)  # (R, 7)
             planes = mu.movedim(dim + 1, 1).contiguous()  # (B, n, P, Q)
+            n = planes.shape[1]
             planes = planes.reshape(b * n, 1, *planes.shape[2:])
+            c = torch.arange(n, device=mu.device, dtype=mu.dtype)[:, None]  # plane index
+            nrays = plan.shape[0]
             chunk = self.chunk_rays or nrays
             parts = []
             for s in range(0, nrays, chunk):
-                g = grid[:, :, s:s + chunk].repeat(b, 1, 1, 1) if b > 1 else grid[:, :, s:s + chunk]
-                val = F.grid_sample(planes, g, mode=self.mode, padding_mode="zeros",
+                p = plan[s:s + chunk]
+                # where each ray crosses each plane: linear in the plane index
+                grid = torch.addcmul(p[:, 0:4:2], c[..., None], p[:, 1:4:2])  # (n, r, 2)
+                if bool((p[:, 4] > 0).any() | (p[:, 5] < n - 1).any()):
+                    # the source or the detector inside the box: drop planes outside
+                    inside = (c >= p[:, 4]) & (c <= p[:, 5])
+                    grid = torch.where(inside[..., None], grid, torch.full_like(grid, 4.0))
+                grid = grid[:, None].repeat(b, 1, 1, 1) if b > 1 else grid[:, None]
+                val = F.grid_sample(planes, grid, mode=self.mode, padding_mode="zeros",
                                     align_corners=False)  # (B*n, 1, 1, r)
-                parts.append(val.reshape(b, n, -1).sum(dim=1))
-            out.append(torch.cat(parts, dim=1) * seg)
+                parts.append(val.reshape(b, n, -1).sum(dim=1) * p[:, 6])
+            out.append(torch.cat(parts, dim=1))
         return torch.stack(out, dim=1).reshape(b, len(self.axes), rows, cols)
 
 
 def _joseph_plan(geom: ProjectionGeometry, volume_grid: Volume):
-    """Sampling plan of one view: the ``grid_sample`` coordinates of every ray on every
-    plane of voxel centres along the axis most parallel to the rays, ``(n, 1, R, 2)``;
-    each ray's length per plane / 10, ``(R,)``; and the tensor dim of that axis."""
+    """Sampling plan of one view, and the tensor dim (0 = k, 1 = j, 2 = i) of the axis most
+    parallel to its rays. Per ray (row-major over the detector), 7 numbers: where the ray
+    crosses plane ``c`` of voxel centres along that axis, in ``grid_sample`` coordinates,
+    ``x = x0 + c * dx`` and ``y = y0 + c * dy``; the planes ``c_lo <= c <= c_hi`` between the
+    source and the pixel; and the ray's length per plane / 10 (0 for rays missing the box)."""
     src, d, t_in, t_out = _ray_box(geom, volume_grid.lps_to_index(), volume_grid.size)
     d = d.reshape(-1, 3)
     reach = (t_out > t_in).reshape(-1)
     cosines = np.abs(d) / np.linalg.norm(d, axis=1, keepdims=True)
     axis = int(np.argmax(cosines.min(axis=0)))  # index axis: 0 = i, 1 = j, 2 = k
     size = np.asarray(volume_grid.size, dtype=float)
-    planes = np.arange(volume_grid.size[axis], dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (planes[:, None] - src[axis]) / d[None, :, axis]  # (n, R)
-    pts = src + t[..., None] * d[None]  # (n, R, 3) continuous (i, j, k)
-    others = [a for a in (0, 1, 2) if a != axis]  # in index order: x of the plane is the
-    qx, qy = others[0], others[1]  # lower index axis (the faster tensor dim)
-    gx = (2.0 * pts[..., qx] + 1.0) / size[qx] - 1.0
-    gy = (2.0 * pts[..., qy] + 1.0) / size[qy] - 1.0
-    # planes behind the source or beyond the detector, and rays missing the box: no sample
-    off = ~((t >= 0.0) & (t <= 1.0) & reach[None]) | ~np.isfinite(t)
-    gx = np.where(off, 4.0, gx)
-    gy = np.where(off, 4.0, gy)
-    grid = torch.from_numpy(np.stack([gx, gy], axis=-1).astype(np.float32))[:, None]
+    qx, qy = [a for a in (0, 1, 2) if a != axis]  # x of a plane = the lower index axis
+    da = np.where(d[:, axis] == 0, np.nan, d[:, axis])
+    # point on plane c: src + (c - src_a) / d_a * d; normalised coordinate (2 i + 1) / n - 1
+    plan = np.zeros((d.shape[0], 7))
+    for col, q in ((0, qx), (2, qy)):
+        slope = d[:, q] / da
+        plan[:, col] = (2.0 * (src[q] - src[axis] * slope) + 1.0) / size[q] - 1.0
+        plan[:, col + 1] = 2.0 * slope / size[q]
+    ends = np.stack([np.full(d.shape[0], src[axis]), src[axis] + d[:, axis]], axis=1)
+    plan[:, 4], plan[:, 5] = ends.min(axis=1), ends.max(axis=1)
     mm = np.linalg.norm(d @ (volume_grid.direction @ np.diag(volume_grid.spacing)).T, axis=1)
-    with np.errstate(divide="ignore"):
-        seg = np.where(reach, mm / np.abs(d[:, axis]) / 10.0, 0.0)
-    return grid, torch.from_numpy(seg.astype(np.float32)), 2 - axis
+    plan[:, 6] = np.where(reach, mm / np.abs(da) / 10.0, 0.0)
+    plan = np.nan_to_num(plan, nan=0.0)
+    plan[~reach, 4], plan[~reach, 5] = 1.0, 0.0  # an empty range: no samples
+    return torch.from_numpy(plan.astype(np.float32)), 2 - axis
 
 
 def render(volume: Volume, geometries: Sequence[ProjectionGeometry], *, device="auto",

@@ -1,0 +1,135 @@
+"""AP + lateral 128^2 DRRs of a 256^3 head CT: the torch renderer against ``plastimatch drr``,
+on the same machine, in the same run. The last line printed is a JSON object.
+
+    .venv/bin/python benchmarks/drr.py [--repeats 5] [--ct FILE]
+
+Figures (medians over repeats, seconds, both views together):
+* ``torch_cpu_s``: :func:`XRayToCTLib.drr.render` from a volume in memory (HU -> attenuation,
+  ray plan, projection), on the CPU;
+* ``plastimatch_s``: two ``plastimatch drr`` processes on a CT file already on disk (what
+  a user of Plastimatch waits for: reading the CT, HU conversion, exact ray trace, writing);
+* ``plastimatch_trace_s``: the time Plastimatch itself reports for its ray trace
+  ("Total time"), which excludes reading the CT and converting it;
+* ``torch_cuda_s`` when a GPU is present (after one warm-up; synchronised).
+The ratios are torch / plastimatch (below 1.0 = the torch renderer is faster). It also
+prints the agreement of the two (mean relative error over head pixels).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "XRayToCT"))
+from XRayToCTLib import drr  # noqa: E402
+from XRayToCTLib.io import volume_to_sitk  # noqa: E402
+from XRayToCTLib.phantom import head_phantom  # noqa: E402
+
+
+def _time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ct", help="a 3D CT in HU (default: a 256^3 1 mm phantom head)")
+    args = ap.parse_args()
+
+    if args.ct:
+        from XRayToCTLib.io import read_volume
+        vol = read_volume(args.ct)
+    else:
+        vol = head_phantom(256, 1.0, seed=0)
+    geoms = list(drr.biplanar_geometry(vol, pixels=128).values())
+    exe = drr.plastimatch_executable()
+    if exe is None:
+        sys.exit("error: plastimatch is not installed (pip install plastimatch)")
+
+    result = {"volume": list(vol.size), "spacing": list(vol.spacing), "pixels": 128,
+              "cpu_threads": torch.get_num_threads(), "repeats": args.repeats}
+    drr.render(vol, geoms, device="cpu")  # warm-up
+    result["torch_cpu_s"] = _time(lambda: drr.render(vol, geoms, device="cpu"), args.repeats)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ct = Path(tmp) / "ct.mha"
+        sitk.WriteImage(volume_to_sitk(vol.with_array(vol.array.astype(np.float32))), str(ct))
+        trace = []
+
+        def run_plastimatch():
+            for g in geoms:
+                out = subprocess.run(
+                    [exe, "drr", "-I", str(ct), "-O", f"{tmp}/drr", "-t", "pfm", "-i", "exact",
+                     "-r", f"{g.pixels[0]} {g.pixels[1]}",
+                     "-z", f"{g.detector_size[0]} {g.detector_size[1]}",
+                     "--sad", str(g.sad), "--sid", str(g.sid),
+                     "-o", " ".join(map(str, g.isocenter)), "-n", " ".join(map(str, g.normal)),
+                     "--vup", " ".join(map(str, g.vup))],
+                    capture_output=True, text=True, check=True)
+                m = re.search(r"Total time:\s*([0-9.eE+-]+)", out.stdout + out.stderr)
+                if m:
+                    trace.append(float(m.group(1)))
+
+        run_plastimatch()  # warm-up (file cache)
+        trace.clear()
+        result["plastimatch_s"] = _time(run_plastimatch, args.repeats)
+        if trace:
+            per_run = [sum(trace[i:i + 2]) for i in range(0, len(trace), 2)]
+            result["plastimatch_trace_s"] = statistics.median(per_run)
+
+    if torch.cuda.is_available():
+        drr.render(vol, geoms, device="cuda")
+
+        def cuda_run():
+            drr.render(vol, geoms, device="cuda")
+            torch.cuda.synchronize()
+        result["torch_cuda_s"] = _time(cuda_run, args.repeats)
+        result["gpu"] = torch.cuda.get_device_name(0)
+        # the projector alone on a volume already on the GPU (the training-loop case)
+        r = drr.DRRRenderer(geoms, vol).cuda()
+        mu = drr.hu_to_mu(torch.from_numpy(vol.array).cuda())[None]
+
+        def fwd():
+            with torch.no_grad():
+                r(mu)
+            torch.cuda.synchronize()
+        fwd()
+        result["torch_cuda_forward_s"] = _time(fwd, args.repeats)
+
+    ours = drr.render(vol, geoms, device="cpu")
+    errs = []
+    for g, mine in zip(geoms, ours):
+        ref = drr.render_plastimatch(vol, g).array
+        head = ref > 0.05 * ref.max()
+        errs.append(float(np.mean(np.abs(mine.array - ref)[head] / ref[head])))
+    result["mean_relative_error_in_head"] = dict(zip([g.view for g in geoms], errs))
+
+    result["ratio_torch_cpu_vs_plastimatch"] = result["torch_cpu_s"] / result["plastimatch_s"]
+    if "plastimatch_trace_s" in result:
+        result["ratio_torch_cpu_vs_plastimatch_trace"] = (result["torch_cpu_s"]
+                                                          / result["plastimatch_trace_s"])
+    if "torch_cuda_s" in result:
+        result["ratio_torch_cuda_vs_plastimatch"] = result["torch_cuda_s"] / result["plastimatch_s"]
+    for k, v in result.items():
+        if k.endswith("_s") or k.startswith("ratio"):
+            print(f"{k:45s} {v:.4f}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
