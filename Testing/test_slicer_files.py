@@ -1,0 +1,796 @@
+"""Checks of the 3D Slicer extension's files that run without Slicer.
+
+The ``slicer-core`` wheel gives MRML only (no ``qt``, no ``slicer.ScriptedLoadableModule``),
+so the module files are checked statically (``ast``, XML, the CMake text), and the logic of
+``XRayToCT.py`` runs on real MRML nodes with the GUI layer stubbed. What needs Slicer itself
+(the widget, the .ui loading) runs in Slicer's self-tests (``XRayToCTTest``, the generic tests).
+"""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import py_compile
+import re
+import struct
+import subprocess
+import sys
+import types
+import unittest
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "XRayToCT"
+LIB_DIR = MODULE_DIR / "XRayToCTLib"
+TRAINING_DIR = ROOT / "XRayToCTTraining"
+MODULE_PY = MODULE_DIR / "XRayToCT.py"
+TRAINING_PY = TRAINING_DIR / "XRayToCTTraining.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "XRayToCT.ui"
+ICONS = [MODULE_DIR / "Resources" / "Icons" / "XRayToCT.png",
+         TRAINING_DIR / "Resources" / "Icons" / "XRayToCTTraining.png"]
+
+LIB_FILES = sorted(p for p in LIB_DIR.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+# ---------------------------------------------------------------------------------------
+# (a) the library imports no Qt, no CTK, no Slicer, no VTK GUI
+# ---------------------------------------------------------------------------------------
+
+_GUI_TOP_LEVEL = {"qt", "ctk", "PythonQt", "slicer", "vtk", "PyQt5", "PyQt6", "PySide2", "PySide6",
+                  "tkinter"}
+_VTK_GUI_PREFIXES = ("vtkRendering", "vtkInteraction", "vtkGUISupport", "vtkViews", "vtkWeb")
+
+
+def _imported_names(tree: ast.Module):
+    """(module name, line) of every absolute import, including ``importlib.import_module("x")``
+    and ``__import__("x")`` with a literal name."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module, node.lineno
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__"):
+                yield node.args[0].value, node.lineno
+
+
+def _is_gui_import(name: str, allow_mrml: bool) -> bool:
+    parts = name.split(".")
+    top = parts[0]
+    if top in ("slicer", "vtk"):
+        # mrml.py may use Slicer's MRML classes (from Slicer or the slicer-core wheel) and vtk
+        return not allow_mrml
+    if top in _GUI_TOP_LEVEL:
+        return True
+    if top == "vtkmodules" and len(parts) > 1:
+        sub = parts[1]
+        return sub in ("qt", "tk", "wx", "gtk", "web", "all") or sub.startswith(_VTK_GUI_PREFIXES)
+    return False
+
+
+def test_library_files_found():
+    assert (LIB_DIR / "__init__.py") in LIB_FILES
+    assert (LIB_DIR / "geometry.py") in LIB_FILES
+
+
+@pytest.mark.parametrize("path", LIB_FILES, ids=lambda p: str(p.relative_to(LIB_DIR)))
+def test_library_imports_no_gui(path: Path):
+    allow_mrml = path.name == "mrml.py"
+    bad = [f"line {line}: {name}" for name, line in _imported_names(_parse(path))
+           if _is_gui_import(name, allow_mrml)]
+    assert not bad, f"XRayToCTLib/{path.relative_to(LIB_DIR)} imports GUI/Slicer modules: {bad}"
+
+
+def test_gui_import_rule():
+    assert _is_gui_import("qt", False) and _is_gui_import("ctk", False)
+    assert _is_gui_import("slicer.util", False) and not _is_gui_import("slicer", True)
+    assert _is_gui_import("vtkmodules.vtkRenderingCore", False)
+    assert not _is_gui_import("vtkmodules.vtkCommonCore", False)
+    assert not _is_gui_import("numpy", False) and not _is_gui_import("torch", False)
+
+
+# ---------------------------------------------------------------------------------------
+# (b) the module files compile and define the expected classes
+# ---------------------------------------------------------------------------------------
+
+def _classes(tree: ast.Module) -> dict[str, ast.ClassDef]:
+    return {n.name: n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+
+
+def _base_names(cls: ast.ClassDef) -> set[str]:
+    return {ast.unparse(b).split(".")[-1] for b in cls.bases}
+
+
+def _methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
+    return {n.name: n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def _module_level_imports(tree: ast.Module) -> list[str]:
+    """Modules imported when the file is loaded: module scope, including if/try blocks and
+    class bodies, excluding function bodies."""
+    names: list[str] = []
+
+    def visit(stmts):
+        for node in stmts:
+            if isinstance(node, ast.Import):
+                names.extend(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.append(node.module)
+                names.extend(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            else:
+                for field in ("body", "orelse", "finalbody"):
+                    visit(getattr(node, field, []) or [])
+                for handler in getattr(node, "handlers", []) or []:
+                    visit(handler.body)
+
+    visit(tree.body)
+    return names
+
+
+@pytest.mark.parametrize("path", [MODULE_PY, TRAINING_PY], ids=lambda p: p.name)
+def test_module_file_compiles(path: Path, tmp_path: Path):
+    py_compile.compile(str(path), cfile=str(tmp_path / (path.stem + ".pyc")), doraise=True)
+
+
+@pytest.mark.parametrize("path", [MODULE_PY, TRAINING_PY], ids=lambda p: p.name)
+def test_module_file_loads_without_torch(path: Path):
+    """torch and the torch-dependent library parts are imported inside methods only, so the
+    module loads before PyTorch is installed."""
+    torch_free = {"XRayToCTLib", "XRayToCTLib.geometry", "XRayToCTLib.errors", "XRayToCTLib.progress"}
+    for name in _module_level_imports(_parse(path)):
+        assert name.split(".")[0] != "torch", f"{path.name} imports torch at load time"
+        if name.startswith("XRayToCTLib"):
+            assert name in torch_free, f"{path.name} imports {name} at load time"
+
+
+def test_xraytoct_module_classes():
+    classes = _classes(_parse(MODULE_PY))
+    expected_bases = {
+        "XRayToCT": {"ScriptedLoadableModule"},
+        "XRayToCTParameterNode": set(),
+        "XRayToCTWidget": {"ScriptedLoadableModuleWidget", "VTKObservationMixin"},
+        "XRayToCTLogic": {"ScriptedLoadableModuleLogic"},
+        "XRayToCTTest": {"ScriptedLoadableModuleTest"},
+    }
+    for name, bases in expected_bases.items():
+        assert name in classes, f"XRayToCT.py lacks class {name}"
+        assert bases <= _base_names(classes[name]), f"{name} must derive from {sorted(bases)}"
+
+    decorators = [ast.unparse(d) for d in classes["XRayToCTParameterNode"].decorator_list]
+    assert "parameterNodeWrapper" in decorators
+
+    widget = _methods(classes["XRayToCTWidget"])
+    for method in ("setup", "cleanup", "enter", "exit", "onSceneStartClose", "onSceneEndClose",
+                   "initializeParameterNode", "setParameterNode", "_checkCanApply", "onApplyButton",
+                   "onSynthesizeDrrsButton"):
+        assert method in widget, f"XRayToCTWidget lacks {method}"
+    assert "tryWithErrorDisplay" in ast.unparse(widget["onApplyButton"])
+    assert "UI/XRayToCT.ui" in ast.unparse(widget["setup"])
+
+    logic = _methods(classes["XRayToCTLogic"])
+    for method in ("getParameterNode", "synthesizeDrrs", "ensureDependencies"):
+        assert method in logic, f"XRayToCTLogic lacks {method}"
+    args = logic["synthesizeDrrs"].args
+    assert [a.arg for a in args.args] == ["self", "ctVolumeNode", "apOutputNode", "lateralOutputNode",
+                                          "pixels", "device"]
+    assert "runTest" in _methods(classes["XRayToCTTest"])
+
+
+def test_xraytoct_module_metadata():
+    init = _methods(_classes(_parse(MODULE_PY))["XRayToCT"])["__init__"]
+    text = ast.unparse(init)
+    assert "'XRayToCT'" in text and "'Reconstruction'" in text
+    assert "synthetic" in text.lower() and "diagnosis" in text.lower()
+
+
+def test_training_module_classes():
+    tree = _parse(TRAINING_PY)
+    classes = _classes(tree)
+    for name in ("XRayToCTTraining", "XRayToCTTrainingWidget", "XRayToCTTrainingLogic",
+                 "XRayToCTTrainingTest"):
+        assert name in classes, f"XRayToCTTraining.py lacks class {name}"
+    assert "run" in _methods(classes["XRayToCTTrainingLogic"])
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "main" in functions
+    mains = [n for n in tree.body if isinstance(n, ast.If)
+             and ast.unparse(n.test).replace('"', "'") == "__name__ == '__main__'"]
+    assert mains, "XRayToCTTraining.py must run as a script"
+    text = ast.unparse(classes["XRayToCTTraining"])
+    assert "'XRayToCT Training'" in text and "'Reconstruction'" in text
+
+
+def _run_python(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_training_module_imports_in_plain_python():
+    """With the MRML-only slicer-core wheel (or no slicer at all) the file defines the logic
+    and main, skips the GUI classes cleanly, and does not load torch."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('XRayToCTTraining', {str(TRAINING_PY)!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "print(m.IN_SLICER, hasattr(m, 'XRayToCTTrainingLogic'), hasattr(m, 'main'),\n"
+        "      hasattr(m, 'XRayToCTTrainingWidget'), 'torch' in sys.modules)\n"
+    )
+    proc = _run_python("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True", "True", "False", "False"]
+
+
+needs_cli = pytest.mark.skipif(not (LIB_DIR / "cli.py").exists(), reason="XRayToCTLib/cli.py not written yet")
+
+
+@needs_cli
+def test_training_script_runs_the_shared_parser():
+    proc = _run_python(str(TRAINING_PY.relative_to(ROOT)), "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "usage" in proc.stdout.lower()
+    # a leading "--" (to keep Slicer off the subcommand's options) is dropped
+    proc = _run_python(str(TRAINING_PY.relative_to(ROOT)), "--", "--version")
+    assert proc.returncode == 0, proc.stderr
+    proc = _run_python(str(TRAINING_PY.relative_to(ROOT)), "no-such-subcommand")
+    assert proc.returncode == 2
+
+
+# ---------------------------------------------------------------------------------------
+# (c) the .ui file: well-formed, and bound to the parameter node's fields
+# ---------------------------------------------------------------------------------------
+
+def _parameter_fields() -> dict[str, ast.expr]:
+    cls = _classes(_parse(MODULE_PY))["XRayToCTParameterNode"]
+    return {n.target.id: n.annotation for n in cls.body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
+def _ui_widgets() -> list[ET.Element]:
+    return list(ET.parse(UI_FILE).getroot().iter("widget"))
+
+
+def _property(widget: ET.Element, name: str):
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return prop
+    return None
+
+
+def _bound_widgets() -> dict[str, ET.Element]:
+    bound = {}
+    for widget in _ui_widgets():
+        prop = _property(widget, "SlicerParameterName")
+        if prop is not None:
+            name = prop.findtext("string")
+            assert name not in bound, f"two widgets bound to {name}"
+            bound[name] = widget
+    return bound
+
+
+def test_ui_is_well_formed():
+    root = ET.parse(UI_FILE).getroot()
+    assert root.tag == "ui"
+    top = root.find("widget")
+    assert top is not None and top.get("class") == "qMRMLWidget" and top.get("name") == "XRayToCT"
+    names = [w.get("name") for w in _ui_widgets()]
+    assert len(names) == len(set(names)), "widget names must be unique"
+
+
+def test_ui_parameter_names_are_parameter_node_fields():
+    fields = _parameter_fields()
+    bound = _bound_widgets()
+    assert bound, "no widget carries a SlicerParameterName"
+    unknown = sorted(set(bound) - set(fields))
+    assert not unknown, f"SlicerParameterName(s) not in XRayToCTParameterNode: {unknown}"
+    for name in ("ctVolume", "apVolume", "lateralVolume", "modelName", "device"):
+        assert name in bound, f"no widget bound to {name}"
+
+
+def test_ui_widgets_match_their_parameter_types():
+    """The parameterNodeWrapper connects a QComboBox to a str only with a Choice annotation,
+    a qMRMLNodeComboBox to a node type it lists, a QSpinBox to an int."""
+    fields = _parameter_fields()
+    for name, widget in _bound_widgets().items():
+        annotation = ast.unparse(fields[name])
+        cls = widget.get("class")
+        if cls == "QComboBox":
+            assert annotation.startswith("Annotated[") and "Choice(" in annotation, (name, annotation)
+        elif cls == "qMRMLNodeComboBox":
+            node_types = [s.text for s in _property(widget, "nodeTypes").iter("string")]
+            assert annotation in node_types, (name, annotation, node_types)
+        elif cls == "QSpinBox":
+            assert annotation == "int" or annotation.startswith("Annotated[int"), (name, annotation)
+
+
+def test_ui_mrml_widgets_get_the_scene():
+    root = ET.parse(UI_FILE).getroot()
+    receivers = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("sender") == "XRayToCT"
+                 and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    mrml_widgets = {w.get("name") for w in _ui_widgets() if w.get("class", "").startswith("qMRML")
+                    and w.get("class") != "qMRMLWidget"}
+    assert mrml_widgets and mrml_widgets <= receivers, sorted(mrml_widgets - receivers)
+
+
+def test_ui_names_used_by_the_widget_exist():
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_PY.read_text(encoding="utf-8")))
+    names = {w.get("name") for w in _ui_widgets()}
+    assert used and used <= names, f"XRayToCT.py uses widgets the .ui lacks: {sorted(used - names)}"
+
+
+def test_ui_apply_button_waits_for_the_models():
+    apply = next(w for w in _ui_widgets() if w.get("name") == "applyButton")
+    assert _property(apply, "enabled").findtext("bool") == "false"
+    assert "models issue" in _property(apply, "toolTip").findtext("string")
+
+
+# ---------------------------------------------------------------------------------------
+# (d), (e) the CMake files
+# ---------------------------------------------------------------------------------------
+
+def _cmake_commands(path: Path) -> list[tuple[str, list[str]]]:
+    """``(command, arguments)`` of a CMake file: comments dropped, quotes removed (enough
+    for the plain files of a Slicer extension; no bracket arguments)."""
+    text = path.read_text(encoding="utf-8")
+    commands, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+            continue
+        m = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\s*\(").match(text, i)
+        if not m:
+            i += 1
+            continue
+        name = m.group(0).rstrip("( \t\n").lower()
+        i = m.end()
+        args, depth, token, quoted = [], 0, "", False
+        while i < n:
+            c = text[i]
+            if quoted:
+                if c == "\\" and i + 1 < n:
+                    token += text[i + 1]
+                    i += 2
+                    continue
+                if c == '"':
+                    quoted = False
+                    args.append(token)
+                    token = ""
+                else:
+                    token += c
+            elif c == '"':
+                quoted = True
+            elif c == "#":
+                i = text.find("\n", i)
+                continue
+            elif c in " \t\r\n" or (c == ")" and depth == 0):
+                if token:
+                    args.append(token)
+                    token = ""
+                if c == ")":
+                    i += 1
+                    break
+            else:
+                if c == "(":
+                    depth += 1
+                elif c == ")":
+                    depth -= 1
+                token += c
+            i += 1
+        commands.append((name, args))
+    return commands
+
+
+def _expand(args: list[str], variables: dict[str, list[str]]) -> list[str]:
+    out = []
+    for arg in args:
+        whole = re.fullmatch(r"\$\{(\w+)\}", arg)
+        if whole:
+            out.extend(variables.get(whole.group(1), []))
+        else:
+            out.append(re.sub(r"\$\{(\w+)\}", lambda m: ";".join(variables.get(m.group(1), [])), arg))
+    return out
+
+
+def _glob(pattern: str, recurse: bool) -> list[Path]:
+    directory, _, name = pattern.rpartition("/")
+    base = Path(directory)
+    found = base.rglob(name) if recurse else base.glob(name)
+    return sorted(p for p in found if p.is_file())
+
+
+def _evaluate(path: Path) -> tuple[dict[str, list[str]], list[tuple[str, list[str]]]]:
+    """Variables after running the ``set``/``file(GLOB)``/``list(SORT)`` commands of a file,
+    and the expanded commands."""
+    variables = {"CMAKE_CURRENT_SOURCE_DIR": [str(path.parent)]}
+    expanded = []
+    for name, raw in _cmake_commands(path):
+        args = _expand(raw, variables)
+        if name == "set" and args:
+            variables[args[0]] = args[1:]
+        elif name == "file" and args and args[0] in ("GLOB", "GLOB_RECURSE"):
+            rest, relative, patterns = args[2:], None, []
+            while rest:
+                word = rest.pop(0)
+                if word == "RELATIVE":
+                    relative = Path(rest.pop(0))
+                elif word in ("CONFIGURE_DEPENDS", "FOLLOW_SYMLINKS"):
+                    continue
+                elif word == "LIST_DIRECTORIES":
+                    rest.pop(0)
+                else:
+                    patterns.append(word)
+            files = [f for p in patterns for f in _glob(p, args[0] == "GLOB_RECURSE")]
+            variables[args[1]] = [f.relative_to(relative).as_posix() if relative else str(f)
+                                  for f in files]
+        elif name == "list" and args[:1] == ["SORT"]:
+            variables[args[1]] = sorted(variables.get(args[1], []))
+        expanded.append((name, args))
+    return variables, expanded
+
+
+def _scripted_module(path: Path) -> dict[str, list[str]]:
+    _, commands = _evaluate(path)
+    calls = [args for name, args in commands if name == "slicermacrobuildscriptedmodule"]
+    assert len(calls) == 1, f"{path}: one slicerMacroBuildScriptedModule call expected"
+    sections: dict[str, list[str]] = {}
+    key = None
+    for word in calls[0]:
+        if word in ("NAME", "SCRIPTS", "RESOURCES"):
+            key = word
+            sections[key] = []
+        elif word == "WITH_GENERIC_TESTS":
+            sections[word] = []
+            key = None
+        elif key:
+            sections[key].append(word)
+    sections["_unittests"] = [" ".join(args) for name, args in commands
+                              if name == "slicer_add_python_unittest"]
+    return sections
+
+
+@pytest.mark.parametrize("module_dir, name", [(MODULE_DIR, "XRayToCT"),
+                                              (TRAINING_DIR, "XRayToCTTraining")])
+def test_cmake_module_files_exist(module_dir: Path, name: str):
+    module = _scripted_module(module_dir / "CMakeLists.txt")
+    assert module["NAME"] == [name]
+    assert f"{name}.py" in module["SCRIPTS"]
+    assert "WITH_GENERIC_TESTS" in module
+    assert module["_unittests"] == [f"SCRIPT {name}.py"]
+    for entry in module["SCRIPTS"] + module["RESOURCES"]:
+        assert (module_dir / entry).is_file(), f"{module_dir.name}/CMakeLists.txt lists missing {entry}"
+    assert f"Resources/Icons/{name}.png" in module["RESOURCES"]
+
+
+def test_cmake_installs_the_whole_library():
+    module = _scripted_module(MODULE_DIR / "CMakeLists.txt")
+    listed = set(module["SCRIPTS"])
+    library = {p.relative_to(MODULE_DIR).as_posix() for p in LIB_FILES}
+    assert library <= listed, f"library files not installed: {sorted(library - listed)}"
+    for required in ("__init__", "geometry", "errors", "progress"):
+        assert f"XRayToCTLib/{required}.py" in listed
+    assert "Resources/UI/XRayToCT.ui" in module["RESOURCES"]
+
+
+def test_cmake_extension():
+    variables, commands = _evaluate(ROOT / "CMakeLists.txt")
+    names = [name for name, _ in commands]
+    assert names[0] == "cmake_minimum_required"
+    assert ("project", ["XRayToCT"]) in commands
+    assert variables["EXTENSION_DEPENDS"] == ["PyTorch"]
+    assert variables["EXTENSION_CATEGORY"] == ["Reconstruction"]
+    assert variables["EXTENSION_HOMEPAGE"] == ["https://github.com/xraytoct/SlicerXRayToCT"]
+    for key in ("EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
+                "EXTENSION_SCREENSHOTURLS"):
+        assert variables.get(key), f"{key} is not set"
+    description = " ".join(variables["EXTENSION_DESCRIPTION"]).lower()
+    assert "synthetic" in description and "diagnosis" in description
+    assert ("find_package", ["Slicer", "REQUIRED"]) in commands
+
+    raw = _cmake_commands(ROOT / "CMakeLists.txt")  # unexpanded: Slicer's variables are not set here
+
+    def position(command):
+        matches = [i for i, c in enumerate(raw) if c[0] == command[0] and c[1] == command[1]]
+        assert matches, f"{command} missing from CMakeLists.txt"
+        return matches[0]
+
+    use = position(("include", ["${Slicer_USE_FILE}"]))
+    generate = position(("include", ["${Slicer_EXTENSION_GENERATE_CONFIG}"]))
+    cpack = position(("include", ["${Slicer_EXTENSION_CPACK}"]))
+    for subdirectory in ("XRayToCT", "XRayToCTTraining"):
+        at = position(("add_subdirectory", [subdirectory]))
+        assert use < at < generate, f"add_subdirectory({subdirectory}) must come after Slicer_USE_FILE"
+        assert (ROOT / subdirectory / "CMakeLists.txt").is_file()
+    assert generate < cpack
+
+
+def test_cmake_reader():
+    """The little CMake reader above understands the forms the files use."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "Lib" / "sub").mkdir(parents=True)
+        for f in ("Lib/a.py", "Lib/sub/b.py", "Lib/c.txt"):
+            (d / f).write_text("")
+        (d / "CMakeLists.txt").write_text(
+            '# comment (with parens)\nset(NAME Mod)\n'
+            'file(GLOB_RECURSE LIBS RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} CONFIGURE_DEPENDS\n'
+            '  ${CMAKE_CURRENT_SOURCE_DIR}/Lib/*.py)  # trailing\n'
+            'set(S ${NAME}.py ${LIBS})\nset(D "a \\"quoted\\" (text)")\n')
+        variables, _ = _evaluate(d / "CMakeLists.txt")
+    assert variables["S"] == ["Mod.py", "Lib/a.py", "Lib/sub/b.py"]
+    assert variables["D"] == ['a "quoted" (text)']
+
+
+# ---------------------------------------------------------------------------------------
+# (f) the icons
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ICONS, ids=lambda p: p.name)
+def test_icon_is_a_128_png(path: Path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (128, 128)
+    assert len(data) < 20_000
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency of the library
+        return
+    with Image.open(path) as im:
+        im.load()
+        assert im.size == (128, 128)
+
+
+# ---------------------------------------------------------------------------------------
+# The logic of XRayToCT.py on real MRML nodes (slicer-core), with the GUI layer stubbed
+# ---------------------------------------------------------------------------------------
+
+def _stub_gui_layer(monkeypatch) -> None:
+    """Stand-ins for what only Slicer has: ScriptedLoadableModule, the parameter node wrapper,
+    i18n. The MRML classes and slicer.util come from the slicer-core wheel."""
+    sl = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=0):
+            pass
+
+    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
+                ScriptedLoadableModuleTest):
+        setattr(sl, cls.__name__, cls)
+
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+
+    class _Validator:
+        def __init__(self, *args):
+            self.args = args
+
+    pnw.parameterNodeWrapper = lambda cls: cls
+    pnw.Choice = type("Choice", (_Validator,), {})
+    pnw.WithinRange = type("WithinRange", (_Validator,), {})
+
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+
+    for name, module in (("slicer.ScriptedLoadableModule", sl), ("slicer.parameterNodeWrapper", pnw),
+                         ("slicer.i18n", i18n)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+@pytest.fixture
+def xraytoct(monkeypatch):
+    """XRayToCT.py loaded outside Slicer (skips where the slicer-core wheel is missing)."""
+    pytest.importorskip("vtk")
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the slicer-core wheel (MRML) is not installed")
+    _stub_gui_layer(monkeypatch)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_XRayToCT_under_test", MODULE_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def scene():
+    import slicer
+    return slicer.vtkMRMLScene()
+
+
+def _phantom_node(scene, volume, name="Phantom CT"):
+    import numpy as np
+    import slicer
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, np.asarray(volume.array, dtype=np.float32))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ijk_to_ras()))
+    return node
+
+
+def test_logic_volume_round_trip(xraytoct, scene):
+    import numpy as np
+    import slicer
+    from XRayToCTLib.geometry import Volume, rotation_matrix
+
+    rng = np.random.default_rng(0)
+    volume = Volume(rng.normal(size=(5, 6, 7)).astype(np.float32), (0.7, 0.8, 2.5),
+                    (10.0, -20.0, 30.0), rotation_matrix((10, -20, 30)))
+    node = _phantom_node(scene, volume)
+    back = xraytoct.XRayToCTLogic.volumeFromNode(node)
+    np.testing.assert_allclose(back.array, volume.array)
+    np.testing.assert_allclose(back.index_to_lps(), volume.index_to_lps(), atol=1e-9)
+
+    # a linear parent transform moves the volume in world coordinates
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    shift = np.eye(4)
+    shift[:3, 3] = (5.0, 0.0, -3.0)  # RAS
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(shift))
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    moved = xraytoct.XRayToCTLogic.volumeFromNode(node)
+    np.testing.assert_allclose(np.asarray(moved.origin) - np.asarray(volume.origin), (-5.0, 0.0, -3.0),
+                               atol=1e-9)  # LPS
+
+
+def test_logic_synthesize_drrs(xraytoct, scene):
+    import numpy as np
+    import slicer
+    pytest.importorskip("torch")
+    drr = pytest.importorskip("XRayToCTLib.drr")
+    from XRayToCTLib.geometry import ProjectionGeometry
+    from XRayToCTLib.phantom import head_phantom
+
+    phantom = head_phantom(size=32, spacing=8.0, seed=0)
+    ct = _phantom_node(scene, phantom)
+    logic = xraytoct.XRayToCTLogic()
+    nodes = logic.synthesizeDrrs(ct, pixels=32, device="cpu")
+    assert set(nodes) == {"ap", "lateral"}
+    expected = drr.render_biplanar(phantom, pixels=32, device="cpu")
+    for view, node in nodes.items():
+        assert node.GetScene() is scene and node.IsA("vtkMRMLScalarVolumeNode")
+        array = slicer.util.arrayFromVolume(node)
+        assert array.shape == (1, 32, 32)
+        assert np.all(np.isfinite(array)) and array.max() > 0 and array.std() > 0
+        np.testing.assert_allclose(array[0], expected[view].array, rtol=1e-5, atol=1e-6)
+        assert node.GetAttribute(xraytoct.ATTRIBUTE_VIEW) == view
+        geometry = ProjectionGeometry.from_dict(json.loads(node.GetAttribute(xraytoct.ATTRIBUTE_GEOMETRY)))
+        assert geometry == expected[view].geometry
+        row, col = geometry.pixel_spacing
+        np.testing.assert_allclose(node.GetSpacing(), (col, row, 1.0))
+        # pixel (row r, col c) sits at the detector pixel centre, in RAS
+        ijk_to_ras = slicer.util.arrayFromVTKMatrix(_ijk_to_ras(node))
+        centers_lps = geometry.pixel_centers()
+        for r, c in ((0, 0), (5, 17), (31, 31)):
+            ras = ijk_to_ras @ np.array([c, r, 0, 1.0])
+            np.testing.assert_allclose(ras[:3] * (-1, -1, 1), centers_lps[r, c], atol=1e-6)
+        assert logic.isDrrOf(node, ct)
+        assert node.GetDisplayNode() is not None
+    assert nodes["ap"].GetName() != nodes["lateral"].GetName()
+
+    # rendering again into the same nodes reuses them
+    again = logic.synthesizeDrrs(ct, nodes["ap"], nodes["lateral"], pixels=16, device="cpu")
+    assert again["ap"] is nodes["ap"] and again["lateral"] is nodes["lateral"]
+    assert slicer.util.arrayFromVolume(nodes["ap"]).shape == (1, 16, 16)
+
+
+def _ijk_to_ras(node):
+    import vtk
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return m
+
+
+def test_logic_synthesize_drrs_needs_a_ct(xraytoct, scene):
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(ValueError):
+        xraytoct.XRayToCTLogic().synthesizeDrrs(empty)
+    with pytest.raises(ValueError):
+        xraytoct.XRayToCTLogic().synthesizeDrrs(None)
+
+
+def test_logic_asks_before_installing(xraytoct, monkeypatch):
+    """No download without a yes: missing packages are listed in one question; declining
+    installs nothing; PyTorch goes through the PyTorch extension when it is there."""
+    import slicer
+    logic = xraytoct.XRayToCTLogic()
+    missing = ["torch", "tqdm"]
+    asked, installed, torch_installs = [], [], []
+    monkeypatch.setattr(xraytoct.XRayToCTLogic, "missingDependencies", staticmethod(lambda: list(missing)))
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
+                        lambda text, **kw: asked.append(text) or answer[0], raising=False)
+
+    def pip_install(requirements, **kw):
+        installed.append(requirements)
+        missing.clear()
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install, raising=False)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(), raising=False)
+
+    answer = [False]
+    assert logic.ensureDependencies() is False
+    assert len(asked) == 1 and "torch>=2.2" in asked[0] and "tqdm" in asked[0]
+    assert installed == []
+
+    answer = [True]
+    assert logic.ensureDependencies() is True
+    assert installed == ["torch>=2.2 tqdm>=4.60"]
+
+    # with the PyTorch extension: torch from PyTorchUtils (which asks itself), the rest from pip
+    missing[:] = ["torch", "tqdm"]
+    asked.clear()
+    installed.clear()
+
+    class FakePyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, torchVersionRequirement=None, **kw):
+            torch_installs.append((askConfirmation, torchVersionRequirement))
+            missing.remove("torch")
+            return types.ModuleType("torch")
+
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(pytorchutils=object()), raising=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils",
+                        types.SimpleNamespace(PyTorchUtilsLogic=FakePyTorchUtilsLogic))
+    assert logic.ensureDependencies() is True
+    assert torch_installs == [(True, ">=2.2")]
+    assert len(asked) == 1 and "torch" not in asked[0] and installed == ["tqdm>=4.60"]
+
+    # nothing missing: no question at all
+    asked.clear()
+    assert logic.ensureDependencies() is True and asked == []
+
+
+def test_slicer_self_test_runs(xraytoct, scene, monkeypatch):
+    """XRayToCTTest.runTest (the test Slicer runs) on the slicer-core scene."""
+    import slicer
+    pytest.importorskip("torch")
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    result = unittest.TextTestRunner(stream=io.StringIO()).run(xraytoct.XRayToCTTest())
+    assert result.wasSuccessful(), result.errors + result.failures
+    assert not result.skipped
+
+
+@needs_cli
+def test_training_self_test_runs(monkeypatch, scene):
+    """XRayToCTTrainingTest.runTest with the GUI layer stubbed (qt and ctk as empty modules)."""
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the slicer-core wheel (MRML) is not installed")
+    _stub_gui_layer(monkeypatch)
+    for name in ("qt", "ctk"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_XRayToCTTraining_under_test", TRAINING_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.IN_SLICER
+    result = unittest.TextTestRunner(stream=io.StringIO()).run(module.XRayToCTTrainingTest())
+    assert result.wasSuccessful(), result.errors + result.failures
