@@ -304,7 +304,8 @@ class ProjectionGeometry:
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {k: list(v) if isinstance(v, tuple) else v
+             for k, v in dataclasses.asdict(self).items()}
         d.update({"space": "LPS", "units": "mm",
                   "pixel_spacing": list(self.pixel_spacing),
                   "source": self.source.tolist(),
