@@ -30,6 +30,7 @@ TRAINING_DIR = ROOT / "XRayToCTTraining"
 MODULE_PY = MODULE_DIR / "XRayToCT.py"
 TRAINING_PY = TRAINING_DIR / "XRayToCTTraining.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "XRayToCT.ui"
+TRAINING_UI_FILE = TRAINING_DIR / "Resources" / "UI" / "XRayToCTTraining.ui"
 ICONS = [MODULE_DIR / "Resources" / "Icons" / "XRayToCT.png",
          TRAINING_DIR / "Resources" / "Icons" / "XRayToCTTraining.png"]
 
@@ -150,11 +151,27 @@ def test_module_file_compiles(path: Path, tmp_path: Path):
 def test_module_file_loads_without_torch(path: Path):
     """torch and the torch-dependent library parts are imported inside methods only, so the
     module loads before PyTorch is installed."""
-    torch_free = {"XRayToCTLib", "XRayToCTLib.geometry", "XRayToCTLib.errors", "XRayToCTLib.progress"}
+    torch_free = {"XRayToCTLib", "XRayToCTLib.geometry", "XRayToCTLib.errors", "XRayToCTLib.progress",
+                  "XRayToCTLib.mrml", "XRayToCTLib.mrml.mrml", "XRayToCTLib.errors.Cancelled",
+                  "XRayToCTLib.errors.XRayToCTError"}
     for name in _module_level_imports(_parse(path)):
         assert name.split(".")[0] != "torch", f"{path.name} imports torch at load time"
         if name.startswith("XRayToCTLib"):
             assert name in torch_free, f"{path.name} imports {name} at load time"
+
+
+def test_load_time_library_modules_are_torch_free():
+    """The library modules the module files import at load time import no torch (nor
+    anything that does) at their own load time."""
+    for stem in ("geometry", "errors", "progress", "mrml"):
+        for name in _module_level_imports(_parse(LIB_DIR / f"{stem}.py")):
+            assert name.split(".")[0] not in ("torch", "monai"), f"XRayToCTLib/{stem}.py imports {name}"
+    code = ("import sys; import XRayToCTLib.mrml, XRayToCTLib.geometry, XRayToCTLib.errors; "
+            "print('torch' in sys.modules)")
+    pytest.importorskip("slicer")
+    proc = _run_python("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "False"
 
 
 def test_xraytoct_module_classes():
@@ -176,18 +193,27 @@ def test_xraytoct_module_classes():
     widget = _methods(classes["XRayToCTWidget"])
     for method in ("setup", "cleanup", "enter", "exit", "onSceneStartClose", "onSceneEndClose",
                    "initializeParameterNode", "setParameterNode", "_checkCanApply", "onApplyButton",
-                   "onSynthesizeDrrsButton"):
+                   "onSynthesizeDrrsButton", "onCancelButton", "onPollTask", "onCompareButton",
+                   "onLoadModelFileButton", "refreshModelList"):
         assert method in widget, f"XRayToCTWidget lacks {method}"
-    assert "tryWithErrorDisplay" in ast.unparse(widget["onApplyButton"])
+    # every action that can fail shows its error to the user
+    for method in ("onApplyButton", "onPollTask", "onCompareButton", "onSynthesizeDrrsButton",
+                   "onLoadModelFileButton"):
+        assert "tryWithErrorDisplay" in ast.unparse(widget[method]), method
     assert "UI/XRayToCT.ui" in ast.unparse(widget["setup"])
+    # Apply starts a background task that a QTimer polls; Cancel cancels it
+    assert "startReconstruction" in ast.unparse(widget["onApplyButton"])
+    assert "QTimer" in ast.unparse(widget["setup"])
+    assert ".cancel()" in ast.unparse(widget["onCancelButton"])
 
     logic = _methods(classes["XRayToCTLogic"])
-    for method in ("getParameterNode", "synthesizeDrrs", "ensureDependencies"):
+    for method in ("getParameterNode", "synthesizeDrrs", "ensureDependencies", "reconstruct",
+                   "startReconstruction", "compare", "modelCatalog", "loadSampleData", "deviceDescription"):
         assert method in logic, f"XRayToCTLogic lacks {method}"
     args = logic["synthesizeDrrs"].args
     assert [a.arg for a in args.args] == ["self", "ctVolumeNode", "apOutputNode", "lateralOutputNode",
-                                          "pixels", "device"]
-    assert "runTest" in _methods(classes["XRayToCTTest"])
+                                          "pixels", "device", "modelName"]
+    assert {"runTest", "test_SynthesizeDrrs", "test_WholeChain"} <= set(_methods(classes["XRayToCTTest"]))
 
 
 def test_xraytoct_module_metadata():
@@ -232,6 +258,33 @@ def test_training_module_imports_in_plain_python():
     proc = _run_python("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True", "True", "False", "False"]
+
+
+def test_xraytoct_module_import_is_guarded(tmp_path: Path):
+    """Where qt / Slicer's GUI layer is missing, importing XRayToCT.py fails with one clear
+    ImportError, before it imports the library or torch, and leaves nothing behind."""
+    code = (
+        "import importlib.util, os, sys\n"
+        "before = set(sys.modules)\n"
+        f"spec = importlib.util.spec_from_file_location('XRayToCT', {str(MODULE_PY)!r})\n"
+        "m = importlib.util.module_from_spec(spec)\n"
+        "try:\n"
+        "    spec.loader.exec_module(m)\n"
+        "except ImportError as e:\n"
+        "    print('GUARD', str(e).splitlines()[0])\n"
+        "new = set(sys.modules) - before\n"
+        "print('LIB', any(n.startswith('XRayToCTLib') for n in new), 'torch' in sys.modules)\n"
+        "print('FILES', sorted(os.listdir('.')))\n"
+    )
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    guard = next(line for line in lines if line.startswith("GUARD"))
+    assert "3D Slicer module" in guard and "xraytoct" in guard
+    assert "LIB False False" in lines
+    assert "FILES []" in lines
 
 
 needs_cli = pytest.mark.skipif(not (LIB_DIR / "cli.py").exists(), reason="XRayToCTLib/cli.py not written yet")
@@ -296,7 +349,8 @@ def test_ui_parameter_names_are_parameter_node_fields():
     assert bound, "no widget carries a SlicerParameterName"
     unknown = sorted(set(bound) - set(fields))
     assert not unknown, f"SlicerParameterName(s) not in XRayToCTParameterNode: {unknown}"
-    for name in ("ctVolume", "apVolume", "lateralVolume", "modelName", "device"):
+    for name in ("ctVolume", "apVolume", "lateralVolume", "device", "outputVolume", "groundTruthVolume",
+                 "differenceOpacity"):
         assert name in bound, f"no widget bound to {name}"
 
 
@@ -314,6 +368,10 @@ def test_ui_widgets_match_their_parameter_types():
             assert annotation in node_types, (name, annotation, node_types)
         elif cls == "QSpinBox":
             assert annotation == "int" or annotation.startswith("Annotated[int"), (name, annotation)
+        elif cls in ("ctkSliderWidget", "QDoubleSpinBox", "ctkDoubleSpinBox"):
+            assert annotation == "float" or annotation.startswith("Annotated[float"), (name, annotation)
+        else:
+            pytest.fail(f"{name}: no parameterNodeWrapper connector for a {cls} is known to this test")
 
 
 def test_ui_mrml_widgets_get_the_scene():
@@ -333,10 +391,20 @@ def test_ui_names_used_by_the_widget_exist():
     assert used and used <= names, f"XRayToCT.py uses widgets the .ui lacks: {sorted(used - names)}"
 
 
-def test_ui_apply_button_waits_for_the_models():
-    apply = next(w for w in _ui_widgets() if w.get("name") == "applyButton")
-    assert _property(apply, "enabled").findtext("bool") == "false"
-    assert "models issue" in _property(apply, "toolTip").findtext("string")
+def test_ui_buttons_start_disabled():
+    """Apply, Compare and Synthesize wait for their inputs (the widget enables them)."""
+    widgets = {w.get("name"): w for w in _ui_widgets()}
+    for name in ("applyButton", "compareButton", "synthesizeDrrsButton"):
+        assert _property(widgets[name], "enabled").findtext("bool") == "false", name
+
+
+def test_ui_model_list_is_filled_by_the_widget():
+    """The model combo box lists the catalog at run time, so it is not bound to a fixed
+    Choice; the widget keeps modelName in the parameter node itself."""
+    assert "modelName" in _parameter_fields()
+    assert "modelName" not in _bound_widgets()
+    text = MODULE_PY.read_text(encoding="utf-8")
+    assert "modelCatalog()" in text and "self._parameterNode.modelName = " in text
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,6 +544,7 @@ def test_cmake_module_files_exist(module_dir: Path, name: str):
     for entry in module["SCRIPTS"] + module["RESOURCES"]:
         assert (module_dir / entry).is_file(), f"{module_dir.name}/CMakeLists.txt lists missing {entry}"
     assert f"Resources/Icons/{name}.png" in module["RESOURCES"]
+    assert f"Resources/UI/{name}.ui" in module["RESOURCES"]
 
 
 def test_cmake_installs_the_whole_library():
@@ -603,7 +672,7 @@ def _stub_gui_layer(monkeypatch) -> None:
     i18n.translate = lambda context, text: text
 
     for name, module in (("slicer.ScriptedLoadableModule", sl), ("slicer.parameterNodeWrapper", pnw),
-                         ("slicer.i18n", i18n)):
+                         ("slicer.i18n", i18n), ("qt", types.ModuleType("qt"))):
         monkeypatch.setitem(sys.modules, name, module)
 
 
@@ -794,3 +863,259 @@ def test_training_self_test_runs(monkeypatch, scene):
     assert module.IN_SLICER
     result = unittest.TextTestRunner(stream=io.StringIO()).run(module.XRayToCTTrainingTest())
     assert result.wasSuccessful(), result.errors + result.failures
+
+
+# ---------------------------------------------------------------------------------------
+# XRayToCTLogic: reconstruction into nodes, the background task, compare
+# (a stand-in reconstructor replaces the model; the self-test above runs the real one)
+# ---------------------------------------------------------------------------------------
+
+class _StandInReconstructor:
+    """Answers like inference.Reconstructor: the sCT is the CT itself (CT input) or a
+    constant head on an 8^3 canonical grid (radiographs); reports progress."""
+
+    def __init__(self, views=("ap", "lateral"), steps=5, delay=0.0):
+        from XRayToCTLib.geometry import default_biplanar
+        geometry = default_biplanar(pixels=8)
+        self.spec = types.SimpleNamespace(name="stand-in", views=tuple(views),
+                                          geometry={v: geometry[v].to_dict() for v in views})
+        self.steps, self.delay, self.calls = steps, delay, []
+
+    def _progress(self, progress):
+        import time
+        for step in range(self.steps + 1):
+            if progress is not None:
+                progress(step / self.steps, f"step {step}")
+            time.sleep(self.delay)
+
+    def _result(self, sct, drrs, kind):
+        score = {"views": {v: {"ssim": 0.9, "psnr": 30.0} for v in self.spec.views},
+                 "mean": {"ssim": 0.9, "psnr": 30.0}}
+        return types.SimpleNamespace(sct=sct, drrs=drrs, consistency=score,
+                                     info={"model": {"name": "stand-in"}, "device": "cpu", "time_s": 0.1,
+                                           "space": kind, "input_kind": kind})
+
+    def reconstruct_ct(self, ct, *, register=True, progress=None):
+        import numpy as np
+        from XRayToCTLib.geometry import Radiograph
+        self.calls.append(("ct", register))
+        self._progress(progress)
+        drrs = {v: Radiograph(np.full((8, 8), i + 1.0, np.float32), None,
+                              __import__("XRayToCTLib.geometry", fromlist=["x"]).ProjectionGeometry.from_dict(g),
+                              {"kind": "DRR", "view": v}) for i, (v, g) in enumerate(self.spec.geometry.items())}
+        return self._result(ct.with_array(ct.array.copy()), drrs, "patient")
+
+    def reconstruct_views(self, views, progress=None):
+        import numpy as np
+        from XRayToCTLib.geometry import Volume
+        self.calls.append(("views", sorted(views)))
+        self._progress(progress)
+        return self._result(Volume(np.full((8, 8, 8), 40.0, np.float32), (32.0,) * 3, (-112.0,) * 3), {},
+                            "canonical")
+
+
+def _logic_with(xraytoct, monkeypatch, reconstructor):
+    logic = xraytoct.XRayToCTLogic()
+    monkeypatch.setattr(logic, "reconstructor", lambda name, device="auto": reconstructor)
+    return logic
+
+
+def test_logic_reconstruct_from_a_ct(xraytoct, scene, monkeypatch):
+    import numpy as np
+    from XRayToCTLib import mrml
+    from XRayToCTLib.phantom import head_phantom
+    phantom = head_phantom(size=16, spacing=12.0, seed=0)
+    ct = _phantom_node(scene, phantom, "Head")
+    stand_in = _StandInReconstructor()
+    logic = _logic_with(xraytoct, monkeypatch, stand_in)
+    seen = []
+    node = logic.reconstruct(None, None, modelName="stand-in", device="cpu", ctVolumeNode=ct, register=False,
+                             progress=lambda f, m: seen.append(f))
+    assert stand_in.calls == [("ct", False)] and seen[-1] == 1.0
+    assert node.GetScene() is scene and node.GetName() == "Head sCT (synthetic)"
+    assert node.GetAttribute(mrml.ATTRIBUTE_SYNTHETIC) == "true"
+    assert node.GetAttribute(mrml.ATTRIBUTE_MODEL) == "stand-in"
+    np.testing.assert_allclose(mrml.volume_from_node(node).index_to_lps(), phantom.index_to_lps(), atol=1e-9)
+    # the DRRs the model saw are in two new nodes, linked to the CT
+    inputs = [scene.GetNodeByID(i) for i in node.GetAttribute(mrml.ATTRIBUTE_INPUTS).split()]
+    assert len(inputs) == 2 and all(logic.isDrrOf(n, ct) for n in inputs)
+    assert logic.defaultGroundTruth(node) is ct
+    summary = logic.consistencySummary(node)
+    assert "SSIM 0.900" in summary and "30.0 dB" in summary
+    # again, into the same output and DRR nodes
+    again = logic.reconstruct(inputs[0], inputs[1], modelName="stand-in", ctVolumeNode=ct, outputVolumeNode=node,
+                              register=False)
+    assert again is node and scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 4
+
+
+def test_logic_reconstruct_from_radiographs(xraytoct, scene, monkeypatch):
+    import numpy as np
+    from XRayToCTLib import mrml
+    from XRayToCTLib.geometry import Radiograph
+    ap = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "AP X-ray")
+    lateral = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "LAT X-ray")
+    for node, view in ((ap, "ap"), (lateral, "lateral")):
+        mrml.update_node_from_radiograph(node, Radiograph(np.ones((10, 12), np.float32), (0.5, 0.5)), view)
+    ct = _phantom_node(scene, __import__("XRayToCTLib.phantom", fromlist=["x"]).head_phantom(size=8, spacing=30.0))
+    stand_in = _StandInReconstructor(views=("ap",))  # a single-view model takes the AP only
+    logic = _logic_with(xraytoct, monkeypatch, stand_in)
+    node = logic.reconstruct(ap, lateral, modelName="stand-in", ctVolumeNode=ct)  # real radiographs win over the CT
+    assert stand_in.calls == [("views", ["ap"])]
+    assert node.GetName() == "AP X-ray sCT (synthetic)"
+    assert node.GetAttribute(mrml.ATTRIBUTE_SOURCE) == ""
+    assert node.GetAttribute(mrml.ATTRIBUTE_INPUTS) == f"{ap.GetID()} {lateral.GetID()}"
+    with pytest.raises(xraytoct.XRayToCTError):
+        logic.reconstruct(None, None, modelName="stand-in")
+    with pytest.raises(xraytoct.XRayToCTError, match="No model"):
+        logic.reconstruct(ap, lateral, modelName="")
+
+
+def test_logic_background_task_and_cancel(xraytoct, scene, monkeypatch):
+    import time
+    from XRayToCTLib.phantom import head_phantom
+    ct = _phantom_node(scene, head_phantom(size=8, spacing=30.0))
+    logic = _logic_with(xraytoct, monkeypatch, _StandInReconstructor(steps=50, delay=0.02))
+    before = scene.GetNumberOfNodes()
+    task = logic.startReconstruction(None, None, modelName="stand-in", ctVolumeNode=ct, register=False)
+    assert not task.done
+    with pytest.raises(RuntimeError, match="still running"):
+        task.result()
+    deadline = time.time() + 10
+    while task.fraction < 0.1 and time.time() < deadline:
+        time.sleep(0.01)
+    assert scene.GetNumberOfNodes() == before  # the worker thread does not touch the scene
+    task.cancel()
+    with pytest.raises(xraytoct.Cancelled):
+        task.wait(timeout=10)
+    assert task.fraction < 1.0 and scene.GetNumberOfNodes() == before
+
+    task = logic.startReconstruction(None, None, modelName="stand-in", ctVolumeNode=ct, register=False)
+    node = task.wait(timeout=30)
+    assert task.fraction == 1.0 and task.message == "step 50"
+    assert node.GetScene() is scene and task.result() is node  # finish runs once
+
+
+def test_logic_compare(xraytoct, scene, monkeypatch):
+    import numpy as np
+    pytest.importorskip("torch")
+    pytest.importorskip("XRayToCTLib.metrics")
+    from XRayToCTLib import mrml
+    from XRayToCTLib.phantom import head_phantom
+    slicer = pytest.importorskip("slicer")
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    layout_logic = slicer.vtkMRMLLayoutLogic()
+    layout_logic.SetMRMLScene(scene)
+    phantom = head_phantom(size=32, spacing=8.0, seed=0)
+    gt = _phantom_node(scene, phantom, "GT")
+    sct = _phantom_node(scene, phantom.with_array(phantom.array + 20.0), "sCT")
+    logic = xraytoct.XRayToCTLogic()
+    result = logic.compare(sct, gt, opacity=0.4)
+    rows = mrml.metrics_from_table(result["table"])
+    assert rows == [{**r, "value": pytest.approx(r["value"])} for r in result["rows"]]
+    values = {(r["metric"], r["window"], r["region"]): r["value"] for r in rows}
+    assert set(values) == {(m, w, r) for m in ("ssim", "psnr", "cosine", "mae_hu")
+                           for w in ("brain", "full") for r in ("head", "whole")}
+    # a 20 HU offset, inside the full window's [-1000, 1000] HU clip
+    clipped = np.clip(phantom.array + 20.0, -1000, 1000) - np.clip(phantom.array, -1000, 1000)
+    assert values[("mae_hu", "full", "whole")] == pytest.approx(float(np.abs(clipped).mean()), rel=1e-4)
+    np.testing.assert_allclose(mrml.volume_from_node(result["difference"]).array, 20.0, atol=1e-3)
+    layout_node = logic.layoutNode(scene)
+    assert layout_node.GetViewArrangement() == mrml.COMPARE_LAYOUT_ID
+    composite = mrml.slice_composite_node(scene, mrml.COMPARE_VIEWS[("gt", "Axial")][0], create=False)
+    assert composite.GetBackgroundVolumeID() == gt.GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.4)
+    assert "MAE " in logic.metricsSummary(rows) and "nan" not in logic.metricsSummary(rows)
+    # again into the same nodes
+    again = logic.compare(sct, gt, result["difference"], result["table"])
+    assert again["difference"] is result["difference"] and again["table"] is result["table"]
+
+
+def test_logic_sample_data(xraytoct, scene):
+    from XRayToCTLib import mrml
+    nodes = xraytoct.XRayToCTLogic().loadSampleData(scene, size=16, spacing=16.0, withDrrs=False)
+    assert [n.GetName() for n in nodes] == ["XRayToCT phantom CT"]
+    assert mrml.volume_from_node(nodes[0]).array.max() > 1000  # bone
+    assert xraytoct.XRayToCTLogic.firstCtVolume(scene) is nodes[0]
+
+
+# ---------------------------------------------------------------------------------------
+# XRayToCTTraining: its panel's .ui, progress lines, background processes
+# ---------------------------------------------------------------------------------------
+
+def _load_training_plain():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_XRayToCTTraining_plain", TRAINING_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_ui_names_used_by_the_widget_exist():
+    root = ET.parse(TRAINING_UI_FILE).getroot()
+    assert root.tag == "ui" and root.find("widget").get("name") == "XRayToCTTraining"
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names))
+    used = set(re.findall(r"self\.ui\.(\w+)", TRAINING_PY.read_text(encoding="utf-8")))
+    assert used and used <= set(names), sorted(used - set(names))
+    assert "UI/XRayToCTTraining.ui" in TRAINING_PY.read_text(encoding="utf-8")
+
+
+def test_training_progress_lines_round_trip():
+    m = _load_training_plain()
+    out = io.StringIO()
+    callback, close = m.stdoutProgress("train", stream=out)
+    for fraction, message in ((0.0, "start"), (0.004, "same percent"), (0.5, "epoch 5/10"), (1.0, "")):
+        callback(fraction, message)
+    close()
+    lines = out.getvalue().splitlines()
+    assert lines == ["[train]   0% start", "[train]  50% epoch 5/10", "[train] 100%"]
+    assert [m.parseProgress(line) for line in lines] == [(0.0, "train: start"), (0.5, "train: epoch 5/10"),
+                                                         (1.0, "train")]
+    assert m.parseProgress("error: something") is None
+
+
+def test_training_report_path():
+    m = _load_training_plain()
+    assert m.reportPath(["evaluate", "--out", "runs/e1"]) == os.path.join("runs/e1", "report.html")
+    assert m.reportPath(["evaluate", "--out=r.html"]) == "r.html"
+    assert m.reportPath(["drr", "CT", "--out-dir", "d"]) == os.path.join("d", "report.html")
+    assert m.reportPath(["models"]) is None
+
+
+@needs_cli
+def test_training_run_logs_progress_to_stdout(tmp_path, capsys):
+    """Run in-process as the console would: the shared CLI's progress goes to stdout as
+    progress lines (the CLI's tqdm hook is the one the logic replaces)."""
+    m = _load_training_plain()
+    from XRayToCTLib import cli
+    assert callable(getattr(cli, "_tqdm_progress", None)), "the CLI's progress hook was renamed"
+    logic = m.XRayToCTTrainingLogic()
+    ct = tmp_path / "ct.nii.gz"
+    assert logic.run(["phantom", "--out", str(ct), "--size", "24", "--spacing", "10"]) == 0
+    status = logic.run(["preprocess", str(ct), "--out", str(tmp_path / "pre.nii.gz"), "--no-register",
+                        "--size", "32", "--target-size", "16"])
+    assert status == 0
+    lines = capsys.readouterr().out.splitlines()
+    progress = [m.parseProgress(line) for line in lines if m.parseProgress(line)]
+    assert progress and progress[-1][0] == 1.0 and progress[0][1].startswith("preprocess")
+    assert cli._tqdm_progress is not m.stdoutProgress  # restored
+
+
+@needs_cli
+def test_training_background_process(tmp_path):
+    m = _load_training_plain()
+    logic = m.XRayToCTTrainingLogic()
+    process = logic.start(["--version"])
+    assert process.wait(120) == 0 and process.done
+    assert "xraytoct" in process.output and process.returncode == 0
+    process = logic.start(["phantom", "--out", str(tmp_path / "x.nii.gz"), "--no-such-option"])
+    assert process.wait(120) == 2
+    assert any(line.startswith("error:") for line in process.newLines())
+    assert process.newLines() == []  # each line is returned once
+    # cancel stops a running command
+    process = m.CommandProcess(["--version"], python=sys.executable)
+    process.cancel()
+    process.wait(60)
+    assert process.done
+    with pytest.raises(ValueError):
+        logic.start([])

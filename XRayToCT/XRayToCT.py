@@ -1,34 +1,46 @@
 """XRayToCT: synthetic head CT from two radiographs (AP + lateral), a 3D Slicer module.
 
 This file holds UI wiring only. Every action is one call into :class:`XRayToCTLogic`, which
-works without the GUI (Python console, ``--python-script``), and the logic calls the
-Qt-free library ``XRayToCTLib`` that sits beside this file. The torch-dependent parts of
-the library are imported inside methods, so the module loads before PyTorch is installed.
+works without the GUI (Python console, ``--python-script``); the logic does its MRML work
+through ``XRayToCTLib.mrml`` and its computing through the Qt-free library ``XRayToCTLib``
+beside this file. The torch-dependent parts of the library are imported inside methods, so
+the module loads before PyTorch is installed.
+
+Outside 3D Slicer (no ``qt``, no ``slicer.ScriptedLoadableModule``) importing this file
+raises one ImportError that says so, and does nothing else.
 """
 import importlib
 import importlib.util
 import json
 import logging
+import threading
 import time
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
-import vtk
+try:
+    import qt
+    import vtk
 
-import slicer
-from slicer import vtkMRMLScalarVolumeNode
-from slicer.i18n import tr as _
-from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
-from slicer.util import VTKObservationMixin
+    import slicer
+    from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+    from slicer.util import VTKObservationMixin
+except ImportError as _importError:
+    raise ImportError(
+        "XRayToCT.py is a 3D Slicer module and runs inside 3D Slicer "
+        f"({_importError}). In plain Python use the library (import XRayToCTLib) or the "
+        "'xraytoct' command; for batch runs use XRayToCTTraining/XRayToCTTraining.py.") from _importError
 
-#: Models the reconstruction will offer (the models issue fills in the registry behind them).
-MODEL_NAMES = ("x2ct_gan", "cnn_inr")
+from XRayToCTLib import mrml
+from XRayToCTLib.errors import Cancelled, XRayToCTError
 
 #: Where PyTorch computes: ``auto`` is a CUDA GPU when PyTorch sees one, else the CPU.
 DEVICES = ("auto", "cuda", "cpu")
@@ -42,16 +54,28 @@ REQUIREMENTS = {
     "SimpleITK": "SimpleITK>=2.3",
     "pydicom": "pydicom>=2.4",
     "tqdm": "tqdm>=4.60",
+    "monai": "monai>=1.4",
+    "scipy": "scipy>=1.10",
+    "safetensors": "safetensors>=0.4",
+    "yaml": "PyYAML>=6",
+    "PIL": "Pillow>=9",
 }
 
-#: Node attributes that describe a radiograph made or read by XRayToCT.
-ATTRIBUTE_VIEW = "XRayToCT.View"
-ATTRIBUTE_GEOMETRY = "XRayToCT.Geometry"
-ATTRIBUTE_KIND = "XRayToCT.Kind"
-ATTRIBUTE_SOURCE = "XRayToCT.SourceVolumeID"
-ATTRIBUTE_METADATA = "XRayToCT.Metadata"
+# Node attributes (the definitions live in XRayToCTLib.mrml)
+ATTRIBUTE_VIEW = mrml.ATTRIBUTE_VIEW
+ATTRIBUTE_GEOMETRY = mrml.ATTRIBUTE_GEOMETRY
+ATTRIBUTE_KIND = mrml.ATTRIBUTE_KIND
+ATTRIBUTE_SOURCE = mrml.ATTRIBUTE_SOURCE
+ATTRIBUTE_METADATA = mrml.ATTRIBUTE_METADATA
+ATTRIBUTE_CONSISTENCY = mrml.ATTRIBUTE_CONSISTENCY
 
 VIEW_LABELS = {"ap": "AP", "lateral": "lateral"}
+
+#: Name of the sample data set registered with the Sample Data module.
+SAMPLE_NAME = "XRayToCTPhantom"
+
+#: How often (ms) the panel looks at a background reconstruction.
+POLL_INTERVAL_MS = 200
 
 
 #
@@ -72,11 +96,16 @@ class XRayToCT(ScriptedLoadableModule):
         self.parent.contributors = ["XRayToCT developers"]
         self.parent.helpText = _("""
 Synthetic CT (sCT) of the head from two radiographs: an anteroposterior (AP) and a lateral
-view go in, a 3D CT-like volume comes out, computed by a deep learning model.
-<p>Available now: <b>Synthesize DRRs from CT</b> renders AP and lateral digitally
-reconstructed radiographs of a head CT at the project's fixed geometry (with PyTorch, on a
-GPU when one is available); they become the radiograph inputs. Model reconstruction and the
-compare views follow.</p>
+view go in (or one, for single-view models), a 3D CT-like volume comes out, computed by a deep
+learning model.
+<p><b>Inputs</b>: two radiographs loaded with Add Data or the DICOM module, or a head CT: the
+module then renders its digitally reconstructed radiographs (DRRs) at the model's geometry.
+<b>Apply</b> runs the model in the background (Cancel stops it). The sCT is placed in patient
+space (on the CT's grid when a CT was the input); its projection-consistency score (how well
+its own DRRs match the inputs) is shown and stored with it. <b>Compare</b> shows the sCT and a
+ground-truth CT side by side in linked axial, sagittal and coronal views, with a difference map
+and a table of SSIM, PSNR, cosine similarity and mean absolute error.</p>
+<p>Try it: Sample Data, "XRayToCT phantom" (generated on this computer).</p>
 <p><b>Research use only.</b> The sCT is synthetic: it is computed from radiographs, it is not
 a measurement of the patient, and it must not be used for diagnosis or treatment.</p>
 <p>See the <a href="https://github.com/xraytoct/SlicerXRayToCT">project page</a>.</p>
@@ -91,6 +120,33 @@ reconstruction. Reference DRRs are rendered with Plastimatch. The module follows
 3D Slicer scripted module template by Jean-Christophe Fillion-Robin (Kitware), Andras Lasso
 (PerkLab) and Steve Pieper (Isomics).
 """)
+        # The sample data set is registered once the application has started (SampleData
+        # must be loaded first); nothing is generated until a user asks for it.
+        app = getattr(slicer, "app", None)
+        if app is not None and hasattr(app, "connect"):
+            app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Register "XRayToCT phantom" with the Sample Data module: a generated phantom head CT
+    and its AP and lateral DRRs, made on this computer when the user clicks it (no download)."""
+    try:
+        import SampleData
+    except ImportError:
+        return
+
+    def generate(source=None):
+        return XRayToCTLogic().loadSampleData()
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="XRayToCT", sampleName=SAMPLE_NAME, sampleDescription=_("XRayToCT phantom"),
+        uris=[], fileNames=[], nodeNames=[], customDownloader=generate,
+        thumbnailFileName=str(_modulePath("Resources/Icons/XRayToCT.png")))
+
+
+def _modulePath(relative: str):
+    import os
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), relative)
 
 
 #
@@ -102,20 +158,28 @@ reconstruction. Reference DRRs are rendered with Plastimatch. The module follows
 class XRayToCTParameterNode:
     """The module's state, saved with the scene.
 
-    ctVolume - a head CT in HU: source of DRRs, reference for the sCT.
+    ctVolume - a head CT in HU: source of DRRs, default ground truth of the comparison.
     apVolume - the anteroposterior radiograph (X-ray or DRR).
     lateralVolume - the lateral radiograph (X-ray or DRR).
-    drrPixels - detector pixels per side of synthesized DRRs.
-    modelName - the reconstruction model.
+    modelName - catalog name or path of the model package (the panel's model list sets it).
     device - where PyTorch computes: auto, cuda or cpu.
+    outputVolume - the synthetic CT (created by Apply when empty).
+    groundTruthVolume - the CT the sCT is compared with.
+    differenceVolume - sCT minus ground truth, HU (created by Compare).
+    metricsTable - the comparison's metrics (created by Compare).
+    differenceOpacity - opacity of the difference overlay in the compare views.
     """
 
     ctVolume: vtkMRMLScalarVolumeNode
     apVolume: vtkMRMLScalarVolumeNode
     lateralVolume: vtkMRMLScalarVolumeNode
-    drrPixels: Annotated[int, WithinRange(16, 1024)] = 128
-    modelName: Annotated[str, Choice(MODEL_NAMES)] = MODEL_NAMES[0]
+    modelName: str = ""
     device: Annotated[str, Choice(DEVICES)] = "auto"
+    outputVolume: vtkMRMLScalarVolumeNode
+    groundTruthVolume: vtkMRMLScalarVolumeNode
+    differenceVolume: vtkMRMLScalarVolumeNode
+    metricsTable: vtkMRMLTableNode
+    differenceOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
 
 
 #
@@ -135,6 +199,9 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._task = None
+        self._timer = None
+        self._catalog = []
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -157,15 +224,32 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        # Buttons
+        # Buttons and the model list
         self.ui.synthesizeDrrsButton.connect("clicked(bool)", self.onSynthesizeDrrsButton)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.loadModelFileButton.connect("clicked(bool)", self.onLoadModelFileButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.differenceOpacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onPollTask)
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
+        self.refreshModelList()
+        self.ui.gpuLabel.text = self.logic.deviceDescription()
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._timer is not None:
+            self._timer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -184,6 +268,8 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
         # Parameter node will be reset, do not use it anymore
+        if self._task is not None:
+            self._task.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -194,17 +280,10 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         """Ensure parameter node exists and observed."""
-        # Parameter node stores all user choices in parameter values, node selections, etc.
-        # so that when the scene is saved and reloaded, these settings are restored.
         self.setParameterNode(self.logic.getParameterNode())
-
-        # Select a CT if nothing is selected yet (a volume that is not one of our radiographs)
+        # Select a CT if nothing is selected yet (a volume that XRayToCT did not make)
         if not self._parameterNode.ctVolume:
-            for volumeNode in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-                if volumeNode.IsA("vtkMRMLLabelMapVolumeNode") or volumeNode.GetAttribute(ATTRIBUTE_VIEW):
-                    continue
-                self._parameterNode.ctVolume = volumeNode
-                break
+            self._parameterNode.ctVolume = self.logic.firstCtVolume()
 
     def setParameterNode(self, inputParameterNode: Optional[XRayToCTParameterNode]) -> None:
         """
@@ -223,55 +302,249 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        hasCt = bool(self._parameterNode and self._parameterNode.ctVolume)
-        self.ui.synthesizeDrrsButton.enabled = hasCt
-        self.ui.synthesizeDrrsButton.toolTip = (
-            _("Render AP and lateral DRRs of the CT and select them as the radiograph inputs")
-            if hasCt else _("Select a CT volume"))
-        # Reconstruction needs a model; until the models land the button stays off.
-        self.ui.applyButton.enabled = False
-        self.ui.applyButton.toolTip = _("Reconstruction arrives with the models issue")
+        parameters = self._parameterNode
+        busy = self._task is not None
+        hasCt = bool(parameters and parameters.ctVolume)
+        self.ui.synthesizeDrrsButton.enabled = hasCt and not busy
+        problem = self.logic.reconstructionProblem(parameters) if parameters else _("No parameters")
+        self.ui.applyButton.enabled = problem is None and not busy
+        self.ui.applyButton.toolTip = problem or _("Compute the synthetic CT in the background")
+        canCompare = bool(parameters and parameters.outputVolume and parameters.groundTruthVolume)
+        self.ui.compareButton.enabled = canCompare and not busy
+        self.ui.compareButton.toolTip = (_("Show the sCT and the ground truth in linked views, with the "
+                                           "difference map and the metrics")
+                                         if canCompare else _("Select a synthetic CT and a ground-truth CT"))
+        if parameters and parameters.outputVolume:
+            self.ui.consistencyLabel.text = self.logic.consistencySummary(parameters.outputVolume)
 
     def _setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
         slicer.app.processEvents()
 
+    # -- models ------------------------------------------------------------------------------
+    def refreshModelList(self) -> None:
+        """Fill the model list from the catalog (asks nothing; shows why when it cannot)."""
+        combo = self.ui.modelComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        self._catalog = []
+        try:
+            self._catalog = self.logic.modelCatalog()
+        except Exception as e:  # the catalog needs the library's packages
+            logging.info(f"XRayToCT: model catalog not available: {e}")
+            self.ui.modelDescriptionLabel.text = _("Models are listed once the Python packages are "
+                                                   "installed (Synthesize DRRs or Apply offers to).")
+        for entry in self._catalog:
+            combo.addItem(entry.get("title") or entry["name"], entry["name"])
+        current = self._parameterNode.modelName if self._parameterNode else ""
+        if current and combo.findData(current) < 0:
+            combo.addItem(self.logic.modelTitle(current), current)  # a model file loaded earlier
+        combo.blockSignals(False)
+        index = combo.findData(current) if current else 0
+        combo.setCurrentIndex(max(index, 0))
+        self.onModelSelected(combo.currentIndex)
+
+    def onModelSelected(self, index: int) -> None:
+        if index < 0 or not self._parameterNode:
+            return
+        name = self.ui.modelComboBox.itemData(index)
+        self._parameterNode.modelName = name or ""
+        entry = next((e for e in self._catalog if e.get("name") == name), None)
+        self.ui.modelDescriptionLabel.text = self.logic.modelDescription(entry or name)
+
+    def onLoadModelFileButton(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Load an XRayToCT model package"),
+                                              "", _("Model packages (*.safetensors);;All files (*)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("This file is not a usable XRayToCT model."), waitCursor=True):
+            self.logic.checkModelFile(path)
+            combo = self.ui.modelComboBox
+            if combo.findData(path) < 0:
+                combo.addItem(self.logic.modelTitle(path), path)
+            combo.setCurrentIndex(combo.findData(path))
+
+    # -- actions ------------------------------------------------------------------------------
     def onSynthesizeDrrsButton(self) -> None:
-        """Render AP and lateral DRRs of the selected CT (asks before installing PyTorch)."""
+        """Render the DRRs of the selected CT at the model's geometry (asks before installing)."""
         if not self.logic.ensureDependencies():
             self._setStatus(_("DRRs need PyTorch and the Python packages listed in the log; "
                               "they were not installed."))
             return
+        self.refreshModelList()
         parameters = self._parameterNode
         ctVolume = parameters.ctVolume
         self._setStatus(_("Rendering DRRs of {name}...").format(name=ctVolume.GetName()))
         with slicer.util.tryWithErrorDisplay(_("Failed to synthesize DRRs."), waitCursor=True):
             try:
-                # Re-render into the DRRs of this CT when they are selected, else make new nodes
-                # (a real radiograph chosen as input is never overwritten).
                 nodes = self.logic.synthesizeDrrs(
                     ctVolume,
                     apOutputNode=parameters.apVolume if self.logic.isDrrOf(parameters.apVolume, ctVolume) else None,
                     lateralOutputNode=(parameters.lateralVolume
                                        if self.logic.isDrrOf(parameters.lateralVolume, ctVolume) else None),
-                    pixels=parameters.drrPixels,
-                    device=parameters.device,
-                )
+                    device=parameters.device, modelName=parameters.modelName or None)
             except Exception:
                 self._setStatus(_("DRR synthesis failed."))
                 raise
-            parameters.apVolume = nodes["ap"]
-            parameters.lateralVolume = nodes["lateral"]
+            parameters.apVolume = nodes.get("ap")
+            parameters.lateralVolume = nodes.get("lateral")
             self.logic.showRadiographs(nodes)
-            self._setStatus(_("DRRs ready: {ap} and {lateral}.").format(
-                ap=nodes["ap"].GetName(), lateral=nodes["lateral"].GetName()))
+            self._setStatus(_("DRRs ready: {names}.").format(names=", ".join(n.GetName() for n in nodes.values())))
 
     def onApplyButton(self) -> None:
-        """Run the reconstruction when the user clicks "Apply"."""
-        with slicer.util.tryWithErrorDisplay(_("Failed to compute the synthetic CT."), waitCursor=True):
+        """Start the reconstruction in the background (the panel polls it)."""
+        if not self.logic.ensureDependencies():
+            self._setStatus(_("The reconstruction needs PyTorch and the Python packages listed in the log; "
+                              "they were not installed."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the synthetic CT computation."), waitCursor=True):
             parameters = self._parameterNode
-            self.logic.reconstruct(parameters.apVolume, parameters.lateralVolume,
-                                   modelName=parameters.modelName, device=parameters.device)
+            self._task = self.logic.startReconstruction(
+                parameters.apVolume, parameters.lateralVolume, modelName=parameters.modelName,
+                device=parameters.device, ctVolumeNode=parameters.ctVolume,
+                outputVolumeNode=parameters.outputVolume)
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self.ui.cancelButton.show()
+            self._timer.start()
+            self._checkCanApply()
+
+    def onCancelButton(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._setStatus(_("Cancelling..."))
+
+    def onPollTask(self) -> None:
+        """Show the background task's progress; when it has ended, put its result in the scene."""
+        task = self._task
+        if task is None:
+            self._timer.stop()
+            return
+        self.ui.progressBar.value = int(round(100 * task.fraction))
+        self.ui.statusLabel.text = task.message
+        if not task.done:
+            return
+        self._timer.stop()
+        self._task = None
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Failed to compute the synthetic CT."), waitCursor=True):
+                try:
+                    sctNode = task.result()
+                except Cancelled:
+                    self._setStatus(_("Cancelled: no synthetic CT was made."))
+                    return
+                self._parameterNode.outputVolume = sctNode
+                if not self._parameterNode.groundTruthVolume:
+                    self._parameterNode.groundTruthVolume = self.logic.defaultGroundTruth(sctNode)
+                slicer.util.setSliceViewerLayers(background=sctNode, fit=True)
+                summary = self.logic.consistencySummary(sctNode)
+                self.ui.consistencyLabel.text = summary
+                self._setStatus(_("{name} is ready. {summary}").format(name=sctNode.GetName(), summary=summary))
+        finally:
+            self._checkCanApply()
+
+    def onCompareButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to compare the synthetic CT with the ground truth."),
+                                             waitCursor=True):
+            parameters = self._parameterNode
+            result = self.logic.compare(parameters.outputVolume, parameters.groundTruthVolume,
+                                        differenceVolumeNode=parameters.differenceVolume,
+                                        metricsTableNode=parameters.metricsTable,
+                                        opacity=parameters.differenceOpacity)
+            parameters.differenceVolume = result["difference"]
+            parameters.metricsTable = result["table"]
+            layoutManager = slicer.app.layoutManager()
+            if layoutManager is not None:
+                layoutManager.setLayout(mrml.COMPARE_LAYOUT_ID)
+                self.logic.linkCompareViews(parameters.outputVolume, parameters.groundTruthVolume,
+                                            result["difference"], opacity=parameters.differenceOpacity)
+                for viewName, _label, _color in mrml.COMPARE_VIEWS.values():
+                    sliceWidget = layoutManager.sliceWidget(viewName)
+                    if sliceWidget is not None:
+                        sliceWidget.sliceLogic().FitSliceToAll()
+            self.ui.metricsTableView.setMRMLTableNode(result["table"])
+            self._setStatus(self.logic.metricsSummary(result["rows"]))
+
+    def onOpacityChanged(self, value: float) -> None:
+        self.logic.setDifferenceOpacity(value)
+
+
+#
+# BackgroundTask
+#
+
+
+class BackgroundTask:
+    """Long work in a worker thread, followed from Slicer's main thread.
+
+    ``work(progress)`` runs in the thread and must not touch MRML or Qt (it gets library
+    objects and returns library objects); ``progress(fraction, message)`` records where it is
+    and raises :class:`~XRayToCTLib.errors.Cancelled` once :meth:`cancel` was called.
+    ``finish(value)`` runs on the main thread in :meth:`result` (it puts the value into the
+    scene). The panel polls :attr:`done`, :attr:`fraction`, :attr:`message` with a QTimer, so
+    Slicer stays responsive; the console can call :meth:`wait`.
+    """
+
+    def __init__(self, work: Callable[[Callable[[float, str], None]], Any],
+                 finish: Optional[Callable[[Any], Any]] = None, name: str = "XRayToCT") -> None:
+        self._work = work
+        self._finish = finish
+        self._cancel = threading.Event()
+        self._value = None
+        self._error = None
+        self._finished = False
+        self.fraction = 0.0
+        self.message = ""
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> "BackgroundTask":
+        self._thread.start()
+        return self
+
+    def _progress(self, fraction: float, message: str = "") -> None:
+        self.fraction = min(max(float(fraction), 0.0), 1.0)
+        if message:
+            self.message = message
+        if self._cancel.is_set():
+            raise Cancelled("cancelled by the user")
+
+    def _run(self) -> None:
+        try:
+            self._value = self._work(self._progress)
+        except BaseException as e:  # handed to the main thread by result()
+            self._error = e
+
+    def cancel(self) -> None:
+        """Ask the work to stop at its next progress report."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: Optional[float] = None):
+        """Block until the work ends, then return :meth:`result`."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"{self._thread.name} still running after {timeout} s")
+        return self.result()
+
+    def result(self):
+        """On the main thread, after :attr:`done`: ``finish(value)`` (once), or the work's error."""
+        if not self.done:
+            raise RuntimeError("the task is still running")
+        if self._error is not None:
+            raise self._error
+        if not self._finished:
+            self._finished = True
+            self._value = self._finish(self._value) if self._finish is not None else self._value
+        return self._value
 
 
 #
@@ -286,7 +559,10 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
 
       logic = slicer.util.getModuleLogic("XRayToCT")  # or XRayToCT.XRayToCTLogic()
       logic.ensureDependencies()
-      drrs = logic.synthesizeDrrs(slicer.util.getNode("CTHead"), device="cpu")
+      ct = slicer.util.getNode("CTHead")
+      drrs = logic.synthesizeDrrs(ct, device="cpu")
+      sct = logic.reconstruct(drrs["ap"], drrs["lateral"], modelName=logic.smallestModel(), ctVolumeNode=ct)
+      result = logic.compare(sct, ct)   # difference node, metrics table node, rows
 
     Uses ScriptedLoadableModuleLogic base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
@@ -295,6 +571,8 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         """Called when the logic class is instantiated. Can be used for initializing member variables."""
         ScriptedLoadableModuleLogic.__init__(self)
+        self._reconstructors = {}
+        self._lock = threading.Lock()
 
     def getParameterNode(self):
         return XRayToCTParameterNode(super().getParameterNode())
@@ -306,7 +584,7 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         return [name for name in REQUIREMENTS if importlib.util.find_spec(name) is None]
 
     def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install the missing Python packages (PyTorch, SimpleITK, pydicom, tqdm).
+        """Install the missing Python packages (PyTorch, MONAI, SimpleITK, ...).
 
         Nothing is downloaded without asking: PyTorch comes from the PyTorch extension
         (``PyTorchUtils``, which picks the CPU or CUDA build for this computer and asks
@@ -357,110 +635,138 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
                     f"or use a button of the XRayToCT module, which offers to install them") from e
             raise
 
-    # -- node <-> library conversions ------------------------------------------------------
+    def deviceDescription(self) -> str:
+        """What ``auto`` computes on, in words (the GPU's name when PyTorch sees one)."""
+        if importlib.util.find_spec("torch") is None:
+            return _("PyTorch is not installed yet: the device is detected after installation.")
+        import torch
+
+        if torch.cuda.is_available():
+            return _("GPU: {name} (CUDA {cuda})").format(name=torch.cuda.get_device_name(0),
+                                                        cuda=torch.version.cuda)
+        return _("No CUDA GPU detected: the CPU is used (a reconstruction takes longer).")
+
+    # -- node <-> library conversions (XRayToCTLib.mrml does the work) ---------------------------
     @staticmethod
     def volumeFromNode(volumeNode):
         """The library :class:`~XRayToCTLib.geometry.Volume` of a scalar volume node (LPS),
         in world coordinates (a linear parent transform is applied to the geometry)."""
-        from XRayToCTLib.geometry import Volume
-
-        if volumeNode is None or volumeNode.GetImageData() is None:
-            raise ValueError(_("The volume has no image data."))
-        ijkToRas = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijkToRas)
-        transformNode = volumeNode.GetParentTransformNode()
-        if transformNode is not None:
-            if not transformNode.IsTransformToWorldLinear():
-                raise ValueError(_("{name} is under a non-linear transform: harden or remove it first.")
-                                 .format(name=volumeNode.GetName()))
-            toWorld = vtk.vtkMatrix4x4()
-            transformNode.GetMatrixTransformToWorld(toWorld)
-            vtk.vtkMatrix4x4.Multiply4x4(toWorld, ijkToRas, ijkToRas)
-        array = slicer.util.arrayFromVolume(volumeNode).astype("float32")
-        return Volume.from_ijk_to_ras(array, slicer.util.arrayFromVTKMatrix(ijkToRas),
-                                      {"source": volumeNode.GetName(), "mrml_node_id": volumeNode.GetID()})
+        return mrml.volume_from_node(volumeNode)
 
     @staticmethod
     def updateNodeFromRadiograph(volumeNode, radiograph, view: str, sourceNode=None) -> None:
-        """Put a :class:`~XRayToCTLib.geometry.Radiograph` into a single-slice scalar volume.
-
-        Voxel spacing is the detector's (column, row, 1) mm. When the radiograph carries its
-        projection geometry, the slice is placed where the detector is (so the 3D view shows
-        the set-up, and the slice views show it upright, seen from the source); the geometry
-        JSON goes into the node attribute ``XRayToCT.Geometry`` and the view into
-        ``XRayToCT.View``.
-        """
-        import numpy as np
-
-        from XRayToCTLib.geometry import Volume
-
-        array = np.asarray(radiograph.array, dtype=np.float32)
-        rowSpacing, colSpacing = radiograph.pixel_spacing or (1.0, 1.0)
-        geometry = radiograph.geometry
-        if geometry is not None:
-            placed = Volume(array[None], (colSpacing, rowSpacing, 1.0),
-                            origin=geometry.detector_origin(), direction=geometry.detector_direction())
-        else:
-            placed = Volume(array[None], (colSpacing, rowSpacing, 1.0))
-        slicer.util.updateVolumeFromArray(volumeNode, placed.array)
-        volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(placed.ijk_to_ras()))
-
-        volumeNode.SetAttribute(ATTRIBUTE_VIEW, view)
-        volumeNode.SetAttribute(ATTRIBUTE_KIND, str(radiograph.metadata.get("kind", "radiograph")))
-        volumeNode.SetAttribute(ATTRIBUTE_GEOMETRY, geometry.to_json() if geometry is not None else "")
-        volumeNode.SetAttribute(ATTRIBUTE_METADATA, json.dumps(radiograph.metadata, default=str))
-        volumeNode.SetAttribute(ATTRIBUTE_SOURCE, sourceNode.GetID() if sourceNode is not None else "")
-
-        if volumeNode.GetScene() is not None and volumeNode.GetDisplayNode() is None:
-            volumeNode.CreateDefaultDisplayNodes()
-        displayNode = volumeNode.GetDisplayNode()
-        if displayNode is not None:
-            displayNode.AutoWindowLevelOn()
+        """Put a :class:`~XRayToCTLib.geometry.Radiograph` into a single-slice scalar volume
+        (see :func:`XRayToCTLib.mrml.update_node_from_radiograph`)."""
+        mrml.update_node_from_radiograph(volumeNode, radiograph, view, source_node=sourceNode)
 
     @staticmethod
     def isDrrOf(volumeNode, ctVolumeNode) -> bool:
         """Whether ``volumeNode`` is a DRR that XRayToCT rendered from ``ctVolumeNode``."""
-        return bool(volumeNode is not None and ctVolumeNode is not None
-                    and volumeNode.GetAttribute(ATTRIBUTE_KIND) == "DRR"
-                    and volumeNode.GetAttribute(ATTRIBUTE_SOURCE) == ctVolumeNode.GetID())
+        return mrml.is_drr_of(volumeNode, ctVolumeNode)
+
+    @staticmethod
+    def firstCtVolume(scene=None):
+        """The first scalar volume of the scene that XRayToCT did not make (a CT), or None."""
+        scene = scene or slicer.mrmlScene
+        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+            node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute(ATTRIBUTE_KIND) \
+                    or node.GetAttribute(ATTRIBUTE_VIEW):
+                continue
+            return node
+        return None
+
+    # -- models -----------------------------------------------------------------------------
+    def modelCatalog(self) -> list:
+        """The installed models: ``models.catalog()`` entries (name, title, description, file,
+        sha256, size, views, output_size, trained_on)."""
+        return list(self._importLibrary("models").catalog())
+
+    def smallestModel(self) -> Optional[str]:
+        """Name of the smallest catalog model (by file size), or None when there is none."""
+        catalog = self.modelCatalog()
+        if not catalog:
+            return None
+        return min(catalog, key=lambda e: (e.get("size") or 0, e["name"]))["name"]
+
+    @staticmethod
+    def modelTitle(nameOrPath: str) -> str:
+        import os
+        return os.path.basename(nameOrPath) if ("/" in nameOrPath or "\\" in nameOrPath) else nameOrPath
+
+    @staticmethod
+    def modelDescription(entry) -> str:
+        """One paragraph on a catalog entry (or a file path) for the panel."""
+        if not entry:
+            return _("No model selected.")
+        if isinstance(entry, str):
+            return _("Model file: {path}").format(path=entry)
+        views = " + ".join(entry.get("views") or [])
+        size = entry.get("output_size")
+        parts = [entry.get("description") or "",
+                 _("Views: {views}.").format(views=views) if views else "",
+                 _("Output: {n}\u00b3 voxels.").format(n=size) if size else "",
+                 _("Trained on: {data}.").format(data=entry.get("trained_on")) if entry.get("trained_on") else ""]
+        return " ".join(p for p in parts if p)
+
+    def checkModelFile(self, path: str) -> None:
+        """Load a model package once (raises a clear error when it is not one)."""
+        self.reconstructor(path, "cpu")
+
+    def reconstructor(self, modelName: str, device: str = "auto"):
+        """The loaded :class:`~XRayToCTLib.inference.Reconstructor` (cached per model and device)."""
+        if not modelName:
+            raise XRayToCTError(_("No model is selected: pick one in the model list or load a model file."))
+        key = (str(modelName), str(device))
+        with self._lock:
+            if key not in self._reconstructors:
+                inference = self._importLibrary("inference")
+                self._reconstructors[key] = inference.Reconstructor(modelName, device=device)
+            return self._reconstructors[key]
+
+    def modelGeometries(self, modelName: str) -> dict:
+        """``{view: ProjectionGeometry}`` of a model's inputs (relative to its canonical grid)."""
+        from XRayToCTLib.geometry import ProjectionGeometry
+
+        spec = self.reconstructor(modelName, "cpu").spec
+        out = {}
+        for view in spec.views:
+            geometry = spec.geometry[view]
+            out[view] = geometry if isinstance(geometry, ProjectionGeometry) else ProjectionGeometry.from_dict(geometry)
+        return out
 
     # -- actions ---------------------------------------------------------------------------
     def synthesizeDrrs(self, ctVolumeNode, apOutputNode=None, lateralOutputNode=None,
-                       pixels: int = 128, device: str = "auto") -> dict:
-        """Render AP and lateral DRRs of a CT (HU) at the project's default geometry.
+                       pixels: int = 128, device: str = "auto", modelName: Optional[str] = None) -> dict:
+        """Render DRRs of a CT (HU): at the model's geometry when ``modelName`` is given (its
+        views and detector), else AP and lateral at the project's default geometry with
+        ``pixels`` detector pixels per side; the isocentre is the CT's centre.
 
         :param ctVolumeNode: the CT, a ``vtkMRMLScalarVolumeNode`` in HU.
         :param apOutputNode: scalar volume node to write the AP DRR into (new one if None).
         :param lateralOutputNode: the same for the lateral DRR.
-        :param pixels: detector pixels per side.
+        :param pixels: detector pixels per side (default geometry only).
         :param device: ``auto``, ``cuda`` or ``cpu``.
-        :return: ``{"ap": node, "lateral": node}``.
+        :param modelName: catalog name or package path whose geometry to use.
+        :return: ``{view: node}``.
         """
         if ctVolumeNode is None or ctVolumeNode.GetImageData() is None:
             raise ValueError(_("Select a CT volume with image data."))
-        drr = self._importLibrary("drr")
+        self._importLibrary("drr")
         startTime = time.time()
-        volume = self.volumeFromNode(ctVolumeNode)
-        radiographs = drr.render_biplanar(volume, pixels=int(pixels), device=device)
-
-        scene = ctVolumeNode.GetScene() or slicer.mrmlScene
-        outputs = {"ap": apOutputNode, "lateral": lateralOutputNode}
-        nodes = {}
-        for view, outputNode in outputs.items():
-            if outputNode is None:
-                name = scene.GenerateUniqueName(f"{ctVolumeNode.GetName()} DRR {VIEW_LABELS[view]}")
-                outputNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-            self.updateNodeFromRadiograph(outputNode, radiographs[view], view, sourceNode=ctVolumeNode)
-            nodes[view] = outputNode
-        logging.info(f"XRayToCT: rendered {pixels}x{pixels} AP and lateral DRRs of "
-                     f"{ctVolumeNode.GetName()} in {time.time() - startTime:.2f} s")
+        geometries = self.modelGeometries(modelName) if modelName else None
+        nodes = mrml.synthesize_drrs(ctVolumeNode, geometries=geometries, pixels=int(pixels), device=device,
+                                     output_nodes={"ap": apOutputNode, "lateral": lateralOutputNode})
+        logging.info(f"XRayToCT: rendered DRRs ({', '.join(nodes)}) of {ctVolumeNode.GetName()} "
+                     f"in {time.time() - startTime:.2f} s")
         return nodes
 
     @staticmethod
     def showRadiographs(nodes: dict) -> None:
         """Show the AP radiograph in the Green (coronal) view and the lateral one in the Yellow
         (sagittal) view, each view turned to its detector plane. No-op without a layout."""
-        layoutManager = slicer.app.layoutManager() if hasattr(slicer, "app") else None
+        app = getattr(slicer, "app", None)
+        layoutManager = app.layoutManager() if app is not None and hasattr(app, "layoutManager") else None
         if layoutManager is None:
             return
         for viewName, view in (("Green", "ap"), ("Yellow", "lateral")):
@@ -472,10 +778,208 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
             sliceWidget.mrmlSliceNode().RotateToVolumePlane(volumeNode)
             sliceWidget.fitSliceToBackground()
 
-    def reconstruct(self, apVolumeNode, lateralVolumeNode, modelName: str = MODEL_NAMES[0],
-                    device: str = "auto"):
-        """Synthetic CT from an AP and a lateral radiograph (not available yet)."""
-        raise NotImplementedError(_("Reconstruction arrives with the models issue."))
+    def reconstructionProblem(self, parameters) -> Optional[str]:
+        """Why Apply cannot run with these parameters, in words; None when it can."""
+        if not parameters.modelName:
+            return _("Select a model (or load a model file).")
+        if not (parameters.ctVolume or parameters.apVolume or parameters.lateralVolume):
+            return _("Select a CT, or the radiographs (AP and lateral).")
+        return None
+
+    @staticmethod
+    def _usesCt(apVolumeNode, lateralVolumeNode, ctVolumeNode) -> bool:
+        """The CT is the input when no real radiograph is selected (only its own DRRs, or none)."""
+        if ctVolumeNode is None:
+            return False
+        return all(node is None or mrml.is_drr_of(node, ctVolumeNode) for node in (apVolumeNode, lateralVolumeNode))
+
+    def startReconstruction(self, apVolumeNode, lateralVolumeNode, modelName: str, device: str = "auto",
+                            ctVolumeNode=None, outputVolumeNode=None, register: Optional[bool] = None
+                            ) -> BackgroundTask:
+        """Start a reconstruction in a worker thread; returns the :class:`BackgroundTask`
+        (poll it, :meth:`~BackgroundTask.cancel` it, then :meth:`~BackgroundTask.result`
+        gives the sCT node). See :meth:`reconstruct` for the arguments."""
+        work, finish = self._reconstructionJob(apVolumeNode, lateralVolumeNode, modelName, device,
+                                               ctVolumeNode, outputVolumeNode, register)
+        return BackgroundTask(work, finish, name="XRayToCT reconstruction").start()
+
+    def reconstruct(self, apVolumeNode, lateralVolumeNode, modelName: str, device: str = "auto",
+                    ctVolumeNode=None, outputVolumeNode=None, register: Optional[bool] = None,
+                    progress: Optional[Callable[[float, str], Any]] = None):
+        """Synthetic CT from radiographs or from a CT, into a scalar volume node (blocks).
+
+        * From a CT: when ``ctVolumeNode`` is given and the radiograph nodes are None or its
+          own DRRs. The CT is preprocessed (registered to the head template when one is
+          available and ``register`` is not False), its DRRs are rendered at the model's
+          geometry (written into the AP/lateral nodes when given), and the sCT is put back on
+          the CT's grid (patient space).
+        * From radiographs (``apVolumeNode``, ``lateralVolumeNode``; the model's views): the
+          sCT is on the model's canonical grid centred on the origin.
+
+        The output node (``outputVolumeNode`` or a new ``"<name> sCT (synthetic)"``) is
+        labelled synthetic and carries the projection-consistency scores
+        (``XRayToCT.Consistency``). ``progress(fraction, message)`` may raise
+        :class:`~XRayToCTLib.errors.Cancelled`. Returns the node.
+        """
+        work, finish = self._reconstructionJob(apVolumeNode, lateralVolumeNode, modelName, device,
+                                               ctVolumeNode, outputVolumeNode, register)
+        return finish(work(progress))
+
+    def _reconstructionJob(self, apVolumeNode, lateralVolumeNode, modelName, device, ctVolumeNode,
+                           outputVolumeNode, register):
+        """``(work, finish)``: ``work(progress)`` computes with library objects only (it may run
+        in a thread); ``finish(result)`` writes the scene (main thread)."""
+        if not modelName:
+            raise XRayToCTError(_("No model is selected: pick one in the model list or load a model file."))
+        useCt = self._usesCt(apVolumeNode, lateralVolumeNode, ctVolumeNode)
+        if useCt:
+            ct = mrml.volume_from_node(ctVolumeNode)
+            if register is None:
+                register = self._importLibrary("preprocess").default_template_path() is not None
+            views = None
+        else:
+            views = {view: mrml.radiograph_from_node(node, view)
+                     for view, node in (("ap", apVolumeNode), ("lateral", lateralVolumeNode)) if node is not None}
+            if not views:
+                raise XRayToCTError(_("Select the radiographs (AP and lateral), or a CT."))
+        sourceNode = ctVolumeNode if useCt else (apVolumeNode or lateralVolumeNode)
+        sourceName = sourceNode.GetName()
+        scene = sourceNode.GetScene() or slicer.mrmlScene
+
+        def work(progress):
+            reconstructor = self.reconstructor(modelName, device)
+            if useCt:
+                return reconstructor.reconstruct_ct(ct, register=bool(register), progress=progress)
+            wanted = {view: views[view] for view in reconstructor.spec.views if view in views}
+            return reconstructor.reconstruct_views(wanted if len(wanted) == len(reconstructor.spec.views) else views,
+                                                   progress=progress)
+
+        def finish(result):
+            node = outputVolumeNode
+            if node is None:
+                node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                               scene.GenerateUniqueName(mrml.sct_node_name(sourceName)))
+            inputs = [n for n in (apVolumeNode, lateralVolumeNode) if n is not None]
+            if useCt:
+                drrNodes = mrml.update_drr_nodes(ctVolumeNode, result.drrs,
+                                                 {"ap": apVolumeNode, "lateral": lateralVolumeNode})
+                inputs = list(drrNodes.values())
+            consistency = {k: v for k, v in result.consistency.items() if not str(k).startswith("_")}
+            info = {"model": result.info.get("model", {}).get("name", modelName),
+                    "device": result.info.get("device"), "time_s": result.info.get("time_s"),
+                    "space": result.info.get("space"), "input_kind": result.info.get("input_kind")}
+            mrml.update_node_from_sct(node, result.sct, model=str(modelName), consistency=consistency,
+                                      source_node=ctVolumeNode if useCt else None, input_nodes=inputs, info=info)
+            logging.info(f"XRayToCT: {node.GetName()} computed with {modelName} in "
+                         f"{result.info.get('time_s')} s on {result.info.get('device')}")
+            return node
+
+        return work, finish
+
+    @staticmethod
+    def consistencySummary(sctVolumeNode) -> str:
+        """The projection-consistency score of an sCT node in words ("" when it has none)."""
+        scores = mrml.consistency_of(sctVolumeNode)
+        mean = scores.get("mean") or {}
+        if not mean:
+            return ""
+        views = scores.get("views") or {}
+        perView = ", ".join(f"{VIEW_LABELS.get(v, v)} {s.get('ssim', float('nan')):.3f}" for v, s in views.items())
+        return _("Projection consistency (the sCT's own DRRs vs the inputs): SSIM {ssim:.3f}, PSNR {psnr:.1f} dB"
+                 "{perView}.").format(ssim=mean.get("ssim", float("nan")), psnr=mean.get("psnr", float("nan")),
+                                      perView=f" (SSIM {perView})" if perView else "")
+
+    @staticmethod
+    def defaultGroundTruth(sctVolumeNode):
+        """The CT the sCT (or its DRRs) came from, when it is in the scene."""
+        source = mrml.source_ct_of(sctVolumeNode)
+        if source is not None:
+            return source
+        scene = sctVolumeNode.GetScene()
+        for nodeId in (sctVolumeNode.GetAttribute(mrml.ATTRIBUTE_INPUTS) or "").split():
+            drr = scene.GetNodeByID(nodeId) if scene is not None else None
+            ct = mrml.source_ct_of(drr)
+            if ct is not None:
+                return ct
+        return None
+
+    # -- compare ---------------------------------------------------------------------------------
+    def compare(self, sctVolumeNode, groundTruthVolumeNode, differenceVolumeNode=None, metricsTableNode=None,
+                opacity: float = 0.5, showLayout: bool = True) -> dict:
+        """Compare an sCT with a ground-truth CT.
+
+        Computes the metrics (``metrics.evaluate_pair``: SSIM, PSNR, cosine, MAE in HU, in the
+        brain and full windows, head-only and whole volume; the sCT is resampled onto the
+        ground truth's grid) into a table node, the difference map (sCT - ground truth, HU, on
+        the sCT's grid, diverging colours with a legend) into a volume node, registers the
+        compare layout with the scene's layout node (``showLayout``: switches to it) and links
+        its views. Returns ``{"difference": node, "table": node, "rows": [...]}``."""
+        if sctVolumeNode is None or groundTruthVolumeNode is None:
+            raise ValueError(_("Select a synthetic CT and a ground-truth CT."))
+        metrics = self._importLibrary("metrics")
+        scene = sctVolumeNode.GetScene() or slicer.mrmlScene
+        sct = mrml.volume_from_node(sctVolumeNode)
+        gt = mrml.volume_from_node(groundTruthVolumeNode)
+        rows = metrics.evaluate_pair(mrml.on_grid_of(sct, gt), gt, windows=("brain", "full"),
+                                     regions=("head", "whole"), metrics=("ssim", "psnr", "cosine", "mae_hu"))
+        if metricsTableNode is None:
+            metricsTableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(
+                f"{sctVolumeNode.GetName()} vs {groundTruthVolumeNode.GetName()} metrics"))
+        mrml.update_metrics_table(metricsTableNode, rows)
+        if differenceVolumeNode is None:
+            differenceVolumeNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(
+                f"{sctVolumeNode.GetName()} - {groundTruthVolumeNode.GetName()} (HU)"))
+        mrml.update_difference_node(differenceVolumeNode, sctVolumeNode, groundTruthVolumeNode)
+        layoutNode = self.layoutNode(scene)
+        if layoutNode is not None:
+            mrml.register_compare_layout(layoutNode, show=showLayout)
+        self.linkCompareViews(sctVolumeNode, groundTruthVolumeNode, differenceVolumeNode, opacity=opacity)
+        return {"difference": differenceVolumeNode, "table": metricsTableNode, "rows": rows}
+
+    @staticmethod
+    def layoutNode(scene=None):
+        """The scene's layout node (None in a scene without one)."""
+        scene = scene or slicer.mrmlScene
+        return scene.GetFirstNodeByClass("vtkMRMLLayoutNode") if hasattr(scene, "GetFirstNodeByClass") else \
+            (scene.GetNthNodeByClass(0, "vtkMRMLLayoutNode") if scene.GetNumberOfNodesByClass("vtkMRMLLayoutNode") else None)
+
+    @staticmethod
+    def linkCompareViews(sctVolumeNode, groundTruthVolumeNode, differenceVolumeNode=None, opacity: float = 0.5) -> dict:
+        """Show and link the compare views that exist (see :func:`XRayToCTLib.mrml.link_compare_views`)."""
+        scene = sctVolumeNode.GetScene() or slicer.mrmlScene
+        return mrml.link_compare_views(scene, sctVolumeNode, groundTruthVolumeNode, differenceVolumeNode,
+                                       opacity=opacity)
+
+    @staticmethod
+    def setDifferenceOpacity(opacity: float, scene=None) -> None:
+        mrml.set_difference_opacity(scene or slicer.mrmlScene, opacity)
+
+    @staticmethod
+    def metricsSummary(rows) -> str:
+        """The head-region metrics in one line."""
+        values = {(r["metric"], r["window"], r["region"]): r["value"] for r in rows}
+
+        def get(metric, window, region="head"):
+            return values.get((metric, window, region), float("nan"))
+
+        return _("Inside the head: SSIM {ssim_b:.3f} (brain window) / {ssim_f:.3f} (full range), PSNR {psnr_f:.1f} dB, "
+                 "MAE {mae:.0f} HU. All values are in the table.").format(
+            ssim_b=get("ssim", "brain"), ssim_f=get("ssim", "full"), psnr_f=get("psnr", "full"),
+            mae=get("mae_hu", "full"))
+
+    # -- sample data ------------------------------------------------------------------------------
+    def loadSampleData(self, scene=None, size: int = 128, spacing: float = 2.0, seed: int = 0,
+                       withDrrs: bool = True) -> list:
+        """Generate the sample: a phantom head CT (``size``\u00b3 voxels of ``spacing`` mm, HU)
+        and, when PyTorch is installed, its AP and lateral DRRs. Returns the new nodes."""
+        scene = scene or slicer.mrmlScene
+        phantom = importlib.import_module("XRayToCTLib.phantom")
+        volume = phantom.head_phantom(size=size, spacing=spacing, seed=seed)
+        ctNode = mrml.add_volume_node(scene, volume, "XRayToCT phantom CT", window_level=(2000.0, 0.0))
+        nodes = [ctNode]
+        if withDrrs and importlib.util.find_spec("torch") is not None:
+            nodes += list(self.synthesizeDrrs(ctNode, device="auto").values())
+        return nodes
 
 
 #
@@ -498,6 +1002,13 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
         """Run as few or as many tests as needed here."""
         self.setUp()
         self.test_SynthesizeDrrs()
+        self.setUp()
+        self.test_WholeChain()
+
+    def _phantomNode(self, size=64, spacing=4.0):
+        from XRayToCTLib.phantom import head_phantom
+
+        return mrml.add_volume_node(slicer.mrmlScene, head_phantom(size=size, spacing=spacing, seed=0), "Phantom CT")
 
     def test_SynthesizeDrrs(self):
         """DRRs of a small phantom head CT, rendered on the CPU, land in two scalar volume
@@ -510,29 +1021,21 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
             self.skipTest("PyTorch is not installed (the XRayToCT module offers to install it)")
 
         from XRayToCTLib.geometry import ProjectionGeometry
-        from XRayToCTLib.phantom import head_phantom
 
-        phantom = head_phantom(size=64, spacing=4.0, seed=0)
-        ctNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Phantom CT")
-        slicer.util.updateVolumeFromArray(ctNode, np.asarray(phantom.array, dtype=np.float32))
-        ctNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(phantom.ijk_to_ras()))
-        ctNode.CreateDefaultDisplayNodes()
-
+        ctNode = self._phantomNode()
         # the node round-trips to the same library geometry
         roundTrip = logic.volumeFromNode(ctNode)
-        np.testing.assert_allclose(roundTrip.index_to_lps(), phantom.index_to_lps(), atol=1e-6)
+        self.assertEqual(roundTrip.array.shape, (64, 64, 64))
         self.delayDisplay("Phantom loaded")
 
         pixels = 64
         nodes = logic.synthesizeDrrs(ctNode, pixels=pixels, device="cpu")
         self.assertEqual(set(nodes), {"ap", "lateral"})
         for view, node in nodes.items():
-            self.assertIsNotNone(node)
             self.assertTrue(node.IsA("vtkMRMLScalarVolumeNode"))
-            array = slicer.util.arrayFromVolume(node)
-            self.assertEqual(array.shape, (1, pixels, pixels))
+            array = mrml.radiograph_from_node(node).array
+            self.assertEqual(array.shape, (pixels, pixels))
             self.assertTrue(np.all(np.isfinite(array)))
-            self.assertGreater(float(array.max()), 0.0)
             self.assertGreater(float(array.std()), 0.0)  # not a flat image
             self.assertEqual(node.GetAttribute(ATTRIBUTE_VIEW), view)
             geometry = ProjectionGeometry.from_dict(json.loads(node.GetAttribute(ATTRIBUTE_GEOMETRY)))
@@ -541,12 +1044,72 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
             rowSpacing, colSpacing = geometry.pixel_spacing
             np.testing.assert_allclose(node.GetSpacing(), (colSpacing, rowSpacing, 1.0), rtol=1e-6)
             self.assertTrue(logic.isDrrOf(node, ctNode))
-        # a DRR differs between the two views
-        self.assertFalse(np.allclose(slicer.util.arrayFromVolume(nodes["ap"]),
-                                     slicer.util.arrayFromVolume(nodes["lateral"])))
+        self.assertFalse(np.allclose(mrml.radiograph_from_node(nodes["ap"]).array,
+                                     mrml.radiograph_from_node(nodes["lateral"]).array))
 
         # rendering again into the same nodes reuses them
         again = logic.synthesizeDrrs(ctNode, nodes["ap"], nodes["lateral"], pixels=pixels, device="cpu")
         self.assertIs(again["ap"], nodes["ap"])
         self.assertIs(again["lateral"], nodes["lateral"])
         self.delayDisplay("Test passed")
+
+    def test_WholeChain(self):
+        """Phantom CT -> DRRs at the model's geometry -> sCT (background task, CPU) -> compare
+        (difference map, metrics table, linked compare views), with the smallest catalog model,
+        or a small random-weight model package when the catalog is empty."""
+        import tempfile
+
+        self.delayDisplay("Starting the whole chain")
+        logic = XRayToCTLogic()
+        if logic.missingDependencies():
+            self.skipTest(f"Python packages missing: {logic.missingDependencies()} "
+                          "(the XRayToCT module offers to install them)")
+        with tempfile.TemporaryDirectory() as folder:
+            modelName = logic.smallestModel() or _randomModelPackage(folder)
+            ctNode = self._phantomNode()
+            drrs = logic.synthesizeDrrs(ctNode, device="cpu", modelName=modelName)
+            self.assertTrue(drrs and all(logic.isDrrOf(n, ctNode) for n in drrs.values()))
+            self.delayDisplay(f"DRRs at the geometry of {modelName}")
+
+            task = logic.startReconstruction(drrs.get("ap"), drrs.get("lateral"), modelName=modelName,
+                                             device="cpu", ctVolumeNode=ctNode, register=False)
+            sctNode = task.wait(timeout=600)
+        self.assertEqual(task.fraction, 1.0)
+        self.assertIn("synthetic", sctNode.GetName())
+        self.assertEqual(sctNode.GetAttribute(mrml.ATTRIBUTE_SYNTHETIC), "true")
+        self.assertEqual(mrml.volume_from_node(sctNode).array.shape, (64, 64, 64))  # on the CT grid
+        self.assertIn("mean", mrml.consistency_of(sctNode))
+        self.assertIs(logic.defaultGroundTruth(sctNode), ctNode)
+        self.delayDisplay("sCT computed")
+
+        result = logic.compare(sctNode, ctNode)
+        rows = mrml.metrics_from_table(result["table"])
+        self.assertEqual(len(rows), 4 * 2 * 2)
+        self.assertEqual({r["metric"] for r in rows}, {"ssim", "psnr", "cosine", "mae_hu"})
+        self.assertEqual({(r["window"], r["region"]) for r in rows},
+                         {("brain", "head"), ("brain", "whole"), ("full", "head"), ("full", "whole")})
+        self.assertEqual(result["difference"].GetAttribute(mrml.ATTRIBUTE_KIND), mrml.KIND_DIFFERENCE)
+        layoutNode = logic.layoutNode()
+        if layoutNode is not None:
+            self.assertTrue(layoutNode.IsLayoutDescription(mrml.COMPARE_LAYOUT_ID))
+        self.delayDisplay("Test passed")
+
+
+def _randomModelPackage(folder: str, size: int = 32) -> str:
+    """A small two-view model package with random weights, for the self-test when no model
+    is installed: the registry's ``x2ct_gan`` at a test width (``size``\u00b3 output over the
+    256 mm field of view, ``size``\u00b2 DRRs), saved with its spec like a trained one."""
+    import os
+
+    import torch
+
+    models = importlib.import_module("XRayToCTLib.models")
+    torch.manual_seed(0)
+    model = models.build_model("x2ct_gan", {
+        "image_size": size, "output_size": size, "output_spacing": 256.0 / size,
+        "stem_channels": 8, "growth_rate": 4, "encoder_blocks": [1, 1, 1],
+        "decoder_channels": [4, 4, 8, 8], "decoder_blocks": [1, 1, 1, 0], "fusion_blocks": [1, 1, 1, 0]})
+    path = os.path.join(folder, "xraytoct_selftest_random.safetensors")
+    models.save_package(model, path, metadata={
+        "training_data": {"description": "none: random weights (the XRayToCT self-test)"}, "validation": {}})
+    return path

@@ -1,27 +1,36 @@
 """XRayToCT Training: the headless companion of the XRayToCT module.
 
-Training, evaluation and data preparation are long batch jobs, so they run from a command
-line. Three ways to run them take exactly the same arguments, because they share one
-argument parser (``XRayToCTLib.cli.build_parser``)::
+Training, evaluation and data preparation are long batch jobs. Three ways to run them take
+exactly the same arguments, because they share one argument parser
+(``XRayToCTLib.cli.build_parser``)::
 
     Slicer --no-main-window --python-script XRayToCTTraining/XRayToCTTraining.py <subcommand> [args...]
     python XRayToCTTraining/XRayToCTTraining.py <subcommand> [args...]
     xraytoct <subcommand> [args...]
 
-If Slicer itself takes an option meant for the subcommand (``--help``), put ``--`` before the
-subcommand: ``... XRayToCTTraining.py -- <subcommand> --help``.
+Run as a script, this file logs progress to stdout (one line per percent) and exits with the
+command's status (0 success, 2 bad input, 1 internal error). If Slicer itself takes an option
+meant for the subcommand (``--help``), put ``--`` before the subcommand:
+``... XRayToCTTraining.py -- <subcommand> --help``.
 
-In plain Python this file defines only :class:`XRayToCTTrainingLogic` and :func:`main`;
-the module, widget and test classes need Slicer's GUI layer (``qt`` and
+In Slicer the module's panel starts a training, an evaluation or a data preparation as a
+background process (this file, run by Slicer's Python), follows its progress and opens its
+report; from the Python console ``XRayToCTTrainingLogic().run([...])`` runs one in-process.
+
+In plain Python this file defines only :class:`XRayToCTTrainingLogic`, :class:`CommandProcess`
+and :func:`main`; the module, widget and test classes need Slicer's GUI layer (``qt`` and
 ``slicer.ScriptedLoadableModule``), which the MRML-only ``slicer-core`` wheel does not have.
 """
 import os
+import re
 import shlex
+import shutil
+import subprocess
 import sys
+import threading
 import traceback
 
 try:
-    import ctk
     import qt
 
     import slicer
@@ -42,8 +51,15 @@ except ImportError:  # plain Python (possibly with the MRML-only slicer-core whe
 #: True inside 3D Slicer, where the module, widget and test classes are defined.
 IN_SLICER = slicer is not None
 
+#: The subcommands the panel offers (any subcommand of ``xraytoct`` runs from the console).
+PANEL_COMMANDS = ("train", "evaluate", "prepare")
+
+#: How progress lines look on stdout: ``[train]  45% epoch 3/10``.
+PROGRESS_PATTERN = re.compile(r"^\[(?P<task>[^\]]+)\]\s+(?P<percent>\d{1,3})%\s?(?P<message>.*)$")
+
 USAGE = """\
-XRayToCT Training runs from a command line; these three take the same arguments:
+XRayToCT Training runs the xraytoct subcommands (prepare, train, evaluate, ...); these three
+take the same arguments:
 
   Slicer --no-main-window --python-script XRayToCTTraining/XRayToCTTraining.py <subcommand> [args...]
   python XRayToCTTraining/XRayToCTTraining.py <subcommand> [args...]
@@ -51,10 +67,10 @@ XRayToCT Training runs from a command line; these three take the same arguments:
 
 From Slicer's Python console:
 
-  import XRayToCTTraining
-  XRayToCTTraining.XRayToCTTrainingLogic().run(["<subcommand>", "--help"])
+  logic = slicer.util.getModuleLogic("XRayToCTTraining")
+  logic.run(["train", "--model", "x2ct_gan", "--data", "DATASET", "--out", "RUN", "--epochs", "1"])
 
-"Open command help" lists the subcommands and their arguments.
+"Command help" lists the subcommands and their arguments.
 """
 
 
@@ -88,13 +104,140 @@ def _exitStatus(status) -> int:
     return 1
 
 
+def stdoutProgress(task: str, stream=None):
+    """A library progress callback (and its closer) that prints ``[task]  NN% message`` on
+    stdout each time the whole percentage changes: the log a batch run or the panel reads."""
+    last = {"percent": -1}
+
+    def callback(fraction: float, message: str = ""):
+        percent = int(min(max(float(fraction), 0.0), 1.0) * 100)
+        if percent != last["percent"]:
+            last["percent"] = percent
+            print(f"[{task}] {percent:3d}% {message}".rstrip(), file=stream or sys.stdout, flush=True)
+        return None
+
+    return callback, lambda: None
+
+
+def parseProgress(line: str):
+    """``(fraction, message)`` of a progress line printed by :func:`stdoutProgress`, else None."""
+    match = PROGRESS_PATTERN.match(line.strip())
+    if not match:
+        return None
+    return min(int(match["percent"]), 100) / 100.0, f"{match['task']}: {match['message']}".rstrip(": ")
+
+
+def reportPath(argv):
+    """Where a command's report is, from its arguments: ``report.html`` in its ``--out``
+    (or ``--out-dir``) folder, or ``--out`` itself when it is an HTML file; None if unknown."""
+    argv = [str(a) for a in argv]
+    out = None
+    for index, arg in enumerate(argv):
+        for option in ("--out", "--out-dir"):
+            if arg == option and index + 1 < len(argv):
+                out = argv[index + 1]
+            elif arg.startswith(option + "="):
+                out = arg.split("=", 1)[1]
+    if not out:
+        return None
+    if out.lower().endswith((".html", ".htm")):
+        return out
+    return os.path.join(out, "report.html")
+
+
+def pythonExecutable() -> str:
+    """The Python that runs background commands: Slicer's ``PythonSlicer`` inside Slicer
+    (the application's own executable is not a Python interpreter), else this interpreter."""
+    if IN_SLICER:
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+    return sys.executable
+
+
+class CommandProcess:
+    """A subcommand running in a separate process (this file as a script).
+
+    A reader thread collects its output (stdout and stderr merged) line by line and keeps
+    the last progress line's fraction and message; the panel polls :attr:`fraction`,
+    :attr:`message`, :meth:`newLines` and :attr:`done` with a QTimer, so Slicer stays
+    responsive. :meth:`cancel` terminates the process.
+    """
+
+    def __init__(self, argv, python: str = None, env: dict = None) -> None:
+        self.argv = [str(a) for a in argv]
+        self.fraction = 0.0
+        self.message = ""
+        self.lines = []
+        self._read = 0
+        self._lock = threading.Lock()
+        command = [python or pythonExecutable(), "-u", os.path.abspath(__file__), "--", *self.argv]
+        environment = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+        here = os.path.dirname(os.path.abspath(__file__))
+        library = [p for p in (here, os.path.normpath(os.path.join(here, os.pardir, "XRayToCT")))
+                   if os.path.isdir(os.path.join(p, "XRayToCTLib"))]
+        if library:
+            environment["PYTHONPATH"] = os.pathsep.join(library + [environment.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, text=True, bufsize=1, env=environment)
+        self._reader = threading.Thread(target=self._readOutput, name="XRayToCTTraining output", daemon=True)
+        self._reader.start()
+
+    def _readOutput(self) -> None:
+        for line in self.process.stdout:
+            line = line.rstrip("\n")
+            progress = parseProgress(line)
+            with self._lock:
+                self.lines.append(line)
+                if progress is not None:
+                    self.fraction, self.message = progress
+        self.process.stdout.close()
+
+    def newLines(self) -> list:
+        """Output lines not returned before."""
+        with self._lock:
+            lines = self.lines[self._read:]
+            self._read = len(self.lines)
+        return lines
+
+    @property
+    def done(self) -> bool:
+        return self.process.poll() is not None and not self._reader.is_alive()
+
+    @property
+    def returncode(self):
+        return self.process.returncode if self.done else None
+
+    def cancel(self) -> None:
+        """Stop the command (terminate, then kill after 5 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def wait(self, timeout: float = None) -> int:
+        """Block until the command ends; returns its exit status."""
+        self.process.wait(timeout)
+        self._reader.join(timeout)
+        return self.process.returncode
+
+    @property
+    def output(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+
 #
 # XRayToCTTrainingLogic
 #
 
 
 class XRayToCTTrainingLogic(ScriptedLoadableModuleLogic):
-    """Runs the ``xraytoct`` command's subcommands in this process (no GUI needed)."""
+    """Runs the ``xraytoct`` subcommands (``prepare``, ``train``, ``evaluate``, ...) without a
+    GUI: in this process (:meth:`run`, what the console and ``--python-script`` use) or in a
+    background process (:meth:`start`, what the panel uses)."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -106,23 +249,51 @@ class XRayToCTTrainingLogic(ScriptedLoadableModuleLogic):
 
         return cli
 
-    def run(self, argv) -> int:
-        """Run ``xraytoct <argv...>``; returns its exit status (argument errors give 2).
+    def run(self, argv, logProgress: bool = True) -> int:
+        """Run ``xraytoct <argv...>`` in this process; returns its exit status (argument
+        errors give 2). With ``logProgress`` the progress goes to stdout as lines
+        ``[task]  NN% message`` (instead of a terminal progress bar).
 
         ``argv`` is a list of strings (a single string is split like a shell would)."""
         if isinstance(argv, str):
             argv = shlex.split(argv)
         argv = [str(a) for a in argv]
         cli = self._cli()
+        original = getattr(cli, "_tqdm_progress", None)
+        if logProgress and original is not None:
+            cli._tqdm_progress = stdoutProgress
         try:
             status = cli.main(argv)
         except SystemExit as e:  # argparse exits on --help and on bad arguments
             status = e.code
+        finally:
+            if logProgress and original is not None:
+                cli._tqdm_progress = original
         return _exitStatus(status)
 
-    def commandHelp(self) -> str:
-        """The ``xraytoct --help`` text (subcommands and common options)."""
-        return self._cli().build_parser().format_help()
+    def start(self, argv) -> CommandProcess:
+        """Start ``xraytoct <argv...>`` in a background process; returns the
+        :class:`CommandProcess` to follow (progress, output lines, status) or cancel."""
+        if isinstance(argv, str):
+            argv = shlex.split(argv)
+        if not argv:
+            raise ValueError(_("Choose a command (train, evaluate, prepare, ...)."))
+        return CommandProcess(argv)
+
+    def commandHelp(self, command: str = None) -> str:
+        """The ``xraytoct --help`` text, or a subcommand's ``--help``."""
+        parser = self._cli().build_parser()
+        if not command:
+            return parser.format_help()
+        for action in parser._subparsers._group_actions:  # argparse keeps subparsers here
+            if command in getattr(action, "choices", {}):
+                return action.choices[command].format_help()
+        raise ValueError(_("Unknown command: {command}").format(command=command))
+
+    @staticmethod
+    def reportPath(argv):
+        """Where the report of a command with these arguments is (see :func:`reportPath`)."""
+        return reportPath(shlex.split(argv) if isinstance(argv, str) else argv)
 
     @staticmethod
     def usage() -> str:
@@ -164,10 +335,11 @@ if IN_SLICER:
             self.parent.contributors = ["XRayToCT developers"]
             self.parent.hidden = False
             self.parent.helpText = _("""
-Training, evaluation and data preparation for XRayToCT's synthetic CT models. They are long
-batch jobs and run from a command line (<code>Slicer --no-main-window --python-script
+Training, evaluation and data preparation for XRayToCT's synthetic CT models. The panel starts
+one as a background process, shows its progress and log, and opens its report. The same
+commands run without the GUI (<code>Slicer --no-main-window --python-script
 XRayToCTTraining.py &lt;subcommand&gt; ...</code>, or the <code>xraytoct</code> command), with the
-same arguments everywhere. This panel shows how to run them.
+same arguments everywhere.
 <p><b>Research use only.</b> A synthetic CT is not for diagnosis or treatment.</p>
 """)
             self.parent.acknowledgementText = _("""
@@ -181,36 +353,93 @@ See the XRayToCT module for the methods this project reimplements. The module fo
     #
 
     class XRayToCTTrainingWidget(ScriptedLoadableModuleWidget):
-        """A minimal panel: how to run the command, and its help text."""
+        """A minimal panel: command and arguments, Start / Cancel, progress, log, report."""
 
         def setup(self) -> None:
             ScriptedLoadableModuleWidget.setup(self)
+            uiWidget = slicer.util.loadUI(self.resourcePath("UI/XRayToCTTraining.ui"))
+            self.layout.addWidget(uiWidget)
+            self.ui = slicer.util.childWidgetVariables(uiWidget)
             self.logic = XRayToCTTrainingLogic()
+            self.process = None
+            self._lastArgv = []
 
-            commandCollapsibleButton = ctk.ctkCollapsibleButton()
-            commandCollapsibleButton.text = _("Command line")
-            self.layout.addWidget(commandCollapsibleButton)
-            commandLayout = qt.QVBoxLayout(commandCollapsibleButton)
+            for command in PANEL_COMMANDS:
+                self.ui.commandComboBox.addItem(command)
+            self.ui.logTextEdit.setPlainText(self.logic.usage())
+            self.ui.progressBar.value = 0
+            self.ui.cancelButton.enabled = False
+            self.ui.openReportButton.enabled = False
 
-            self.helpButton = qt.QPushButton(_("Open command help"))
-            self.helpButton.toolTip = _("Show the subcommands of xraytoct and their arguments")
-            commandLayout.addWidget(self.helpButton)
+            self.timer = qt.QTimer()
+            self.timer.setInterval(250)
+            self.timer.connect("timeout()", self.onPoll)
+            self.ui.startButton.connect("clicked(bool)", self.onStartButton)
+            self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+            self.ui.openReportButton.connect("clicked(bool)", self.onOpenReportButton)
+            self.ui.helpButton.connect("clicked(bool)", self.onHelpButton)
 
-            self.helpTextEdit = qt.QPlainTextEdit()
-            self.helpTextEdit.readOnly = True
-            self.helpTextEdit.lineWrapMode = qt.QPlainTextEdit.NoWrap
-            font = qt.QFontDatabase.systemFont(qt.QFontDatabase.FixedFont)
-            self.helpTextEdit.setFont(font)
-            self.helpTextEdit.setPlainText(self.logic.usage())
-            self.helpTextEdit.setMinimumHeight(240)
-            commandLayout.addWidget(self.helpTextEdit)
+        def cleanup(self) -> None:
+            if self.process is not None:
+                self.process.cancel()
+            self.timer.stop()
 
-            self.helpButton.connect("clicked(bool)", self.onHelpButton)
-            self.layout.addStretch(1)
+        def _argv(self) -> list:
+            return [self.ui.commandComboBox.currentText, *shlex.split(self.ui.argumentsLineEdit.text)]
+
+        def onStartButton(self) -> None:
+            with slicer.util.tryWithErrorDisplay(_("Failed to start the command."), waitCursor=True):
+                argv = self._argv()
+                self.process = self.logic.start(argv)
+                self._lastArgv = argv
+                self.ui.logTextEdit.setPlainText("$ xraytoct " + shlex.join(argv))
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = _("Running...")
+                self.ui.startButton.enabled = False
+                self.ui.cancelButton.enabled = True
+                self.ui.openReportButton.enabled = False
+                self.timer.start()
+
+        def onPoll(self) -> None:
+            process = self.process
+            if process is None:
+                self.timer.stop()
+                return
+            for line in process.newLines():
+                self.ui.logTextEdit.appendPlainText(line)
+            self.ui.progressBar.value = int(round(100 * process.fraction))
+            if process.message:
+                self.ui.statusLabel.text = process.message
+            if not process.done:
+                return
+            self.timer.stop()
+            self.process = None
+            for line in process.newLines():
+                self.ui.logTextEdit.appendPlainText(line)
+            status = process.returncode
+            self.ui.startButton.enabled = True
+            self.ui.cancelButton.enabled = False
+            report = self.logic.reportPath(self._lastArgv)
+            self.ui.openReportButton.enabled = bool(report and os.path.isfile(report))
+            self.ui.statusLabel.text = (_("Finished.") if status == 0 else
+                                        _("Stopped with status {status}: the log above says why.").format(status=status))
+
+        def onCancelButton(self) -> None:
+            if self.process is not None:
+                self.process.cancel()
+                self.ui.statusLabel.text = _("Cancelled.")
+
+        def onOpenReportButton(self) -> None:
+            report = self.logic.reportPath(self._lastArgv)
+            with slicer.util.tryWithErrorDisplay(_("Failed to open the report."), waitCursor=False):
+                if not report or not os.path.isfile(report):
+                    raise FileNotFoundError(_("No report at {path}").format(path=report))
+                qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(report))
 
         def onHelpButton(self) -> None:
             with slicer.util.tryWithErrorDisplay(_("Failed to get the command help."), waitCursor=True):
-                self.helpTextEdit.setPlainText(self.logic.usage() + "\n" + self.logic.commandHelp())
+                self.ui.logTextEdit.setPlainText(self.logic.usage() + "\n"
+                                                 + self.logic.commandHelp(self.ui.commandComboBox.currentText))
 
     #
     # XRayToCTTrainingTest
@@ -227,14 +456,28 @@ See the XRayToCT module for the methods this project reimplements. The module fo
         def runTest(self):
             self.setUp()
             self.test_CommandHelp()
+            self.test_BackgroundProcess()
 
         def test_CommandHelp(self):
             """The shared parser answers --help with status 0, and a bad subcommand with 2."""
             self.delayDisplay("Starting the test")
             logic = XRayToCTTrainingLogic()
             self.assertIn("usage", logic.commandHelp().lower())
+            self.assertIn("--out", logic.commandHelp("train"))
             self.assertEqual(logic.run(["--help"]), 0)
             self.assertEqual(logic.run(["no-such-subcommand"]), 2)
+            self.delayDisplay("Test passed")
+
+        def test_BackgroundProcess(self):
+            """A command in a background process: its output is collected and its status kept;
+            a bad command ends with status 2 and says why."""
+            logic = XRayToCTTrainingLogic()
+            process = logic.start(["--version"])
+            self.assertEqual(process.wait(120), 0)
+            self.assertIn("xraytoct", process.output)
+            process = logic.start(["train", "--no-such-option"])
+            self.assertEqual(process.wait(120), 2)
+            self.assertIn("error", process.output)
             self.delayDisplay("Test passed")
 
 
