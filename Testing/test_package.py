@@ -1,0 +1,163 @@
+"""Tests of XRayToCTLib.models.package: .safetensors model packages and the catalog."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from XRayToCTLib import models
+from XRayToCTLib.errors import InputError
+from XRayToCTLib.models import package
+
+torch.set_num_threads(1)
+
+SMALL_GAN = {"image_size": 32, "output_size": 32, "stem_channels": 8, "growth_rate": 4,
+             "encoder_blocks": [1, 2, 2, 1], "decoder_channels": [4, 4, 8, 8, 16],
+             "decoder_blocks": [1, 1, 1, 1, 0], "fusion_blocks": [1, 1, 1, 1, 0],
+             "intensity": "brain"}
+SMALL_INR = {"image_size": 32, "output_size": 32, "stem_channels": 4,
+             "encoder_channels": [8, 8], "hidden": 16, "chunk": 8192}
+META = {"training_data": {"kind": "phantoms", "count": 3}, "validation": {"ssim": 0.5},
+        "notes": "unit test"}
+
+
+@pytest.mark.parametrize("name,config", [("x2ct_gan", SMALL_GAN), ("cnn_inr", SMALL_INR)])
+def test_round_trip_identical_outputs(tmp_path, name, config):
+    torch.manual_seed(0)
+    m = models.build_model(name, config).eval()
+    with torch.no_grad():  # make the weights differ from a fresh init
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = models.save_package(m, tmp_path / f"{name}.safetensors", metadata=META)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.safetensors"]  # no temp
+    loaded, info = models.load_package(path)
+    x = torch.rand(1, len(m.spec.views), 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), loaded(x))
+    assert not loaded.training and loaded.spec == m.spec
+    assert info["model"] == name and info["format"] == "xraytoct-model"
+    assert info["training_data"] == META["training_data"] and info["notes"] == "unit test"
+    assert info["validation"] == {"ssim": 0.5} and info["spec"]["views"] == list(m.spec.views)
+    assert info["geometry"]["ap"]["sad"] == 1000.0 and "created" in info
+    assert info["intensity"]["name"] == m.spec.intensity
+    assert info["size"] == path.stat().st_size and len(info["sha256"]) == 64
+    # every header value is a JSON-encoded string
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata()
+    assert all(isinstance(v, str) for v in raw.values()) and json.loads(raw["model"]) == name
+
+
+def test_fp16_halves_the_file(tmp_path):
+    torch.manual_seed(0)
+    m = models.build_model("x2ct_gan", SMALL_GAN).eval()
+    a = models.save_package(m, tmp_path / "a.safetensors", metadata=META)
+    b = models.save_package(m, tmp_path / "b.safetensors", metadata=META, dtype=torch.float16)
+    assert b.stat().st_size < 0.6 * a.stat().st_size
+    loaded, info = models.load_package(b)
+    assert info["dtype"] == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(1, 2, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), m(x), atol=2e-2, rtol=0)
+
+
+def test_refuses_corrupt_foreign_and_pickle_files(tmp_path):
+    m = models.build_model("cnn_inr", SMALL_INR)
+    good = models.save_package(m, tmp_path / "m.safetensors", metadata=META)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated.safetensors"):
+        models.load_package(truncated)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(InputError, match="not a safetensors"):
+        models.load_package(garbage)
+    # a pickle whose unpickling would leave a file behind: it must never be unpickled
+    sentinel = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    pkl = tmp_path / "model.safetensors"
+    pkl.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    with pytest.raises(InputError, match="model.safetensors"):
+        models.load_package(pkl)
+    torch_file = tmp_path / "ckpt.pt"
+    torch.save(m.state_dict(), torch_file)
+    with pytest.raises(InputError, match="ckpt.pt"):
+        models.load_package(torch_file)
+    assert not sentinel.exists()
+    # a valid safetensors file that is not a package
+    from safetensors.torch import save_file
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(foreign))
+    with pytest.raises(InputError, match="not an XRayToCT model package"):
+        models.load_package(foreign)
+    # weights that do not fit the config
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(3)}, str(other), metadata=package._header(m.spec, {}, torch.float32))
+    with pytest.raises(InputError, match="do not fit"):
+        models.load_package(other)
+    with pytest.raises(InputError, match="no such"):
+        models.load_package(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="written by save_package"):
+        models.save_package(m, tmp_path / "x.safetensors", metadata={"model": "x"})
+    with pytest.raises(InputError, match="does not exist"):
+        models.save_package(m, tmp_path / "nofolder" / "x.safetensors", metadata=META)
+
+
+def test_catalog_resolution_and_sha_check(tmp_path):
+    m = models.build_model("cnn_inr", SMALL_INR)
+    (tmp_path / "pkgs").mkdir()
+    path = models.save_package(m, tmp_path / "pkgs" / "inr.safetensors", metadata=META)
+    entry = package.catalog_entry(path, name="inr-test", title="Test", description="unit test",
+                                  catalog_dir=tmp_path)
+    assert entry["file"] == "pkgs/inr.safetensors" and entry["views"] == ["ap", "lateral"]
+    assert entry["output_size"] == 32 and entry["trained_on"] == META["training_data"]
+    cat = tmp_path / "models.json"
+    cat.write_text(json.dumps({"format_version": 1, "models": [entry]}))
+    assert [e["name"] for e in models.catalog(cat)] == ["inr-test"]
+    assert models.resolve_model("inr-test", catalog_path=cat) == path.resolve()
+    assert models.resolve_model(str(path), catalog_path=cat) == path
+    loaded, info = models.load_model("inr-test", catalog_path=cat)
+    assert info["catalog"]["name"] == "inr-test" and info["sha256"] == entry["sha256"]
+    # a replaced file fails the catalog's checksum, by name; as a plain file it still loads
+    models.save_package(models.build_model("cnn_inr", SMALL_INR), path, metadata=META)
+    with pytest.raises(InputError, match="SHA-256"):
+        models.load_model("inr-test", catalog_path=cat)
+    models.load_model(path, catalog_path=cat)
+    with pytest.raises(InputError, match="unknown model 'nope'.*inr-test"):
+        models.resolve_model("nope", catalog_path=cat)
+    path.unlink()
+    with pytest.raises(InputError, match="file is missing"):
+        models.resolve_model("inr-test", catalog_path=cat)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="bad.json"):
+        models.catalog(bad)
+    assert models.catalog(tmp_path / "absent.json") == []
+    # a top-level list is accepted too
+    cat.write_text(json.dumps([entry]))
+    assert models.catalog(cat)[0]["name"] == "inr-test"
+
+
+def test_bundled_catalog_is_valid():
+    """Every bundled model's file exists, has the catalog's size and SHA-256, and its header
+    agrees with the entry (the catalog may be empty until trained models are committed)."""
+    assert models.CATALOG_PATH.is_file()
+    entries = models.catalog()
+    assert isinstance(entries, list)
+    assert len({e["name"] for e in entries}) == len(entries)
+    for e in entries:
+        f = models.resolve_model(e["name"])
+        assert f.stat().st_size == e["size"] <= 25_000_000
+        assert package.sha256_file(f) == e["sha256"]
+        info = package.read_info(f)
+        assert info["spec"]["views"] == e["views"]
+        assert info["spec"]["output_size"] == e["output_size"]

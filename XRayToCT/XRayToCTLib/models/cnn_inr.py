@@ -1,0 +1,186 @@
+"""CNN-INR of seed 001: an image-conditioned implicit neural representation (pixelNeRF-style,
+Yu et al. 2021), adapted to cone-beam radiographs.
+
+* A 2D CNN encoder per view (or one shared by all views, ``shared_encoder``): a stem
+  convolution and stride-2 MONAI ``ResidualUnit`` stages give feature maps at ``P``,
+  ``P/2``, ``P/4``, ... (instance norm, ReLU).
+* A 3D query point ``p`` (LPS mm) is projected into every view with the view's real
+  perspective geometry (:func:`~.common.project_points_torch`, the same pinhole formula as
+  :meth:`ProjectionGeometry.project`, which the DRR renderer's rays also follow), and every
+  feature map is sampled there bilinearly (``grid_sample``; zero outside the detector).
+* Per view: ``h_v = ReLU(sum_l W_l f_l(p) + W_pe gamma(p) + e_v)`` then ``view_layers``
+  more layers, where ``gamma`` is the sinusoidal positional encoding of ``p`` (scaled to
+  [-1, 1] over the field of view: ``p, sin(2^k pi p), cos(2^k pi p)``, ``k < pe_frequencies``)
+  and ``e_v`` a learned embedding of the view. Because bilinear sampling is linear,
+  ``W_l`` is applied as a 1x1 convolution on the 2D maps before sampling (the same result,
+  far fewer operations per point).
+* The views are averaged (so 1 to N views, any subset of the trained ones), and an MLP maps
+  the average to the intensity.
+
+``query(views, points)`` evaluates any points; ``render(views, grid)`` any output grid and
+spacing, in chunks of points to bound memory; ``forward(views)`` renders the canonical grid.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution, ResidualUnit
+
+from ..geometry import Volume
+from .common import (ModelSpec, check_views, detector_to_grid, grid_points, make_spec,
+                     output_activation, project_points_torch, projection_matrices,
+                     split_config)
+
+ACT = ("relu", {"inplace": True})
+
+DEFAULTS: dict[str, Any] = {
+    "stem_channels": 16,
+    "encoder_channels": [32, 64, 96],
+    "shared_encoder": False,
+    "hidden": 64,
+    "view_layers": 1,
+    "fused_layers": 2,
+    "pe_frequencies": 6,
+    "chunk": 131072,
+    "output_activation": "sigmoid",
+}
+
+
+class _Encoder(nn.Module):
+    def __init__(self, stem: int, channels: Sequence[int], hidden: int):
+        super().__init__()
+        self.stem = Convolution(2, 1, stem, kernel_size=3, act=ACT, norm="instance")
+        chans = [stem, *channels]
+        self.stages = nn.ModuleList(
+            ResidualUnit(2, chans[i], chans[i + 1], strides=2, kernel_size=3, subunits=2,
+                         act=ACT, norm="instance") for i in range(len(channels)))
+        # the per-view MLP's first layer, applied to every scale as a 1x1 convolution
+        self.proj = nn.ModuleList(nn.Conv2d(c, hidden, 1, bias=False) for c in chans)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f = self.stem(x)
+        out = [self.proj[0](f)]
+        for stage, proj in zip(self.stages, self.proj[1:]):
+            f = stage(f)
+            out.append(proj(f))
+        return out
+
+
+class CNNINR(nn.Module):
+    """CNN-INR (see the module doc). ``forward(views [B, V, P, P]) -> [B, 1, S, S, S]``."""
+
+    name = "cnn_inr"
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        super().__init__()
+        cfg = split_config(DEFAULTS, config, self.name)
+        self.spec: ModelSpec = make_spec(self.name, cfg)
+        h = int(cfg["hidden"])
+        nfreq = int(cfg["pe_frequencies"])
+        if h < 1 or nfreq < 0 or int(cfg["chunk"]) < 1:
+            raise ValueError(f"{self.name}: hidden and chunk must be >= 1, pe_frequencies >= 0")
+        views = self.spec.views
+        enc = lambda: _Encoder(int(cfg["stem_channels"]), [int(c) for c in  # noqa: E731
+                                                            cfg["encoder_channels"]], h)
+        self.encoders = nn.ModuleDict(
+            {"shared": enc()} if cfg["shared_encoder"] else {v: enc() for v in views})
+        self.nfreq = nfreq
+        self.pe = nn.Linear(3 + 6 * nfreq, h)
+        self.view_embedding = nn.Parameter(torch.zeros(len(views), h))
+        self.view_mlp = nn.Sequential(*[m for _ in range(int(cfg["view_layers"]))
+                                        for m in (nn.Linear(h, h), nn.ReLU(inplace=True))])
+        self.fused_mlp = nn.Sequential(*[m for _ in range(int(cfg["fused_layers"]))
+                                         for m in (nn.Linear(h, h), nn.ReLU(inplace=True))],
+                                       nn.Linear(h, 1), output_activation(cfg["output_activation"]))
+        self.chunk = int(cfg["chunk"])
+        self.half_field = self.spec.output_size * self.spec.output_spacing / 2.0
+        # plain float64 attribute, not a buffer: module.half() must not round the geometry
+        self.matrices = projection_matrices(self.spec.projections())
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _view_index(self, view_names: Sequence[str] | None) -> list[int]:
+        names = list(self.spec.views if view_names is None else view_names)
+        bad = [v for v in names if v not in self.spec.views]
+        if bad or not names or len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: views {names} must be distinct names among the "
+                             f"trained ones {list(self.spec.views)}")
+        return [self.spec.views.index(v) for v in names]
+
+    def encode(self, views: torch.Tensor, view_names: Sequence[str] | None = None
+               ) -> list[list[torch.Tensor]]:
+        """Per view, the feature maps (already through the first MLP layer), coarse last."""
+        idx = self._view_index(view_names)
+        check_views(views, self.spec, len(idx))
+        out = []
+        for j, i in enumerate(idx):
+            enc = self.encoders["shared"] if "shared" in self.encoders \
+                else self.encoders[self.spec.views[i]]
+            out.append(enc(views[:, j:j + 1]))
+        return out
+
+    def positional_encoding(self, points: torch.Tensor) -> torch.Tensor:
+        """``[..., 3]`` LPS mm -> ``[..., 3 + 6 * pe_frequencies]``."""
+        p = points / self.half_field
+        if self.nfreq == 0:
+            return p
+        freqs = (2.0 ** torch.arange(self.nfreq, device=p.device, dtype=p.dtype)) * math.pi
+        a = p[..., None, :] * freqs[:, None]  # [..., F, 3]
+        return torch.cat([p, a.sin().flatten(-2), a.cos().flatten(-2)], dim=-1)
+
+    def project(self, points: torch.Tensor, view_names: Sequence[str] | None = None
+                ) -> torch.Tensor:
+        """Detector ``(row, col)`` of ``[B, N, 3]`` LPS points in each view: ``[B, V, N, 2]``
+        (what :meth:`ProjectionGeometry.project` gives)."""
+        idx = self._view_index(view_names)
+        return project_points_torch(points, self.matrices[idx])
+
+    def decode(self, feats: list[list[torch.Tensor]], points: torch.Tensor,
+               view_names: Sequence[str] | None = None) -> torch.Tensor:
+        """Intensities ``[B, N]`` of ``[B, N, 3]`` LPS points from :meth:`encode`'s output."""
+        idx = self._view_index(view_names)
+        pixels = self.spec.image_size
+        rc = project_points_torch(points, self.matrices[idx])  # [B, V, N, 2]
+        base = self.pe(self.positional_encoding(points.to(self.pe.weight.dtype)))
+        acc = None
+        for j, i in enumerate(idx):
+            g = detector_to_grid(rc[:, j], (pixels, pixels))[:, None].to(base.dtype)  # [B,1,N,2]
+            h = base + self.view_embedding[i]
+            for fmap in feats[j]:
+                h = h + F.grid_sample(fmap, g, mode="bilinear", padding_mode="zeros",
+                                      align_corners=False)[:, :, 0].transpose(1, 2)
+            h = self.view_mlp(torch.relu(h))
+            acc = h if acc is None else acc + h
+        return self.fused_mlp(acc / len(idx))[..., 0]
+
+    # -- public API -----------------------------------------------------------------------
+    def query(self, views: torch.Tensor, points_lps: torch.Tensor,
+              view_names: Sequence[str] | None = None) -> torch.Tensor:
+        """Intensities ``[B, N]`` at ``[B, N, 3]`` LPS points (mm), in one pass (training)."""
+        if points_lps.dim() != 3 or points_lps.shape[-1] != 3 \
+                or points_lps.shape[0] != views.shape[0]:
+            raise ValueError(f"points must be [B, N, 3] with B = {views.shape[0]}, "
+                             f"got {tuple(points_lps.shape)}")
+        return self.decode(self.encode(views, view_names), points_lps, view_names)
+
+    def render(self, views: torch.Tensor, grid: Volume, chunk: int | None = None,
+               view_names: Sequence[str] | None = None) -> torch.Tensor:
+        """The sCT on any grid (size, spacing, origin, direction; LPS): ``[B, 1, *grid.array
+        .shape]`` (``[k, j, i]``), evaluated ``chunk`` points at a time."""
+        chunk = int(chunk or self.chunk)
+        feats = self.encode(views, view_names)
+        b = views.shape[0]
+        n = int(grid.array.size)
+        dt = self.pe.weight.dtype
+        out = torch.empty(b, n, dtype=dt, device=views.device)
+        for s in range(0, n, chunk):
+            pts = grid_points(grid, s, min(n, s + chunk), views.device, torch.float32)
+            out[:, s:s + pts.shape[0]] = self.decode(
+                feats, pts[None].expand(b, -1, -1), view_names).to(dt)
+        return out.reshape(b, 1, *grid.array.shape)
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return self.render(views, self.spec.grid())

@@ -1,0 +1,351 @@
+"""What every model shares: its spec (inputs, output grid, geometry, intensity), the input
+intensity convention, and the torch port of :class:`~XRayToCTLib.geometry.ProjectionGeometry`'s
+projection used to put 2D image features into 3D.
+
+Conventions (the DRR renderer defines them; see :mod:`XRayToCTLib.geometry`):
+
+* a model's output is a volume on its **canonical grid**: ``S^3`` voxels of ``output_spacing``
+  mm, centred on the LPS origin, identity direction, array order ``[z, y, x]`` (``k, j, i``);
+  z grows superiorly, so image row 0 (superior) meets the *last* z index;
+* each input view is an image ``[P, P]`` made with the view's :class:`ProjectionGeometry`
+  (isocentre at the grid's centre, the origin): row 0 = top (along ``vup``), columns along
+  ``vup x normal``. AP: columns run to the patient's left (+x, array axis 2 increasing);
+  lateral (source on the patient's right): columns run anteriorly (-y, array axis 1
+  decreasing).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..geometry import ProjectionGeometry, Volume, default_biplanar
+
+DEFAULT_FIELD_MM = 256.0
+"""Side of the canonical output grid in mm (the seed protocol's 256^3 mm crop)."""
+
+SPEC_KEYS = ("views", "image_size", "output_size", "output_spacing", "geometry", "intensity")
+"""Config keys that describe a model's inputs and output rather than its layers."""
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """A model's contract with the rest of the library (JSON-friendly via ``to_dict``).
+
+    Args:
+        name: registry name (``"x2ct_gan"``, ``"cnn_inr"``, ...).
+        views: names of the input views, in the order of the input tensor's view axis.
+        image_size: ``P``, input images are ``P x P`` pixels.
+        output_size: ``S``, the output grid is ``S^3`` voxels.
+        output_spacing: voxel size of the output grid in mm (isotropic); the field of view is
+            ``S * output_spacing`` (default 256 mm).
+        geometry: view name -> :meth:`ProjectionGeometry.to_dict`, relative to the canonical
+            grid (isocentre at the LPS origin).
+        intensity: name of the output intensity mapping (:mod:`.intensity`).
+        config: the full config the model was built from (``build_model(name, config)``
+            rebuilds it).
+    """
+
+    name: str
+    views: tuple[str, ...]
+    image_size: int
+    output_size: int
+    output_spacing: float
+    geometry: dict[str, dict[str, Any]]
+    intensity: str
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.views = tuple(str(v) for v in self.views)
+        if not self.views:
+            raise ValueError("a model needs at least one view")
+        self.image_size = int(self.image_size)
+        self.output_size = int(self.output_size)
+        self.output_spacing = float(self.output_spacing)
+        if self.image_size < 4 or self.output_size < 4:
+            raise ValueError(f"image_size and output_size must be >= 4, got "
+                             f"{self.image_size}, {self.output_size}")
+        if not (self.output_spacing > 0 and math.isfinite(self.output_spacing)):
+            raise ValueError(f"output_spacing must be a positive number, got {self.output_spacing}")
+        missing = [v for v in self.views if v not in self.geometry]
+        if missing:
+            raise ValueError(f"no geometry for view(s) {missing}")
+
+    def projection(self, view: str) -> ProjectionGeometry:
+        """The :class:`ProjectionGeometry` of one view."""
+        return ProjectionGeometry.from_dict(self.geometry[view])
+
+    def projections(self) -> list[ProjectionGeometry]:
+        return [self.projection(v) for v in self.views]
+
+    def grid(self, size: int | None = None) -> Volume:
+        """The canonical output grid (values are zeros): ``size^3`` voxels (default ``S``)
+        covering the same field of view, centred on the origin, identity direction."""
+        return canonical_grid(size or self.output_size,
+                              self.output_size * self.output_spacing / (size or self.output_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["views"] = list(self.views)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def canonical_grid(size: int, spacing: float) -> Volume:
+    """``size^3`` voxels of ``spacing`` mm centred on the LPS origin, identity direction."""
+    origin = -(size - 1) * spacing / 2.0
+    return Volume(np.zeros((size, size, size), dtype=np.uint8), (spacing,) * 3, (origin,) * 3,
+                  np.eye(3), {"space": "LPS", "grid": "model canonical grid"})
+
+
+def default_geometry(views: Sequence[str], pixels: int) -> dict[str, dict[str, Any]]:
+    """The project's default DRR geometry (:func:`geometry.default_biplanar`: SAD 1000 mm,
+    SID 1500 mm, 400 mm detector) with ``pixels`` per side, isocentre at the origin, for any
+    preset view name (``ap``, ``lateral``, ``pa``, ``lateral_left``)."""
+    base = default_biplanar(pixels=pixels)["ap"]
+    out = {}
+    for v in views:
+        g = dataclasses.replace(ProjectionGeometry.preset(v), sad=base.sad, sid=base.sid,
+                                pixels=base.pixels, detector_size=base.detector_size)
+        out[v] = g.to_dict()
+    return out
+
+
+def split_config(defaults: Mapping[str, Any], config: Mapping[str, Any] | None,
+                 name: str) -> dict[str, Any]:
+    """Merge ``config`` over ``defaults`` (a ``"preset"`` key picks a named base first);
+    unknown keys are an error naming the valid ones."""
+    config = dict(config or {})
+    presets = defaults.get("presets", {})
+    base = {k: v for k, v in defaults.items() if k != "presets"}
+    preset = config.get("preset", base.get("preset"))
+    if preset is not None:
+        if preset not in presets:
+            raise ValueError(f"{name}: unknown preset {preset!r}; choose one of {sorted(presets)}")
+        base.update(presets[preset])
+    unknown = sorted(set(config) - set(base) - set(SPEC_KEYS) - {"preset"})
+    if unknown:
+        raise ValueError(f"{name}: unknown config key(s) {unknown}; valid: "
+                         f"{sorted(set(base) | set(SPEC_KEYS))}")
+    base.update(config)
+    return base
+
+
+def make_spec(name: str, cfg: dict[str, Any]) -> ModelSpec:
+    """Build a :class:`ModelSpec` from a merged config (filling the spec keys' defaults into
+    ``cfg`` so that the stored config rebuilds the same model)."""
+    from .intensity import get_mapping
+
+    cfg.setdefault("views", ["ap", "lateral"])
+    cfg["views"] = [str(v) for v in cfg["views"]]
+    cfg.setdefault("image_size", 128)
+    cfg.setdefault("output_size", 128)
+    cfg.setdefault("output_spacing", DEFAULT_FIELD_MM / int(cfg["output_size"]))
+    cfg.setdefault("intensity", "hu_compand")
+    get_mapping(cfg["intensity"])  # validates the name
+    geom = dict(cfg.get("geometry") or {})
+    for v, g in default_geometry([v for v in cfg["views"] if v not in geom],
+                                 int(cfg["image_size"])).items():
+        geom[v] = g
+    for v in cfg["views"]:
+        g = ProjectionGeometry.from_dict(geom[v]) if isinstance(geom[v], dict) else geom[v]
+        if g.pixels != (int(cfg["image_size"]),) * 2:
+            raise ValueError(f"{name}: the {v} geometry has {g.pixels} pixels, image_size is "
+                             f"{cfg['image_size']}")
+        geom[v] = g.to_dict()
+    cfg["geometry"] = geom
+    return ModelSpec(name, tuple(cfg["views"]), cfg["image_size"], cfg["output_size"],
+                     cfg["output_spacing"], geom, cfg["intensity"], cfg)
+
+
+# -------------------------------------------------------------------------------------------
+# Input intensity convention
+# -------------------------------------------------------------------------------------------
+
+NORMALIZE_LOW_Q = 0.005
+NORMALIZE_HIGH_Q = 0.995
+
+
+def normalize_views(x: torch.Tensor) -> torch.Tensor:
+    """The one input intensity convention of every model, for DRRs and real radiographs.
+
+    Input: ``[B, V, P, P]`` images of line integrals, bone bright (DRRs in Plastimatch units
+    as :mod:`~XRayToCTLib.drr` makes them; a real radiograph must first be brought to "bright
+    = attenuating", e.g. ``-log`` of a transmission image or a MONOCHROME2 display image).
+    Each image is scaled on its own by robust percentiles: ``(x - q0.5%) / (q99.5% - q0.5%)``
+    clipped to ``[0, 1]``. So the absolute scale and offset of an image (kVp, DRR units,
+    detector gain) do not matter, only its contrast pattern does. A flat image gives zeros.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"views must be a tensor [B, V, P, P], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+    flat = x.detach().reshape(x.shape[0], x.shape[1], -1).float()
+    q = torch.quantile(flat, torch.tensor([NORMALIZE_LOW_Q, NORMALIZE_HIGH_Q],
+                                          dtype=flat.dtype, device=flat.device), dim=-1)
+    lo, hi = q[0][..., None, None], q[1][..., None, None]
+    scale = torch.where(hi - lo > 0, hi - lo, torch.ones_like(hi))
+    out = ((x.float() - lo) / scale).clamp(0.0, 1.0)
+    return torch.where((hi - lo > 0), out, torch.zeros_like(out)).to(x.dtype)
+
+
+# -------------------------------------------------------------------------------------------
+# Projection (torch port of ProjectionGeometry.projection_matrix / project)
+# -------------------------------------------------------------------------------------------
+
+def projection_matrices(geometries: Sequence[ProjectionGeometry]) -> torch.Tensor:
+    """``[V, 3, 4]`` float64 matrices of :meth:`ProjectionGeometry.projection_matrix`."""
+    return torch.from_numpy(np.stack([g.projection_matrix() for g in geometries]))
+
+
+def project_points_torch(points: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Continuous detector ``(row, col)`` of LPS points in every view.
+
+    ``points``: ``[..., N, 3]`` LPS mm; ``matrices``: ``[V, 3, 4]`` (from
+    :func:`projection_matrices`). Returns ``[..., V, N, 2]`` (row, col), exactly what
+    :meth:`ProjectionGeometry.project` gives (the same pinhole formula), differentiable."""
+    m = matrices.to(device=points.device, dtype=points.dtype)
+    uvw = torch.einsum("vij,...nj->...vni", m[..., :3], points) + m[:, None, :, 3]
+    w = uvw[..., 2:3]
+    col_row = uvw[..., :2] / w
+    return col_row.flip(-1)
+
+
+def detector_to_grid(row_col: torch.Tensor, pixels: tuple[int, int]) -> torch.Tensor:
+    """``(row, col)`` pixel coordinates -> ``grid_sample`` coordinates ``(x, y)`` in
+    ``[-1, 1]`` (``align_corners=False``: -1 and 1 are the outer pixel edges). The same
+    normalised coordinates address a feature map of any resolution over the detector."""
+    rows, cols = pixels
+    x = (2.0 * row_col[..., 1] + 1.0) / cols - 1.0
+    y = (2.0 * row_col[..., 0] + 1.0) / rows - 1.0
+    return torch.stack([x, y], dim=-1)
+
+
+def grid_points(grid: Volume, start: int = 0, stop: int | None = None,
+                device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
+    """LPS positions ``[n, 3]`` of the voxels ``start:stop`` of ``grid`` in flat ``[k, j, i]``
+    (C) order, computed in float64 and returned as ``dtype``."""
+    k, j, i = grid.array.shape
+    stop = k * j * i if stop is None else stop
+    flat = torch.arange(start, stop, dtype=torch.float64, device=device)
+    ii = torch.remainder(flat, i)
+    jj = torch.remainder(torch.div(flat, i, rounding_mode="floor"), j)
+    kk = torch.div(flat, i * j, rounding_mode="floor")
+    m = torch.from_numpy(grid.index_to_lps()).to(device)
+    ijk = torch.stack([ii, jj, kk], dim=-1)
+    return (ijk @ m[:3, :3].T + m[:3, 3]).to(dtype)
+
+
+class ViewLifter(torch.nn.Module):
+    """Puts 2D per-view maps into 3D: every voxel of a cube grid gets the value of each view's
+    map where the voxel projects (bilinear; zero outside the detector).
+
+    ``mode="perspective"`` (default) projects every voxel centre with the view's real
+    :class:`ProjectionGeometry`, so a voxel meets exactly the pixel whose ray passes through
+    it (a backprojection). ``mode="parallel"`` is the X2CT-GAN paper's "copy along depth":
+    the image is stretched over the grid's face and repeated along the view's axis (AP along
+    y, lateral along x), ignoring magnification and divergence; it needs the preset
+    orientations (``vup`` = +z and a normal along x or y).
+
+    ``forward(maps, size, view=None)``: ``maps`` ``[B, V, C, h, w]`` (any ``h, w``: they
+    cover the whole detector) -> ``[B, V, C, size, size, size]`` in ``[z, y, x]`` order on
+    the canonical grid of ``size^3`` voxels over ``field_mm``; with ``view=i``, ``maps``
+    holds that one view (``V = 1``).
+    """
+
+    def __init__(self, geometries: Sequence[ProjectionGeometry], field_mm: float,
+                 mode: str = "perspective"):
+        super().__init__()
+        if mode not in ("perspective", "parallel"):
+            raise ValueError(f"lift mode must be perspective or parallel, got {mode!r}")
+        self.geometries = list(geometries)
+        self.field_mm = float(field_mm)
+        self.mode = mode
+        if mode == "parallel":
+            for g in self.geometries:
+                n = np.round(np.asarray(g.normal), 6)
+                if not (np.allclose(g.vup, (0, 0, 1)) and np.count_nonzero(n[:2]) == 1
+                        and n[2] == 0):
+                    raise ValueError(f"parallel lifting needs axis-aligned presets, not view "
+                                     f"{g.view!r} (normal {g.normal}, vup {g.vup})")
+        # a plain float64 attribute, not a buffer: module.half() must not round the geometry
+        self.matrices = projection_matrices(self.geometries)
+
+    def sampling_grid(self, size: int, view: int | None = None,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[V, size*size, size, 2]`` ``grid_sample`` coordinates of the ``size^3`` voxels
+        in every view (or ``[1, ...]`` for one ``view``)."""
+        dev = torch.device(device)
+        idx = range(len(self.geometries)) if view is None else [int(view)]
+        if self.mode == "perspective":
+            # voxel-centre coordinates (mm) along each axis; the canonical grid is a cube with
+            # identity direction, so P @ (x, y, z, 1) is a sum of three 1D terms
+            sp = self.field_mm / size
+            c = (torch.arange(size, dtype=torch.float64, device=dev) - (size - 1) / 2.0) * sp
+            out = []
+            for v in idx:
+                m = self.matrices[v].to(dev)
+                uvw = (m[:, 0] * c[None, None, :, None] + m[:, 1] * c[None, :, None, None]
+                       + m[:, 2] * c[:, None, None, None] + m[:, 3]).float()  # [z, y, x, 3]
+                col_row = uvw[..., :2] / uvw[..., 2:3]
+                out.append(detector_to_grid(col_row.flip(-1), self.geometries[v].pixels))
+                del uvw, col_row
+            return torch.stack(out).reshape(len(idx), size * size, size, 2)
+        # parallel: normalised voxel-centre coordinates in [-1, 1] along each axis
+        c = (2.0 * torch.arange(size, dtype=torch.float64, device=dev) + 1.0) / size - 1.0
+        z, y, x = torch.meshgrid(c, c, c, indexing="ij")
+        out = []
+        for geom in (self.geometries[v] for v in idx):
+            col_dir = np.round(geom.col_dir, 6)
+            # image columns along +-x (AP/PA) or +-y (lateral); rows top = +z
+            horiz = x if col_dir[0] != 0 else y
+            gx = horiz * float(np.sign(col_dir[0] + col_dir[1]))
+            out.append(torch.stack([gx, -z], dim=-1))
+        return torch.stack(out).reshape(len(idx), size * size, size, 2).float()
+
+    def forward(self, maps: torch.Tensor, size: int, view: int | None = None) -> torch.Tensor:
+        b, v, c, h, w = maps.shape
+        first = 0 if view is None else int(view)
+        if v != (len(self.geometries) if view is None else 1):
+            raise ValueError(f"expected {len(self.geometries) if view is None else 1} "
+                             f"view(s), got {v}")
+        grid = self.sampling_grid(size, view, maps.device).to(maps.dtype)
+        out = []
+        for i in range(v):
+            g = grid[i][None].expand(b, -1, -1, -1)
+            s = F.grid_sample(maps[:, i], g, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)  # [B, C, size*size, size]
+            out.append(s.reshape(b, c, size, size, size))
+        return torch.stack(out, dim=1)
+
+
+def output_activation(name: str) -> torch.nn.Module:
+    """``"sigmoid"`` (default: outputs in (0, 1), the range of every intensity mapping),
+    ``"relu"`` (the X2CT-GAN code's choice), ``"clamp"`` (hard [0, 1]) or ``"none"``."""
+    if name == "sigmoid":
+        return torch.nn.Sigmoid()
+    if name == "relu":
+        return torch.nn.ReLU()
+    if name == "clamp":
+        return torch.nn.Hardtanh(0.0, 1.0)
+    if name == "none":
+        return torch.nn.Identity()
+    raise ValueError(f"output_activation must be sigmoid, relu, clamp or none, got {name!r}")
+
+
+def check_views(views: torch.Tensor, spec: ModelSpec, nviews: int | None = None) -> None:
+    """Validate a ``[B, V, P, P]`` input against the spec (clear message on mismatch)."""
+    p = spec.image_size
+    nv = len(spec.views) if nviews is None else nviews
+    if not isinstance(views, torch.Tensor) or views.dim() != 4 or views.shape[1] != nv \
+            or tuple(views.shape[2:]) != (p, p):
+        shape = tuple(views.shape) if isinstance(views, torch.Tensor) else type(views).__name__
+        raise ValueError(f"{spec.name} expects views [B, {nv}, {p}, {p}] "
+                         f"({', '.join(spec.views)}), got {shape}")
