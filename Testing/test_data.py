@@ -1,0 +1,305 @@
+"""Tests of XRayToCTLib.data: the cached dataset of CT/DRR cases and its PyTorch Dataset.
+
+Small on purpose: 32^3 targets, 32^2 DRRs, DRRs rendered from a 4 mm volume."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from XRayToCTLib import data, io
+from XRayToCTLib.augment import augmentation_transform as augment_transform
+from XRayToCTLib import preprocess as pp
+from XRayToCTLib.cli import main
+from XRayToCTLib.drr import render
+from XRayToCTLib.errors import InputError, XRayToCTError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CTHEAD_DIR = SHARED_DATA / "head_ct" / "slicer_ctheadaxial"
+TEMPLATE_FILE = SHARED_DATA / "templates" / "rorden_scct" / "scct.nii"
+
+SMALL = dict(size=32, pixels=32, drr_spacing=4.0)
+
+
+def _build(out: Path, **kw) -> Path:
+    return data.prepare_dataset(out, **{**SMALL, "phantoms": 4, "seed": 0, **kw})
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ds") / "phantoms"
+    seen = []
+    mpath = _build(root, progress=lambda f, m: seen.append((f, m)))
+    assert mpath == root / "manifest.json"
+    assert seen[-1][0] == pytest.approx(1.0)
+    assert all(0.0 <= f <= 1.0 for f, _ in seen)
+    return root
+
+
+def _arrays(root: Path, cid: str) -> dict[str, np.ndarray]:
+    d = root / "cases" / cid
+    return {n: sitk.GetArrayFromImage(sitk.ReadImage(str(d / f)))
+            for n, f in (("ct", "ct.nii.gz"), ("ap", "ap.nrrd"), ("lateral", "lateral.nrrd"))}
+
+
+def test_manifest_contents(dataset):
+    m = data.load_manifest(dataset)
+    assert m["version"] == data.MANIFEST_VERSION and m["kind"] == "xraytoct dataset"
+    assert (m["size"], m["pixels"], m["spacing"], m["window"]) == (32, 32, 8.0, "brain")
+    assert m["window_level_width"] == [40.0, 40.0]
+    assert m["grid"] == data.canonical_grid(32).geometry_dict()
+    assert m["grid"]["origin"] == [-124.0] * 3
+    geoms = data.dataset_geometries(32, 32)
+    assert m["geometry"] == {v: geoms[v].to_dict() for v in ("ap", "lateral")}
+    assert m["geometry"]["ap"]["isocenter"] == [0.0, 0.0, 0.0]
+    assert "Plastimatch" in m["drr"]["units"] and "0.022" in m["drr"]["hu_conversion"]
+    assert m["ct"]["units"] == "HU" and m["ct"]["clip"] == [-1000.0, 1000.0]
+    s = m["settings"]
+    assert (s["phantoms"], s["seed"], s["size"], s["drr_spacing"]) == (4, 0, 32, 4.0)
+    assert m["planned"] == m["complete"] == 4 and m["failed"] == {}
+    assert set(m["cases"]) == {f"phantom-{i:05d}" for i in range(4)}
+    assert m["seeds"]["cases"]["phantom-00002"] == data.case_seed(0, "phantom-00002")
+    assert m["split"]["ratios"] == {"train": 0.8, "val": 0.1, "test": 0.1}
+    for cid, c in m["cases"].items():
+        assert c["status"] == "complete" and c["kind"] == "phantom"
+        for f in c["files"].values():
+            assert (dataset / "cases" / cid / f).is_file()
+        rec = json.loads((dataset / "cases" / cid / "case.json").read_text())
+        assert rec["id"] == cid and rec["seed"] == c["seed"]
+        assert rec["transform"]["registration"]["type"] == "Euler3DTransform"
+        assert rec["transform"]["grid"]["size"] == [64, 64, 64]  # the 4 mm DRR volume
+        assert rec["transform"]["target"]["size"] == [32, 32, 32]
+        assert "findings" in rec and "phantom" in rec
+    assert not list((dataset / "cases").glob(".tmp-*"))
+
+
+def test_every_case_has_the_canonical_geometry(dataset):
+    m = data.load_manifest(dataset)
+    grid = data.canonical_grid(32)
+    for cid in m["cases"]:
+        ct = io.read_volume(dataset / "cases" / cid / "ct.nii.gz")
+        assert grid.same_as(ct, atol=1e-9), cid
+        for view in ("ap", "lateral"):
+            rad = io.read_radiograph(dataset / "cases" / cid / f"{view}.nrrd")
+            assert rad.geometry.to_dict() == m["geometry"][view]
+
+
+def test_case_dataset_shapes_and_values(dataset):
+    full = data.CaseDataset(dataset, None)
+    assert len(full) == 4 and full.size == 32 and full.pixels == 32 and full.window == "brain"
+    assert sum(len(data.CaseDataset(dataset, s)) for s in ("train", "val", "test")) == 4
+    item = full[0]
+    assert item["id"] == "phantom-00000"
+    assert item["ct"].shape == (1, 32, 32, 32) and item["ct"].dtype == torch.float32
+    assert item["ap"].shape == item["lateral"].shape == (1, 32, 32)
+    ct = item["ct"].numpy()
+    assert ct.min() == -1000.0 and ct.max() <= 1000.0
+    assert (ct > 300).mean() > 0.005  # skull
+    assert 0.05 < (ct > -500).mean() < 0.6  # a head in air
+    assert item["ap"].min() >= 0 and item["ap"].max() > 0.5 * item["lateral"].max() > 0
+    np.testing.assert_array_equal(ct[0], _arrays(dataset, "phantom-00000")["ct"])
+    assert full[-1]["id"] == full.ids[-1]
+    with pytest.raises(IndexError):
+        full[4]
+    cached = data.CaseDataset(dataset, None, cache_in_memory=True)
+    assert torch.equal(cached[1]["ct"], cached[1]["ct"]) and 1 in cached._cache
+    assert full.grid.array.shape == (32, 32, 32) and not full.grid.array.flags.writeable
+    assert data.canonical_grid(32).same_as(full.grid)
+    assert full.geometries["lateral"] == data.dataset_geometries(32, 32)["lateral"]
+    loader = torch.utils.data.DataLoader(full, batch_size=2)
+    batch = next(iter(loader))
+    assert batch["ct"].shape == (2, 1, 32, 32, 32) and batch["id"] == ["phantom-00000", "phantom-00001"]
+    with pytest.raises(ValueError):
+        data.CaseDataset(dataset, "training")
+
+
+def test_drrs_equal_a_render_of_the_stored_volume(dataset):
+    """The stored DRRs come from the 4 mm volume; re-rendering the 8 mm target at the
+    stored geometry gives the same images up to the coarser grid's blur."""
+    ds = data.CaseDataset(dataset, None)
+    for i in range(2):
+        item = ds[i]
+        target = ds.grid.with_array(item["ct"][0].numpy())
+        images = render(target, [ds.geometries["ap"], ds.geometries["lateral"]], device="cpu")
+        for rad, view in zip(images, ("ap", "lateral")):
+            stored = item[view][0].numpy()
+            head = stored > 0.05 * stored.max()
+            rel = np.abs(rad.array - stored)[head].mean() / stored[head].mean()
+            assert rel < 0.05, (view, rel)
+            assert abs(rad.array.sum() / stored.sum() - 1.0) < 0.02
+
+
+def test_splits_are_fixed_disjoint_and_keep_copies_together(dataset, tmp_path):
+    m = data.load_manifest(dataset)
+    sets = [set(m["split"][s]) for s in ("train", "val", "test")]
+    assert set.union(*sets) == set(m["cases"]) and sum(map(len, sets)) == len(m["cases"])
+    for cid, c in m["cases"].items():
+        assert c["split"] == data.split_of(c["group"]) and cid in m["split"][c["split"]]
+    ids = [f"case-{i}" for i in range(3000)]
+    got = [data.split_of(i) for i in ids]
+    assert got == [data.split_of(i) for i in ids]  # deterministic
+    for name, ratio in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        assert abs(got.count(name) / len(ids) - ratio) < 0.03
+    assert {data.split_of(i, (0.0, 0.0, 1.0)) for i in ids[:50]} == {"test"}
+    # augmented copies of a CT are in its split (no leakage across splits)
+    (tmp_path / "cts").mkdir()
+    for name in ("a.nii.gz", "b.nrrd", "c.mha"):
+        (tmp_path / "cts" / name).write_bytes(b"")
+    plan = data._plan({"ct_dir": str(tmp_path / "cts"), "augment": 5, "phantoms": 2,
+                       "seed": 3, "splits": (0.5, 0.25, 0.25)})
+    assert len(plan) == 3 * 6 + 2
+    for c in plan:
+        assert c["split"] == data.split_of(c["group"], (0.5, 0.25, 0.25))
+        if c["parent"]:
+            assert c["group"] == c["parent"] and c["id"].startswith(c["parent"] + "-aug")
+    assert len({c["seed"] for c in plan}) == len(plan)
+
+
+def test_reproducible_from_the_manifest(dataset, tmp_path):
+    settings = data.load_manifest(dataset)["settings"]
+    again = tmp_path / "again"
+    data.prepare_dataset(again, **{**settings, "phantoms": 2})
+    for cid in ("phantom-00000", "phantom-00001"):
+        a, b = _arrays(dataset, cid), _arrays(again, cid)
+        np.testing.assert_array_equal(a["ct"], b["ct"])
+        np.testing.assert_allclose(a["ap"], b["ap"], rtol=1e-6, atol=1e-6)
+    other = tmp_path / "other"
+    data.prepare_dataset(other, **{**settings, "phantoms": 1, "seed": 1})
+    assert not np.array_equal(_arrays(dataset, "phantom-00000")["ct"],
+                              _arrays(other, "phantom-00000")["ct"])
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from XRayToCTLib.data import prepare_dataset
+
+    def progress(fraction, message):
+        # die like a killed job in the middle of writing the second case
+        if message == "phantom-00001: writing DRRs":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    prepare_dataset(sys.argv[1], phantoms=3, size=32, pixels=32, drr_spacing=4.0,
+                    progress=progress)
+""")
+
+
+def test_resume_after_a_kill(dataset, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(out)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    # the half-written case is only in a temporary folder; the manifest lists what is complete
+    assert len(list((out / "cases").glob(".tmp-phantom-00001-*"))) == 1
+    assert (out / "cases" / ".tmp-phantom-00001-").parent.is_dir()
+    assert not (out / "cases" / "phantom-00001").exists()
+    m = data.load_manifest(out)
+    assert list(m["cases"]) == ["phantom-00000"] and m["planned"] == 3
+    assert [c["id"] for c in [{"id": i} for i in data.CaseDataset(out, None).ids]] == ["phantom-00000"]
+    # a stale case: complete folder but broken record -> rebuilt
+    (out / "cases" / "phantom-00000" / "case.json").write_text("{")
+    data.prepare_dataset(out)  # resumes with the manifest's settings
+    m = data.load_manifest(out)
+    assert m["complete"] == 3 and not list((out / "cases").glob(".tmp-*"))
+    for cid in ("phantom-00000", "phantom-00001", "phantom-00002"):
+        a, b = _arrays(out, cid), _arrays(dataset, cid)  # same seed and id -> same case
+        np.testing.assert_array_equal(a["ct"], b["ct"])
+        np.testing.assert_allclose(a["lateral"], b["lateral"], rtol=1e-6, atol=1e-6)
+    # a third run has nothing to do and changes nothing
+    before = (out / "cases" / "phantom-00002" / "case.json").stat().st_mtime_ns
+    data.prepare_dataset(out, phantoms=3, size=32, pixels=32, drr_spacing=4.0)
+    assert (out / "cases" / "phantom-00002" / "case.json").stat().st_mtime_ns == before
+
+
+def test_settings_must_match_an_existing_dataset(dataset):
+    with pytest.raises(InputError, match="other settings.*size"):
+        data.prepare_dataset(dataset, phantoms=4, size=16, drr_spacing=4.0)
+    with pytest.raises(InputError, match="nothing to prepare"):
+        data.prepare_dataset(dataset.parent / "empty")
+    with pytest.raises(InputError, match="drr_spacing"):
+        data.prepare_dataset(dataset.parent / "x", phantoms=1, drr_spacing=3.0)
+    with pytest.raises(InputError, match="--ct-dir"):
+        data.prepare_dataset(dataset.parent / "x", phantoms=1, augment=2)
+
+
+def test_workers_build_the_same_cases(dataset, tmp_path):
+    out = tmp_path / "pool"
+    data.prepare_dataset(out, phantoms=2, workers=2, **SMALL)
+    for cid in ("phantom-00000", "phantom-00001"):
+        a, b = _arrays(out, cid), _arrays(dataset, cid)
+        np.testing.assert_allclose(a["ct"], b["ct"], atol=1e-3)
+        np.testing.assert_allclose(a["ap"], b["ap"], rtol=1e-5, atol=1e-5)
+    assert data.load_manifest(out)["complete"] == 2
+
+
+@pytest.mark.skipif(not (CTHEAD_DIR.is_dir() and TEMPLATE_FILE.is_file()),
+                    reason=f"shared data absent: {CTHEAD_DIR} or {TEMPLATE_FILE}")
+def test_real_ct_case_with_an_augmented_copy(tmp_path):
+    ct = io.read_volume(CTHEAD_DIR, rescale=(1.0, -1024.0))  # stored 0..3926, no intercept
+    (tmp_path / "cts").mkdir()
+    io.write_volume(ct, tmp_path / "cts" / "cthead.nii.gz")
+    (tmp_path / "cts" / "broken.nii.gz").write_bytes(b"not a nifti")
+    out = tmp_path / "real"
+    with pytest.raises(XRayToCTError, match="2 of 4 cases failed.*ct-broken"):
+        data.prepare_dataset(out, ct_dir=tmp_path / "cts", augment=1, template=TEMPLATE_FILE,
+                             **SMALL)
+    m = data.load_manifest(out)
+    assert sorted(m["cases"]) == ["ct-cthead", "ct-cthead-aug01"]
+    assert set(m["failed"]) == {"ct-broken", "ct-broken-aug01"}
+    assert m["sources"]["template_sha256"] and m["settings"]["template"] == str(TEMPLATE_FILE)
+    orig, aug = m["cases"]["ct-cthead"], m["cases"]["ct-cthead-aug01"]
+    assert orig["split"] == aug["split"] and aug["parent"] == "ct-cthead"
+    assert aug["registration"] == orig["registration"]  # registered once
+    rec = json.loads((out / "cases" / "ct-cthead" / "case.json").read_text())
+    offset = rec["transform"]["registration"]["info"]["canonical_offset_mm"]
+    assert 10 < offset[1] < 30  # the Rorden template's head centre is about (0, 20, 0)
+    # the target overlays the CT: put it back on the CT grid through the stored transform
+    target = io.read_volume(out / "cases" / "ct-cthead" / "ct.nii.gz")
+    back = pp.to_patient_space(target, rec["transform"]["registration"], ct)
+    inside = (back.array > -900) & (ct.array > -900)
+    assert inside.mean() > 0.2
+    corr = np.corrcoef(np.clip(back.array[inside], -200, 1000), np.clip(ct.array[inside], -200, 1000))[0, 1]
+    assert corr > 0.75, corr
+    augmented = io.read_volume(out / "cases" / "ct-cthead-aug01" / "ct.nii.gz")
+    arec = json.loads((out / "cases" / "ct-cthead-aug01" / "case.json").read_text())
+    assert {"pose", "elastic", "intensity", "noise"} <= set(arec["augmentation"])
+    # the copy is the CT seen through the recorded augmentation, composed in canonical space
+    tx, spatial = augment_transform(data.canonical_volume(64, 4.0), arec["seed"],
+                                    center=(0.0, 0.0, 0.0))
+    assert spatial["pose"] == arec["augmentation"]["pose"]
+    expected = pp.resample_to_grid(target, target, tx)
+    head = (target.array > -500) | (augmented.array > -500)
+    plain = np.corrcoef(augmented.array[head], target.array[head])[0, 1]
+    through = np.corrcoef(augmented.array[head], expected.array[head])[0, 1]
+    assert through > 0.7 and through > plain + 0.2, (through, plain)  # 0.79 vs 0.46
+
+
+def test_cli_prepare_and_its_errors(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["prepare", "--out", str(out), "--phantoms", "1", "--size", "16",
+                 "--drr-spacing", "8", "--findings", "none"]) == 0
+    assert "1 of 1 cases complete" in capsys.readouterr().out
+    assert data.CaseDataset(out, None)[0]["ct"].shape == (1, 16, 16, 16)
+    fresh = str(tmp_path / "fresh")
+    for argv, needle in (
+            ([fresh, "--ct-dir", str(tmp_path / "missing")], "CT folder not found"),
+            ([fresh], "nothing to prepare"),
+            ([str(out), "--phantoms", "1", "--size", "32", "--drr-spacing", "8"], "other settings"),
+            ([str(out), "--phantoms", "-2"], "phantoms must be"),
+    ):
+        code = main(["prepare", "--out", *argv])
+        err = capsys.readouterr().err
+        assert code == 2, argv
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+    (tmp_path / "file").write_text("x")
+    assert main(["prepare", "--out", str(tmp_path / "file"), "--phantoms", "1"]) == 2
+    assert "not a folder" in capsys.readouterr().err

@@ -1,0 +1,846 @@
+"""The cached dataset of training/evaluation cases, and a PyTorch ``Dataset`` over it.
+
+A **case** is one head in the dataset's *canonical space*:
+
+* ``ct.nii.gz`` -- the target volume: the seed-001 preprocessing (:func:`preprocess.preprocess_ct`:
+  rigid registration to the head CT template, 1 mm, clip to [-1000, 1000] HU, 256 mm field)
+  brought to ``size^3`` voxels (block-averaged), **in HU** (float32). The manifest's
+  ``window`` names the training window the dataset is meant for; models apply their own
+  intensity mapping (:func:`preprocess.apply_window`).
+* ``ap.nrrd``, ``lateral.nrrd`` -- DRRs (:func:`drr.render`, torch backend, trilinear model)
+  of the **fine** (``drr_spacing`` mm, 1 mm by default) preprocessed volume, not of the
+  low-resolution target, at the dataset's fixed geometry; line integral of attenuation / 10
+  (Plastimatch units, see :mod:`~XRayToCTLib.drr`); the NRRD headers carry the geometry.
+* ``case.json`` -- the transform back to the source CT (``PreprocessResult.to_dict()``:
+  ``registration`` maps canonical LPS points to source-CT LPS points, so
+  :func:`preprocess.to_patient_space` puts a prediction back on the CT), and metadata: kind,
+  source, seed, findings, augmentation parameters, timings.
+
+**Canonical grid** (identical for every case of every dataset of one ``size``): ``size^3``
+voxels of ``256 / size`` mm, identity direction, origin ``-(size - 1) * spacing / 2``: the
+grid's centre is the LPS origin. Registered CTs: the template-space grid
+(:func:`preprocess.template_grid`, centred on the template's head centroid ``c``) translated by
+``-c`` (canonical point ``p`` is template point ``p + c``; the recorded registration includes
+that shift). ``--no-register``: the patient-space grid centred on the CT's head centroid
+``c``, translated to the origin (the registration is the pure translation by ``c``). Phantoms:
+their own canonical frame (the head centred at the origin), the pose undone with the
+generator's known transform (:func:`phantom.pose_registration`, no optimisation).
+The DRR geometry is :func:`drr.biplanar_geometry` of that grid with isocentre (0, 0, 0)
+and ``pixels x pixels`` detectors, the same for every case (:func:`dataset_geometries`).
+
+**Sources**: phantoms (``phantoms`` heads, ``phantom-00000``...), a folder of CTs
+(``ct-<name>``, any format :func:`io.read_volume` reads: NIfTI/NRRD/MetaImage files and
+DICOM series folders), and ``augment`` augmented copies of each CT (``ct-<name>-aug01``...;
+:mod:`~XRayToCTLib.augment` applied in canonical space and resampled from the source CT in a
+single interpolation through the composed transform; they reuse their CT's registration).
+
+**Splits** are fixed by id: a case's *group* (its own id; for an augmented copy, its CT's
+id, so copies never leak across splits) is hashed (SHA-256 of the UTF-8 id, first 8 bytes
+as a fraction of 2^64) and compared with the cumulative ratios: ``< train`` -> train,
+``< train + val`` -> val, else test. Adding cases never moves existing ones.
+
+**Seeds**: a case's seed is the first 4 bytes (little-endian) of SHA-256 of
+``"<dataset seed>/<case id>"``: the same dataset seed gives the same case under the same id.
+
+**On disk**: ``DIR/manifest.json`` and ``DIR/cases/<id>/{ct.nii.gz, ap.nrrd, lateral.nrrd,
+case.json}``. A case is built in ``DIR/cases/.tmp-<id>-...`` and renamed into place when all
+its files are written (``case.json`` last); the manifest is rewritten atomically after each
+case and lists only complete cases. A rerun skips complete cases (same settings key) and
+rebuilds anything half-written. Everything needed to rebuild the dataset is in
+``manifest["settings"]`` (``prepare_dataset(out, **settings)``; ``prepare_dataset(out)`` on an
+existing dataset resumes with its settings).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import datetime
+import hashlib
+import inspect
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InputError, XRayToCTError
+from .geometry import ProjectionGeometry, Volume
+from .progress import ProgressCallback, report, scaled
+
+__all__ = ["MANIFEST_VERSION", "FIELD_OF_VIEW_MM", "VIEWS", "canonical_grid",
+           "canonical_volume", "dataset_geometries", "case_seed", "split_of",
+           "prepare_dataset", "load_manifest", "CaseDataset"]
+
+MANIFEST_VERSION = 1
+FIELD_OF_VIEW_MM = 256.0
+"""Side of the cubic field of view of every case (the seed protocol's 256 mm at 1 mm)."""
+VIEWS = ("ap", "lateral")
+PHANTOM_MARGIN_MM = 16.0
+"""Phantoms are generated this much larger on each side than the field of view, so that
+undoing their pose does not bring the generator's border into the field."""
+_CT_FILE, _CASE_FILE = "ct.nii.gz", "case.json"
+_CASE_SETTINGS = ("size", "pixels", "drr_spacing", "register", "findings", "seed", "template")
+
+
+# ----------------------------------------------------------------------------------------
+# the canonical grid and geometry
+# ----------------------------------------------------------------------------------------
+def _check_int(value: Any, name: str, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def canonical_grid(size: int, spacing: float | None = None):
+    """The canonical grid (a :class:`preprocess.Grid`): ``size^3`` voxels of ``spacing`` mm
+    (default ``256 / size``), identity direction, centred on the LPS origin."""
+    from .preprocess import Grid
+    n = _check_int(size, "size", 2)
+    sp = FIELD_OF_VIEW_MM / n if spacing is None else float(spacing)
+    return Grid((n, n, n), (sp, sp, sp), (-(n - 1) * sp / 2.0,) * 3, np.eye(3))
+
+
+def canonical_volume(size: int, spacing: float | None = None) -> Volume:
+    """A :class:`Volume` on :func:`canonical_grid` whose array is a read-only view of zeros
+    (no memory), for APIs that want a grid as a Volume (``drr.DRRRenderer``)."""
+    g = canonical_grid(size, spacing)
+    return Volume(np.broadcast_to(np.float32(0.0), g.shape), g.spacing, g.origin, np.eye(3),
+                  {"kind": "canonical grid (voxel values unused)"})
+
+
+def dataset_geometries(size: int, pixels: int | None = None) -> dict[str, ProjectionGeometry]:
+    """AP and lateral geometry of a dataset: :func:`drr.biplanar_geometry` of the canonical
+    grid, isocentre (0, 0, 0), ``pixels`` (default ``size``) per detector side."""
+    from .drr import biplanar_geometry
+    p = _check_int(size if pixels is None else pixels, "pixels", 2)
+    return biplanar_geometry(canonical_volume(size), pixels=p, isocenter=(0.0, 0.0, 0.0))
+
+
+def case_seed(dataset_seed: int, case_id: str) -> int:
+    """The seed of case ``case_id`` in a dataset of seed ``dataset_seed`` (module doc)."""
+    digest = hashlib.sha256(f"{int(dataset_seed)}/{case_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def split_of(group_id: str, splits: Sequence[float] = (0.8, 0.1, 0.1)) -> str:
+    """``"train"``, ``"val"`` or ``"test"`` for a case group id (module doc)."""
+    u = int.from_bytes(hashlib.sha256(group_id.encode()).digest()[:8], "big") / 2.0 ** 64
+    tr, va = float(splits[0]), float(splits[1])
+    return "train" if u < tr else ("val" if u < tr + va else "test")
+
+
+# ----------------------------------------------------------------------------------------
+# settings and planning
+# ----------------------------------------------------------------------------------------
+def _check_splits(splits: Sequence[float]) -> tuple[float, float, float]:
+    try:
+        s = tuple(float(x) for x in splits)
+    except (TypeError, ValueError):
+        raise ValueError(f"splits must be three numbers, got {splits!r}") from None
+    if len(s) != 3 or min(s) < 0 or abs(sum(s) - 1.0) > 1e-6:
+        raise ValueError(f"splits must be three ratios >= 0 summing to 1, got {splits!r}")
+    return s  # type: ignore[return-value]
+
+
+def _check_findings(findings: Any) -> str | list[str]:
+    if findings is None or findings == "none":
+        return "none"
+    if findings == "random":
+        return "random"
+    if isinstance(findings, str):
+        findings = [f for f in findings.split(",") if f.strip()]
+    names = sorted({str(f).strip() for f in findings})
+    if not names or any(not re.fullmatch(r"[A-Za-z0-9_\-]+", n) for n in names):
+        raise ValueError(f"findings must be 'random', 'none' or names, got {findings!r}")
+    return names
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _ct_sources(ct_dir: Path) -> list[tuple[str, Path]]:
+    """``(case id, path)`` of every CT in ``ct_dir`` (volume files and DICOM folders)."""
+    from .io import VOLUME_EXTENSIONS, is_dicom_dir
+    if not ct_dir.exists():
+        raise InputError(ct_dir, "CT folder not found")
+    if not ct_dir.is_dir():
+        raise InputError(ct_dir, "--ct-dir must be a folder of CTs")
+    found: list[Path] = []
+    for p in sorted(ct_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and any(p.name.lower().endswith(e) for e in VOLUME_EXTENSIONS):
+            found.append(p)
+        elif p.is_dir() and is_dicom_dir(p):
+            found.append(p)
+    if not found and is_dicom_dir(ct_dir):
+        found = [ct_dir]  # the folder is itself one DICOM series
+    if not found:
+        raise InputError(ct_dir, "no CT found (expected .nii/.nii.gz/.nrrd/.mha files or "
+                                 "DICOM series folders)")
+    out: list[tuple[str, Path]] = []
+    used: set[str] = set()
+    for p in found:
+        stem = p.name
+        for e in sorted(VOLUME_EXTENSIONS, key=len, reverse=True):
+            if stem.lower().endswith(e):
+                stem = stem[: -len(e)]
+                break
+        cid = "ct-" + (re.sub(r"[^A-Za-z0-9_\-]+", "_", stem).strip("_") or "scan")
+        base, k = cid, 2
+        while cid in used:
+            cid, k = f"{base}-{k}", k + 1
+        used.add(cid)
+        out.append((cid, p))
+    return out
+
+
+def _plan(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every case the settings ask for, in build order (each CT before its copies)."""
+    cases: list[dict[str, Any]] = []
+    seed, splits = settings["seed"], settings["splits"]
+    if settings["ct_dir"] is not None:
+        for cid, path in _ct_sources(Path(settings["ct_dir"])):
+            cases.append({"id": cid, "kind": "ct", "group": cid, "source": str(path),
+                          "seed": case_seed(seed, cid), "parent": None})
+            for a in range(1, settings["augment"] + 1):
+                aid = f"{cid}-aug{a:02d}"
+                cases.append({"id": aid, "kind": "ct-augmented", "group": cid,
+                              "source": str(path), "seed": case_seed(seed, aid), "parent": cid})
+    for i in range(settings["phantoms"]):
+        pid = f"phantom-{i:05d}"
+        cases.append({"id": pid, "kind": "phantom", "group": pid, "source": "phantom",
+                      "seed": case_seed(seed, pid), "parent": None})
+    for c in cases:
+        c["split"] = split_of(c["group"], splits)
+    return cases
+
+
+def _settings_key(settings: dict[str, Any]) -> str:
+    keyed = {k: settings[k] for k in _CASE_SETTINGS}
+    keyed["template_sha256"] = settings.get("template_sha256")
+    keyed["version"] = MANIFEST_VERSION
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------
+# building one case (runs in a worker process or in-process)
+# ----------------------------------------------------------------------------------------
+_TEMPLATES: dict[str, tuple[Volume, np.ndarray]] = {}
+
+
+def _template(path: str) -> tuple[Volume, np.ndarray]:
+    """The template and its grid centre (LPS), cached per process."""
+    from . import preprocess as pp
+    if path not in _TEMPLATES:
+        tmpl = pp.load_template(path)
+        _TEMPLATES[path] = (tmpl, pp.template_grid(tmpl).center)
+    return _TEMPLATES[path]
+
+
+def _worker_init() -> None:
+    """Pool initializer: one thread per worker for torch and ITK (workers run side by side)."""
+    import SimpleITK as sitk
+    import torch
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _shifted(reg, offset: np.ndarray):
+    """``reg`` (template -> CT points) preceded by the translation ``p -> p + offset``
+    (canonical -> template): one Euler transform about ``center - offset``."""
+    from .preprocess import RigidRegistration
+    p = list(reg.parameters)
+    p[3:] = (np.asarray(reg.translation) + offset).tolist()
+    info = {**reg.info, "canonical_offset_mm": np.asarray(offset, float).tolist()}
+    return RigidRegistration(tuple(p), tuple(np.asarray(reg.center) - offset),
+                             reg.metric_value, reg.initial_metric_value, info)
+
+
+def _make_phantom(seed: int, findings: str | list[str], spacing: float) -> tuple[Volume, Any]:
+    """A phantom covering the field of view plus a margin, and its pose registration
+    (canonical -> phantom points; identity for a generator without a pose)."""
+    from . import phantom as ph
+    from .preprocess import RigidRegistration
+    n = int(round((FIELD_OF_VIEW_MM + 2 * PHANTOM_MARGIN_MM) / spacing))
+    accepted = inspect.signature(ph.head_phantom).parameters
+    kw: dict[str, Any] = {}
+    if "findings" in accepted:
+        kw["findings"] = None if findings == "none" else findings
+    if "pose" in accepted:
+        kw["pose"] = True
+    vol = ph.head_phantom(n, spacing, seed, **kw)
+    if hasattr(ph, "pose_registration"):
+        reg = ph.pose_registration(vol)
+    else:
+        reg = RigidRegistration((0.0,) * 6, (0.0, 0.0, 0.0), info={"pose": "none"})
+    return vol, reg
+
+
+def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
+                parent_registration: dict | None = None,
+                progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Build one case into a temporary folder and rename it into place; return its record."""
+    from . import preprocess as pp
+    from .augment import augment_intensity, augmentation_transform
+    from .drr import render
+    from .io import read_volume, write_radiograph, write_volume
+
+    import SimpleITK as sitk
+
+    t0 = time.perf_counter()
+    cid = case["id"]
+    size, pixels, dsp = settings["size"], settings["pixels"], settings["drr_spacing"]
+    fine = canonical_grid(int(round(FIELD_OF_VIEW_MM / dsp)), dsp)
+    meta: dict[str, Any] = {}
+    report(progress, 0.0, f"{cid}: source")
+    if case["kind"] == "phantom":
+        src, reg = _make_phantom(case["seed"], settings["findings"], dsp)
+        meta["phantom"] = {k: src.metadata.get(k) for k in
+                           ("seed", "findings", "ventricle_scale", "pose", "source")
+                           if k in src.metadata}
+        meta["findings"] = src.metadata.get("findings", [])
+    else:
+        src = read_volume(case["source"])
+        if parent_registration is not None:
+            reg = pp.RigidRegistration.from_dict(parent_registration)
+        elif settings["register"]:
+            tmpl, centre = _template(settings["template"])
+            report(progress, 0.05, f"{cid}: registering to the template")
+            raw = pp.register_rigid(src, tmpl, progress=scaled(progress, 0.05, 0.6))
+            reg = _shifted(raw, centre)
+        else:
+            centre = pp.head_center(src)
+            reg = pp.RigidRegistration((0.0, 0.0, 0.0, *centre), (0.0, 0.0, 0.0),
+                                       info={"canonical_offset_mm": centre.tolist(),
+                                             "method": "head centroid (no registration)"})
+        meta["findings"] = []
+    t_source = time.perf_counter() - t0
+
+    report(progress, 0.6, f"{cid}: resampling")
+    clip = pp.DEFAULT_CLIP
+    if case["kind"] == "ct-augmented":
+        aug_tx, record = augmentation_transform(canonical_volume(fine.size[0], dsp), case["seed"],
+                                                center=(0.0, 0.0, 0.0))
+        composite = sitk.CompositeTransform([reg.sitk_transform(), aug_tx])  # reg(aug(q))
+        volume = pp.resample_to_grid(src, fine, composite)
+        volume, irecord = augment_intensity(volume, case["seed"])
+        volume = pp.clip_hu(volume, *clip)
+        volume.metadata.update({"space": "template", "units": "HU"})
+        target = pp.resample_to_size(volume, size)
+        res = pp.PreprocessResult(volume, target, reg, fine, pp.Grid.of(src), "template",
+                                  None, clip, {"augmented": True})
+        meta["augmentation"] = {"seed": case["seed"], "strength": 1.0, **record, **irecord,
+                                "applied": "in canonical space: canonical point q takes the "
+                                           "source CT at registration(pose^-1 / B-spline(q)), "
+                                           "then intensity and noise, then the clip"}
+    else:
+        res = pp.preprocess_ct(src, register=True, transform=reg, grid=fine, clip=clip,
+                               target_size=size)
+    res.info.update({"canonical": "grid centred on the LPS origin; registration maps "
+                                  "canonical points to source-CT points",
+                     "registered": bool(settings["register"]) if case["kind"] != "phantom"
+                     else "known phantom pose"})
+    grid = canonical_grid(size)
+    if not grid.same_as(res.target, atol=1e-6):
+        raise XRayToCTError(f"{cid}: target grid {res.target.geometry_dict()} is not the "
+                            "canonical grid (internal error)")
+    target = Volume(res.target.array.astype(np.float32, copy=False), grid.spacing, grid.origin,
+                    np.eye(3), {"units": "HU", "case": cid})
+    del src
+
+    report(progress, 0.75, f"{cid}: rendering DRRs")
+    geoms = dataset_geometries(size, pixels)
+    images = render(res.volume, [geoms[v] for v in VIEWS], device="cpu")
+
+    cases_dir = Path(out) / "cases"
+    tmp = cases_dir / f".tmp-{cid}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # (not mkdtemp: the case folder gets the usual permissions)
+    try:
+        write_volume(target, tmp / _CT_FILE)
+        report(progress, 0.9, f"{cid}: writing DRRs")
+        for view, img in zip(VIEWS, images):
+            img.metadata["case"] = cid
+            write_radiograph(img, tmp / f"{view}.nrrd")
+        files = {"ct": _CT_FILE, **{v: f"{v}.nrrd" for v in VIEWS}, "case": _CASE_FILE}
+        record = {"id": cid, "kind": case["kind"], "group": case["group"],
+                  "split": case["split"], "seed": case["seed"], "source": case["source"],
+                  "parent": case["parent"], "status": "complete",
+                  "settings_key": settings["settings_key"], "files": files,
+                  "findings": meta.pop("findings"), **meta,
+                  "transform": res.to_dict(),
+                  "timing_s": {"source": t_source, "total": time.perf_counter() - t0},
+                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        with open(tmp / _CASE_FILE, "w") as fh:
+            json.dump(record, fh, indent=1, default=_json_default)
+            fh.flush()
+            os.fsync(fh.fileno())
+        final = cases_dir / cid
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report(progress, 1.0, f"{cid}: done")
+    return _summary(record)
+
+
+def _build_case_in_worker(*args: Any) -> dict[str, Any]:
+    """:func:`_build_case` in a pool worker: a case-level input problem comes back as
+    ``{"error": message}`` (InputError does not survive pickling across processes)."""
+    try:
+        return _build_case(*args)
+    except (InputError, OSError) as err:
+        return {"error": str(err)}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest keeps of a case record."""
+    keep = ("kind", "group", "split", "seed", "source", "parent", "status", "findings", "files")
+    out = {k: record.get(k) for k in keep}
+    out["registration"] = (record.get("transform") or {}).get("registration")
+    out["time_s"] = (record.get("timing_s") or {}).get("total")
+    return out
+
+
+def _complete_record(case_dir: Path, key: str) -> dict[str, Any] | None:
+    """The case record if ``case_dir`` holds a complete case built with settings ``key``."""
+    try:
+        with open(case_dir / _CASE_FILE) as fh:
+            rec = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if rec.get("status") != "complete" or rec.get("settings_key") != key:
+        return None
+    if not all((case_dir / f).is_file() for f in (rec.get("files") or {}).values()):
+        return None
+    return rec
+
+
+# ----------------------------------------------------------------------------------------
+# the dataset
+# ----------------------------------------------------------------------------------------
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(manifest, fh, indent=1, default=_json_default)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _resolve_settings(out: Path, existing: dict | None, given: dict[str, Any]) -> dict[str, Any]:
+    """Validated settings; with no sources given, those of the existing manifest."""
+    from .preprocess import default_template_path, get_window
+    if given["ct_dir"] is None and not given["phantoms"]:
+        if existing is None:
+            raise InputError(None, "nothing to prepare: give --ct-dir DIR and/or --phantoms N")
+        given = {**existing["settings"], "workers": given["workers"]}
+    s = dict(given)
+    s["size"] = _check_int(s["size"], "size", 4)
+    s["pixels"] = _check_int(s["size"] if s["pixels"] is None else s["pixels"], "pixels", 4)
+    s["phantoms"] = _check_int(s["phantoms"], "phantoms", 0)
+    s["augment"] = _check_int(s["augment"], "augment", 0)
+    s["workers"] = _check_int(s["workers"], "workers", 1)
+    s["seed"] = _check_int(s["seed"], "seed", 0)
+    s["splits"] = list(_check_splits(s["splits"]))
+    s["findings"] = _check_findings(s["findings"])
+    s["register"] = bool(s["register"])
+    get_window(s["window"])
+    if not isinstance(s["window"], str):
+        s["window"] = [float(x) for x in s["window"]]
+    dsp = float(s["drr_spacing"])
+    n_fine = int(round(FIELD_OF_VIEW_MM / dsp)) if dsp > 0 else 0
+    if dsp <= 0 or abs(n_fine * dsp - FIELD_OF_VIEW_MM) > 1e-6:
+        raise ValueError(f"drr_spacing must divide {FIELD_OF_VIEW_MM:g} mm, got {dsp}")
+    s["drr_spacing"] = dsp
+    if s["augment"] and s["ct_dir"] is None:
+        raise InputError(None, "--augment makes copies of real CTs: give --ct-dir too")
+    s["template_sha256"] = None
+    if s["ct_dir"] is not None:
+        s["ct_dir"] = str(Path(s["ct_dir"]).expanduser().resolve())
+        if s["register"]:
+            t = s["template"] if s["template"] is not None else default_template_path()
+            if t is None:
+                raise InputError(None, "registration to a head CT template needs one: pass "
+                                       "--template FILE or --no-register (or set "
+                                       "XRAYTOCT_TEMPLATE)")
+            t = Path(t).expanduser().resolve()
+            if not t.exists():
+                raise InputError(t, "template file not found")
+            s["template"] = str(t)
+            s["template_sha256"] = _file_digest(t)
+    if s["ct_dir"] is None or not s["register"]:
+        s["template"] = None
+    return s
+
+
+def prepare_dataset(out: str | os.PathLike, *, ct_dir: str | os.PathLike | None = None,
+                    phantoms: int = 0, size: int = 128, pixels: int | None = None,
+                    window: str | Sequence[float] = "brain",
+                    template: str | os.PathLike | None = None, register: bool = True,
+                    augment: int = 0, findings: str | Sequence[str] | None = "random",
+                    workers: int = 1, seed: int = 0,
+                    splits: Sequence[float] = (0.8, 0.1, 0.1), drr_spacing: float = 1.0,
+                    progress: ProgressCallback | None = None) -> Path:
+    """Build (or resume) a dataset of cases in ``out``; return the manifest's path.
+
+    Args:
+        out: dataset folder (created; an existing dataset there is resumed).
+        ct_dir: folder of real head CTs in HU (see the module doc for what counts as a CT).
+        phantoms: number of generated phantom heads.
+        size: target voxels per side (spacing ``256 / size`` mm).
+        pixels: DRR detector pixels per side (default ``size``).
+        window: the training window the dataset is meant for (a name of
+            :data:`preprocess.WINDOWS` or ``(level, width)``); recorded, not applied.
+        template: head CT template for registering real CTs (default
+            :func:`preprocess.default_template_path`).
+        register: register real CTs to the template (else centre them on their head).
+        augment: augmented copies per real CT.
+        findings: for phantoms: ``"random"``, ``"none"``/``None`` or a list of names (or a
+            comma-separated string) passed to :func:`phantom.head_phantom`.
+        workers: processes building cases side by side (each with one torch/ITK thread).
+        seed: dataset seed (each case's seed is derived from it and the case id).
+        splits: train / val / test ratios (fixed by case group id, see the module doc).
+        drr_spacing: mm per voxel of the fine volume DRRs are rendered from (the seed
+            protocol's 1 mm; coarser only for quick tests). Must divide 256 mm.
+        progress: ``(fraction, message)`` callback; returning False cancels
+            (:class:`~XRayToCTLib.errors.Cancelled`; complete cases stay).
+
+    With no ``ct_dir`` and no ``phantoms``, an existing dataset in ``out`` is resumed with
+    the settings of its manifest. Case-defining settings must match an existing manifest's
+    (else :class:`InputError`); source counts may grow.
+
+    Raises:
+        InputError: bad arguments or inputs; :class:`XRayToCTError` after the run when some
+            cases failed (the manifest then lists the complete ones and ``failed``).
+    """
+    out_p = Path(out).expanduser()
+    if out_p.exists() and not out_p.is_dir():
+        raise InputError(out_p, "exists and is not a folder")
+    mpath = out_p / "manifest.json"
+    existing = load_manifest(out_p) if mpath.is_file() else None
+    try:
+        settings = _resolve_settings(out_p, existing, dict(
+            ct_dir=None if ct_dir is None else str(ct_dir), phantoms=phantoms, size=size,
+            pixels=pixels, window=window, template=None if template is None else str(template),
+            register=register, augment=augment, findings=findings, workers=workers, seed=seed,
+            splits=splits, drr_spacing=drr_spacing))
+    except ValueError as err:
+        raise InputError(None, str(err)) from None
+    settings["settings_key"] = _settings_key(settings)
+    if existing is not None:
+        old = existing.get("settings", {})
+        diff = [k for k in (*_CASE_SETTINGS, "window", "splits")
+                if k in old and old[k] != settings[k]]
+        if existing.get("settings_key") not in (None, settings["settings_key"]) and not diff:
+            diff = ["template contents"]
+        if diff:
+            raise InputError(out_p, "holds a dataset built with other settings ("
+                             + ", ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now"
+                                         for k in diff[:3]) + "): use another --out")
+    plan = _plan(settings)
+    cases_dir = out_p / "cases"
+    cases_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in cases_dir.glob(".tmp-*"):  # left by a killed run: never used
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    key = settings["settings_key"]
+    done: dict[str, dict[str, Any]] = {}
+    registrations: dict[str, dict] = {}
+    for c in plan:
+        d = cases_dir / c["id"]
+        rec = _complete_record(d, key)
+        if rec is not None:
+            done[c["id"]] = _summary(rec)
+            if c["kind"] == "ct":
+                registrations[c["id"]] = rec["transform"]["registration"]
+        elif d.exists():
+            shutil.rmtree(d)  # half-written or stale: rebuild
+    failed: dict[str, str] = {}
+    created = (existing or {}).get("created") or _now()
+    manifest_state = {"created": created}
+
+    def write() -> None:
+        _write_manifest(mpath, _manifest(settings, plan, done, failed, manifest_state))
+
+    write()
+    todo = [c for c in plan if c["id"] not in done]
+    total = max(1, len(plan))
+    report(progress, len(done) / total, f"{len(done)}/{len(plan)} cases complete")
+    if not todo:
+        return mpath
+
+    def finished(cid: str, summary: dict) -> None:
+        done[cid] = summary
+        write()
+        report(progress, len(done) / total, f"{len(done)}/{len(plan)} cases: {cid} done")
+
+    def fail(cid: str, err: BaseException) -> None:
+        failed[cid] = str(err)
+        write()
+
+    by_id = {c["id"]: c for c in plan}
+    if settings["workers"] == 1:
+        for c in todo:
+            parent_reg = registrations.get(c["parent"]) if c["parent"] else None
+            if c["parent"] and c["parent"] in failed:
+                fail(c["id"], XRayToCTError(f"its CT failed: {failed[c['parent']]}"))
+                continue
+            sub = scaled(progress, len(done) / total, (len(done) + 1) / total)
+            try:
+                summary = _build_case(str(out_p), c, settings, parent_reg, sub)
+            except (InputError, OSError) as err:
+                fail(c["id"], err)
+                continue
+            if c["kind"] == "ct":
+                registrations[c["id"]] = summary["registration"]
+            finished(c["id"], summary)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(settings["workers"], mp_context=ctx,
+                                    initializer=_worker_init) as pool:
+            futures: dict[cf.Future, str] = {}
+
+            def submit(c: dict) -> None:
+                parent_reg = registrations.get(c["parent"]) if c["parent"] else None
+                futures[pool.submit(_build_case_in_worker, str(out_p), c, settings,
+                                    parent_reg)] = c["id"]
+
+            waiting = {c["id"] for c in todo if c["parent"] and c["parent"] not in registrations}
+            for c in todo:
+                if c["id"] not in waiting:
+                    submit(c)
+            try:
+                while futures:
+                    ready, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
+                    for fut in ready:
+                        cid = futures.pop(fut)
+                        summary = fut.result()
+                        if "error" in summary:
+                            fail(cid, XRayToCTError(summary["error"]))
+                            summary = None
+                        else:
+                            finished(cid, summary)
+                        if by_id[cid]["kind"] == "ct":
+                            children = [c for c in todo if c["parent"] == cid]
+                            if summary is not None:
+                                registrations[cid] = summary["registration"]
+                                for c in children:
+                                    submit(c)
+                            else:
+                                for c in children:
+                                    fail(c["id"], XRayToCTError(f"its CT failed: {failed[cid]}"))
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+    if failed:
+        first = next(iter(failed.items()))
+        raise XRayToCTError(f"{len(failed)} of {len(plan)} cases failed (first: {first[0]}: "
+                            f"{first[1]}); the {len(done)} complete cases are listed in {mpath}")
+    return mpath
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _manifest(settings: dict[str, Any], plan: list[dict], done: dict[str, dict],
+              failed: dict[str, str], state: dict[str, Any]) -> dict[str, Any]:
+    from . import __version__
+    from .drr import AIR_THRESHOLD_HU, MU_WATER_PER_MM
+    from .preprocess import DEFAULT_CLIP, get_window
+    size, pixels = settings["size"], settings["pixels"]
+    geoms = dataset_geometries(size, pixels)
+    cases = {c["id"]: done[c["id"]] for c in plan if c["id"] in done}
+    level, width = get_window(settings["window"])
+    stored = {k: v for k, v in settings.items() if k not in ("settings_key", "template_sha256")}
+    return {
+        "version": MANIFEST_VERSION, "kind": "xraytoct dataset", "software": __version__,
+        "created": state["created"], "updated": _now(),
+        "size": size, "spacing": FIELD_OF_VIEW_MM / size, "pixels": pixels,
+        "field_of_view_mm": FIELD_OF_VIEW_MM,
+        "window": settings["window"], "window_level_width": [level, width],
+        "grid": canonical_grid(size).geometry_dict(),
+        "geometry": {v: geoms[v].to_dict() for v in VIEWS},
+        "ct": {"file": _CT_FILE, "units": "HU", "clip": list(DEFAULT_CLIP), "dtype": "float32",
+               "array_order": "k, j, i (SimpleITK), LPS"},
+        "drr": {"files": {v: f"{v}.nrrd" for v in VIEWS},
+                "units": "line integral of mu (1/mm) x mm / 10, Plastimatch units",
+                "hu_conversion": f"mu = {MU_WATER_PER_MM}*(1+HU/1000) per mm, 0 at or below "
+                                 f"{AIR_THRESHOLD_HU:g} HU",
+                "renderer": "drr.render (torch, Joseph, trilinear)",
+                "rendered_from": f"the preprocessed volume at {settings['drr_spacing']:g} mm "
+                                 "(256 mm field), not the target"},
+        "settings": stored, "settings_key": settings["settings_key"],
+        "sources": {"ct_dir": settings["ct_dir"], "phantoms": settings["phantoms"],
+                    "augment_per_ct": settings["augment"], "template": settings["template"],
+                    "template_sha256": settings.get("template_sha256"),
+                    "cts": sorted({c["source"] for c in plan if c["kind"] == "ct"})},
+        "seeds": {"dataset": settings["seed"],
+                  "rule": "case seed = first 4 bytes (little-endian) of sha256('<dataset "
+                          "seed>/<case id>')",
+                  "cases": {c["id"]: c["seed"] for c in plan}},
+        "split": {"ratios": dict(zip(("train", "val", "test"), settings["splits"])),
+                  "rule": "sha256 of the case group id (augmented copies: their CT's id), "
+                          "first 8 bytes big-endian / 2^64, against the cumulative ratios",
+                  **{s: sorted(c["id"] for c in plan if c["split"] == s)
+                     for s in ("train", "val", "test")}},
+        "planned": len(plan), "complete": len(cases),
+        "cases": cases, "failed": dict(failed),
+    }
+
+
+def load_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of the dataset in ``root`` (a folder, or its ``manifest.json``)."""
+    p = Path(root).expanduser()
+    mpath = p if p.is_file() else p / "manifest.json"
+    if not mpath.is_file():
+        raise InputError(mpath, "no dataset manifest here (build one with 'xraytoct prepare')")
+    try:
+        with open(mpath) as fh:
+            m = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise InputError(mpath, f"unreadable manifest: {err}") from None
+    if not isinstance(m, dict) or m.get("kind") != "xraytoct dataset":
+        raise InputError(mpath, "not an XRayToCT dataset manifest")
+    if m.get("version") != MANIFEST_VERSION:
+        raise InputError(mpath, f"manifest version {m.get('version')} is not supported "
+                                f"(this software reads version {MANIFEST_VERSION})")
+    return m
+
+
+# ----------------------------------------------------------------------------------------
+# the PyTorch dataset
+# ----------------------------------------------------------------------------------------
+try:
+    from torch.utils.data import Dataset as _TorchDataset
+except ImportError:  # pragma: no cover (torch is a dependency)
+    _TorchDataset = object  # type: ignore[misc, assignment]
+
+
+class CaseDataset(_TorchDataset):
+    """The complete cases of a prepared dataset, as tensors.
+
+    Args:
+        root: the dataset folder (or its manifest.json).
+        split: ``"train"``, ``"val"``, ``"test"`` or ``None`` (all cases).
+        cache_in_memory: keep each case's tensors after its first read (per process:
+            each DataLoader worker has its own cache).
+
+    ``dataset[i]`` is ``{"id": str, "ct": FloatTensor[1, S, S, S]`` (HU, array order
+    ``k, j, i`` of the canonical grid), ``"ap"``, ``"lateral": FloatTensor[1, P, P]`` (DRR
+    line-integral units, row 0 at the top)``}``. Cases are in sorted id order.
+
+    Properties: :attr:`grid` (a :class:`Volume` on the canonical grid whose array is a
+    read-only zero view, for ``drr.DRRRenderer(dataset.geometries.values(), dataset.grid)``),
+    :attr:`geometries` (view -> :class:`ProjectionGeometry`), :attr:`size`, :attr:`pixels`,
+    :attr:`window` (the manifest's training window, a name or ``(level, width)``),
+    :attr:`manifest`, :attr:`ids`.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str | None = "train", *,
+                 cache_in_memory: bool = False):
+        if split not in ("train", "val", "test", None):
+            raise ValueError(f"split must be 'train', 'val', 'test' or None, got {split!r}")
+        p = Path(root).expanduser()
+        self.root = p.parent if p.is_file() else p
+        self.manifest = load_manifest(self.root)
+        self.split = split
+        self.ids = sorted(cid for cid, c in self.manifest["cases"].items()
+                          if c.get("status") == "complete" and (split is None or c["split"] == split))
+        self.cache_in_memory = bool(cache_in_memory)
+        self._cache: dict[int, dict[str, Any]] = {}
+        self._grid: Volume | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.manifest["size"])
+
+    @property
+    def pixels(self) -> int:
+        return int(self.manifest["pixels"])
+
+    @property
+    def window(self) -> str | tuple[float, float]:
+        w = self.manifest["window"]
+        return w if isinstance(w, str) else (float(w[0]), float(w[1]))
+
+    @property
+    def grid(self) -> Volume:
+        if self._grid is None:
+            g = self.manifest["grid"]
+            self._grid = Volume(np.broadcast_to(np.float32(0.0), tuple(g["size"][::-1])),
+                                g["spacing"], g["origin"], np.asarray(g["direction"]),
+                                {"kind": "canonical grid (voxel values unused)"})
+        return self._grid
+
+    @property
+    def geometries(self) -> dict[str, ProjectionGeometry]:
+        return {v: ProjectionGeometry.from_dict(d) for v, d in self.manifest["geometry"].items()}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def case_dir(self, index: int) -> Path:
+        return self.root / "cases" / self.ids[index]
+
+    def case_record(self, index: int) -> dict[str, Any]:
+        """The case's ``case.json`` (transform back to its source CT, metadata)."""
+        with open(self.case_dir(index) / _CASE_FILE) as fh:
+            return json.load(fh)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import SimpleITK as sitk
+        import torch
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"case index {index} out of range (0..{len(self) - 1})")
+        if index in self._cache:
+            return dict(self._cache[index])
+        d = self.case_dir(index)
+        files = self.manifest["cases"][self.ids[index]]["files"]
+        s, px = self.size, self.pixels
+        item: dict[str, Any] = {"id": self.ids[index]}
+        for name, shape in (("ct", (s, s, s)), ("ap", (px, px)), ("lateral", (px, px))):
+            path = d / files[name]
+            try:
+                arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32))
+            except RuntimeError as err:
+                raise InputError(path, f"unreadable case file: {str(err).strip().splitlines()[-1]}") from None
+            if arr.shape != shape:
+                raise InputError(path, f"shape {arr.shape} differs from the dataset's {shape}")
+            item[name] = torch.from_numpy(np.ascontiguousarray(arr))[None]
+        if self.cache_in_memory:
+            self._cache[index] = item
+        return dict(item)
