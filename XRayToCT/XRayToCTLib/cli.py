@@ -154,6 +154,47 @@ def build_parser() -> argparse.ArgumentParser:
                    "protocol; coarser, e.g. 4, only for quick trials)")
     p.set_defaults(func=_cmd_prepare)
 
+    p = sub.add_parser("reconstruct", help="synthetic CT (sCT) from radiographs or a CT's DRRs",
+                       description="Reconstruct a SYNTHETIC CT (sCT, not for diagnosis) with a "
+                       "model (a catalog name, see 'xraytoct models', or a .safetensors file). "
+                       "From radiographs (--ap [--lateral]: DICOM, PNG, TIFF, NRRD...; bone must "
+                       "be bright, as in a DRR: MONOCHROME1 DICOM is inverted automatically, "
+                       "--invert flips others; each image is assumed centred on the central ray "
+                       "and is cropped/padded to the model's detector by its pixel spacing when "
+                       "known, else its longer side spans the detector) the sCT is written in "
+                       "the model's canonical template space. From a CT (--ct) the CT is "
+                       "preprocessed, its DRRs are rendered at the model's geometry, and the sCT "
+                       "is put back on the CT's own grid so it overlays the CT. Beside OUT: "
+                       "OUT's .json (model, sha256, device, time, geometry, projection-"
+                       "consistency SSIM/PSNR per view), the images the model saw and the "
+                       "sCT's re-projections (.nrrd).")
+    src = p.add_argument_group("input (either --ct, or radiographs for the model's views)")
+    src.add_argument("--ap", metavar="AP", help="anteroposterior radiograph")
+    src.add_argument("--lateral", metavar="LAT", help="lateral radiograph (source on the "
+                     "patient's right, face on the image's right)")
+    src.add_argument("--ct", metavar="CT", help="a CT file or DICOM folder (HU): reconstruct "
+                     "from its DRRs")
+    p.add_argument("--model", required=True, metavar="NAME|FILE",
+                   help="catalog model name or .safetensors package")
+    p.add_argument("--out", required=True, help="output sCT (.nii.gz, .nii, .nrrd, .mha) or a "
+                   "folder for a DICOM series")
+    p.add_argument("--template", help="registration template for --ct (default: "
+                   "$XRAYTOCT_TEMPLATE, else the Rorden template in ../shared/data)")
+    p.add_argument("--no-register", action="store_true",
+                   help="--ct: crop around the head in patient space instead of registering")
+    p.add_argument("--invert", action="store_true",
+                   help="invert the radiographs (for images where bone is dark)")
+    _add_device(p)
+    _add_rescale(p)
+    p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser("models", help="list the bundled models",
+                       description="List the model catalog (Resources/Models/models.json): name, "
+                       "title, views, output size, training data, and whether the file is "
+                       "present with the catalog's sha256.")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(func=_cmd_models)
+
     p = sub.add_parser("demo", help="the main job on an embedded default (a phantom head)",
                        description="Generate a phantom head CT, preprocess it, render its AP and "
                        "lateral DRRs, and write files you can open (NIfTI, NRRD, PNG previews).")
@@ -319,6 +360,73 @@ def _cmd_prepare(args) -> int:
     m = load_manifest(manifest)
     counts = ", ".join(f"{len(m['split'][s])} {s}" for s in ("train", "val", "test"))
     print(f"{m['complete']} of {m['planned']} cases complete ({counts}) in {manifest}")
+    return 0
+
+
+def _cmd_reconstruct(args) -> int:
+    from .inference import Reconstructor, write_result
+    from .io import read_radiograph
+    radiographs = {v: getattr(args, v) for v in ("ap", "lateral") if getattr(args, v)}
+    if args.ct and radiographs:
+        raise InputError(None, "give either --ct or radiographs (--ap/--lateral), not both")
+    if not args.ct and not radiographs:
+        raise InputError(None, "nothing to reconstruct from: give --ap AP [--lateral LAT] or --ct CT")
+    out = Path(args.out)
+    ct = _read_ct(args, args.ct) if args.ct else None
+    images = {v: read_radiograph(f, view=v) for v, f in radiographs.items()}
+    rec = Reconstructor(args.model, device=args.device)
+    cb, close = _tqdm_progress("reconstruct")
+    try:
+        if ct is not None:
+            template = None
+            if not args.no_register:
+                from . import preprocess as pp
+                path = args.template or pp.default_template_path()
+                if path is None:
+                    raise InputError(None, "no registration template: pass --template FILE, set "
+                                     "XRAYTOCT_TEMPLATE, or pass --no-register")
+                template = pp.load_template(path)
+            result = rec.reconstruct_ct(ct, template=template, register=not args.no_register,
+                                        progress=cb)
+        else:
+            result = rec.reconstruct_views(images, progress=cb, invert=args.invert)
+    finally:
+        close()
+    files = write_result(result, out, source=ct,
+                         extra={"inputs_cli": {k: str(Path(v).resolve()) for k, v in
+                                               {**radiographs, "ct": args.ct}.items() if v}})
+    scores = ", ".join(f"{v} SSIM {s['ssim']:.3f} PSNR {s['psnr']:.1f} dB"
+                       for v, s in result.consistency["views"].items())
+    print(f"wrote {out} (SYNTHETIC CT, not for diagnosis) on {result.info['device']} in "
+          f"{result.info['time_s']:.1f} s; projection consistency: {scores}")
+    print(f"details in {files[-1]}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from .models import CATALOG_PATH, catalog
+    from .models.package import sha256_file
+    rows = []
+    for e in catalog():
+        path = (CATALOG_PATH.parent / e["file"]).resolve()
+        present = path.is_file()
+        rows.append({"name": e["name"], "title": e.get("title"), "views": list(e.get("views") or []),
+                     "output_size": e.get("output_size"), "trained_on": e.get("trained_on"),
+                     "file": str(path), "present": present,
+                     "sha256_ok": present and sha256_file(path) == str(e["sha256"]).lower()})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print(f"no models in the catalog ({CATALOG_PATH})")
+    for r in rows:
+        state = "ok" if r["sha256_ok"] else ("SHA-256 MISMATCH" if r["present"] else "file missing")
+        trained = r["trained_on"]
+        if isinstance(trained, dict):
+            trained = trained.get("description") or json.dumps(trained, default=str)[:120]
+        print(f"{r['name']}: {r['title'] or ''}")
+        print(f"    views {'+'.join(r['views'])}, output {r['output_size']}^3, trained on "
+              f"{trained or 'unknown'}; file {r['file']} [{state}]")
     return 0
 
 

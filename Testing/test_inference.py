@@ -1,0 +1,362 @@
+"""Inference: sCT from a CT (placed back on its grid), from radiographs (PNG, NRRD), the
+projection-consistency score and its JSON, device fallback, and the CLI's one-line errors."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from XRayToCTLib import inference
+from XRayToCTLib import preprocess as pp
+from XRayToCTLib.cli import main
+from XRayToCTLib.errors import Cancelled, InputError
+from XRayToCTLib.geometry import Radiograph
+from XRayToCTLib.io import read_volume, write_radiograph, write_volume
+from XRayToCTLib.phantom import head_phantom
+
+from XRayToCTLib import models
+from XRayToCTLib.models import intensity, package
+
+
+TEST_META = {"training_data": {"description": "none: random weights (a test model)"},
+             "validation": {}}
+
+
+def small_model(views=("ap", "lateral"), size=32, pixels=32, seed=0) -> torch.nn.Module:
+    """A randomly initialised model of the real registry, at a test size."""
+    torch.manual_seed(seed)
+    name = "x2ct_gan" if len(views) == 2 else "x2ct_gan_single"
+    return models.build_model(name, {
+        "image_size": pixels, "output_size": size, "output_spacing": 256.0 / size,
+        "stem_channels": 8, "growth_rate": 4, "encoder_blocks": [1, 1, 1],
+        "decoder_channels": [4, 4, 8, 8], "decoder_blocks": [1, 1, 1, 0],
+        "fusion_blocks": [1, 1, 1, 0]})
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def ct():
+    """A head with a random pose in a 256 mm field of view (4 mm voxels)."""
+    return head_phantom(64, 4.0, seed=3, rotation_deg=(8.0, -10.0, 15.0),
+                        translation_mm=(10.0, -8.0, 12.0))
+
+
+@pytest.fixture(scope="module")
+def ct_file(ct, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ct") / "head.nrrd"
+    write_volume(ct, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def biplanar_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny_biplanar.safetensors"
+    package.save_package(small_model(), path, metadata=TEST_META)
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny_single.safetensors"
+    package.save_package(small_model(("ap",)), path, metadata=TEST_META)
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# radiographs onto the model's detector
+# ----------------------------------------------------------------------------------------
+def test_prepare_view_uses_pixel_spacing_to_crop_and_pad(biplanar_file):
+    spec = inference.Reconstructor(biplanar_file, device="cpu").spec
+    g = inference.view_geometry(spec, "ap")
+    rows, cols = g.pixels
+    rng = np.random.default_rng(0)
+    img = rng.random((rows, cols)).astype(np.float32)
+    # the model's own detector: unchanged
+    same = inference.prepare_view(Radiograph(img, g.pixel_spacing), g)
+    np.testing.assert_allclose(same, img, atol=1e-6)
+    # the same field of view at half the pixel size inside a larger image with a margin:
+    # cropped to the detector, then binned back
+    fine = np.kron(img, np.ones((2, 2), np.float32))
+    big = np.pad(fine, 10, constant_values=-5.0)
+    out = inference.prepare_view(Radiograph(big, (g.pixel_spacing[0] / 2, g.pixel_spacing[1] / 2)), g)
+    assert out.shape == (rows, cols)
+    np.testing.assert_allclose(out, img, atol=1e-5)
+    assert out.min() > -1.0  # the margin was cropped away
+    # a field of view smaller than the detector: padded with the image's minimum (air)
+    small = inference.prepare_view(Radiograph(img[8:-8, 8:-8] + 1.0, g.pixel_spacing), g)
+    assert small.shape == (rows, cols)
+    assert small[0, 0] == pytest.approx(float((img[8:-8, 8:-8] + 1.0).min()), abs=1e-3)
+    # no spacing, not square: square pixels, the longer side spans the detector
+    wide = np.ones((rows // 2, cols), np.float32)
+    out = inference.prepare_view(wide, g)
+    assert out.shape == (rows, cols)
+    assert out[rows // 2, cols // 2] == pytest.approx(1.0) and out[0, cols // 2] == pytest.approx(1.0)
+    # invert: bone dark -> bone bright, about the range
+    inv = inference.prepare_view(Radiograph(img, g.pixel_spacing), g, invert=True)
+    np.testing.assert_allclose(inv, img.max() + img.min() - img, atol=1e-6)
+    with pytest.raises(InputError, match="NaN"):
+        inference.prepare_view(np.full((8, 8), np.nan), g)
+
+
+# ----------------------------------------------------------------------------------------
+# from a CT
+# ----------------------------------------------------------------------------------------
+def test_reconstruct_ct_is_on_the_ct_grid_and_labelled(biplanar_file, ct):
+    rec = inference.Reconstructor(biplanar_file, device="cpu")
+    seen = []
+    res = rec.reconstruct_ct(ct, register=False, progress=lambda f, m: seen.append(f))
+    assert res.sct.array.shape == ct.array.shape
+    assert res.sct.spacing == ct.spacing and res.sct.origin == ct.origin
+    np.testing.assert_array_equal(res.sct.direction, ct.direction)
+    assert np.all(np.isfinite(res.sct.array))
+    assert res.sct.metadata["synthetic"] is True
+    assert res.sct.metadata["description"] == inference.SYNTHETIC_DESCRIPTION
+    grid = inference.canonical_grid(rec.spec)
+    assert pp.Grid.of(res.sct_model_space).same_as(grid)
+    assert np.allclose(grid.center, 0.0)
+    assert set(res.drrs) == set(rec.spec.views)
+    for v, d in res.drrs.items():
+        assert d.geometry == inference.view_geometry(rec.spec, v) and d.array.max() > 0.1  # a head is in view
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
+
+
+def test_cancel_from_the_progress_callback(biplanar_file, ct):
+    rec = inference.Reconstructor(biplanar_file, device="cpu")
+    with pytest.raises(Cancelled):
+        rec.reconstruct_ct(ct, register=False, progress=lambda f, m: f < 0.5)
+
+
+class _Perfect(torch.nn.Module):
+    """A "model" returning the preprocessed ground truth on the canonical grid, in model
+    intensity: what a perfect network would output. It reads the preprocessing result that
+    the reconstruction made (captured by the test), never the CT itself."""
+
+    def __init__(self, spec, captured: dict):
+        super().__init__()
+        self.spec, self.captured = spec, captured
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        vol = pp.resample_to_size(self.captured["result"].volume, self.spec.output_size)
+        mapping = intensity.get_mapping(self.spec.intensity)
+        y = torch.as_tensor(mapping.to_model(torch.from_numpy(vol.array))).float()
+        return y[None, None] + 0.0 * self.anchor
+
+
+@pytest.mark.parametrize("register", [True, False])
+def test_perfect_model_output_overlays_the_ct(register, ct, monkeypatch):
+    """The sCT is placed back where the CT is: bone overlap with the CT in physical space,
+    whereas the same volume dropped on the CT grid without the inverse transform misses."""
+    spec = small_model(size=64).spec
+    captured: dict = {}
+    original = pp.preprocess_ct
+
+    def capture(*a, **k):
+        captured["result"] = original(*a, **k)
+        return captured["result"]
+
+    monkeypatch.setattr(pp, "preprocess_ct", capture)
+    rec = inference.Reconstructor(_Perfect(spec, captured), device="cpu")
+    template = head_phantom(64, 4.0, seed=5) if register else None
+    res = rec.reconstruct_ct(ct, template=template, register=register)
+    if register:
+        assert captured["result"].registration.rotation_angle_deg > 10.0  # a real pose
+    bone = ct.array > 300.0
+    assert dice(bone, res.sct.array > 300.0) > 0.8
+    naive = pp.resample_to_grid(res.sct_model_space, ct)
+    assert dice(bone, naive.array > 300.0) < 0.6
+    # a perfect sCT explains its inputs: high projection consistency
+    for v in spec.views:
+        assert res.consistency["views"][v]["ssim"] > 0.95
+        assert res.consistency["views"][v]["psnr"] > 30.0
+
+
+# ----------------------------------------------------------------------------------------
+# projection consistency
+# ----------------------------------------------------------------------------------------
+def test_projection_consistency_ranks_the_truth_first(biplanar_file, ct):
+    spec = inference.Reconstructor(biplanar_file, device="cpu").spec
+    res = pp.preprocess_ct(ct, register=False, size=256, target_size=None)
+    truth = pp.resample_to_size(res.volume, spec.output_size)
+    truth = inference._translated(truth, -np.asarray(res.grid.center))
+    from XRayToCTLib.drr import render
+    views = np.stack([d.array for d in render(truth, [inference.view_geometry(spec, v) for v in spec.views])])
+    x = models.normalize_views(torch.from_numpy(views)[None])
+    good = inference.projection_consistency(truth, x, spec)
+    shifted = truth.with_array(np.roll(truth.array, 6, axis=0))
+    bad = inference.projection_consistency(shifted, x, spec)
+    for v in spec.views:
+        assert good["views"][v]["ssim"] > 0.99 and good["views"][v]["psnr"] > 40.0
+        assert bad["views"][v]["ssim"] < good["views"][v]["ssim"]
+        assert bad["views"][v]["psnr"] < good["views"][v]["psnr"] - 10.0
+    assert set(good["mean"]) == {"ssim", "psnr"}
+
+
+# ----------------------------------------------------------------------------------------
+# the CLI
+# ----------------------------------------------------------------------------------------
+def test_cli_reconstruct_from_ct_writes_sct_drrs_and_json(biplanar_file, ct_file, ct, tmp_path, capsys):
+    out = tmp_path / "sct.nii.gz"
+    code, stdout, err = run(["reconstruct", "--ct", ct_file, "--no-register", "--model",
+                             biplanar_file, "--out", out, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "SYNTHETIC" in stdout
+    sct = read_volume(out, require_hu=False)
+    assert sct.array.shape == ct.array.shape
+    np.testing.assert_allclose(sct.origin, ct.origin, atol=1e-4)
+    np.testing.assert_allclose(sct.spacing, ct.spacing, atol=1e-6)
+    import SimpleITK as sitk
+    assert "SYNTHETIC" in sitk.ReadImage(str(out)).GetMetaData("descrip")
+    meta = json.loads((tmp_path / "sct.json").read_text())
+    assert meta["synthetic"] is True and "not for diagnosis" in meta["description"]
+    assert meta["model"]["sha256"] == package.sha256_file(biplanar_file)
+    assert meta["device"] == "cpu" and meta["time_s"] > 0
+    assert set(meta["consistency"]["views"]) == {"ap", "lateral"}
+    for s in meta["consistency"]["views"].values():
+        assert 0.0 <= s["ssim"] <= 1.0 + 1e-6 and np.isfinite(s["psnr"])
+    assert set(meta["geometry"]["views"]) == {"ap", "lateral"}
+    assert meta["geometry"]["canonical_grid"]["size"] == [32, 32, 32]
+    assert meta["sct_geometry"]["size"] == list(ct.size)
+    for v in ("ap", "lateral"):
+        assert (tmp_path / f"sct_{v}_drr.nrrd").is_file()
+        assert (tmp_path / f"sct_{v}_reprojection.nrrd").is_file()
+
+
+def test_cli_reconstruct_from_png_and_nrrd_radiographs(biplanar_file, tmp_path, capsys):
+    from PIL import Image
+
+    from XRayToCTLib.drr import render
+    spec = inference.Reconstructor(biplanar_file, device="cpu").spec
+    head = head_phantom(64, 4.0, seed=7)
+    ap, lat = render(head, [inference.view_geometry(spec, "ap"), inference.view_geometry(spec, "lateral")])
+    png = tmp_path / "ap.png"
+    Image.fromarray(np.round(255 * ap.array / ap.array.max()).astype(np.uint8)).save(png)
+    nrrd = write_radiograph(lat, tmp_path / "lateral.nrrd")
+    out = tmp_path / "out" / "sct.nrrd"
+    out.parent.mkdir()
+    code, _, err = run(["reconstruct", "--ap", png, "--lateral", nrrd, "--model", biplanar_file,
+                        "--out", out, "--device", "cpu"], capsys)
+    assert code == 0, err
+    sct = read_volume(out, require_hu=False)
+    grid = inference.canonical_grid(spec)
+    assert pp.Grid.of(sct).same_as(grid)
+    assert sct.metadata.get("synthetic") is True
+    meta = json.loads((out.parent / "sct.json").read_text())
+    assert meta["input_kind"] == "radiographs" and meta["space"] == "canonical"
+    assert meta["inputs"]["ap"]["source"].endswith("ap.png")
+    assert meta["inputs"]["lateral"]["pixel_spacing"] == list(lat.pixel_spacing)
+    assert (out.parent / "sct_ap_input.nrrd").is_file()
+
+
+def test_cli_single_view_model_and_view_count_errors(single_file, biplanar_file, tmp_path, capsys):
+    from XRayToCTLib.drr import render
+    spec = inference.Reconstructor(single_file, device="cpu").spec
+    assert tuple(spec.views) == ("ap",)
+    ap = write_radiograph(render(head_phantom(48, 5.0, seed=2), [inference.view_geometry(spec, "ap")])[0],
+                          tmp_path / "ap.nrrd")
+    code, _, err = run(["reconstruct", "--ap", ap, "--model", single_file, "--out",
+                        tmp_path / "s.nii.gz", "--device", "cpu"], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "s.json").read_text())
+    assert list(meta["consistency"]["views"]) == ["ap"]
+    # two views for a one-view model, one view for a two-view model: one line, exit 2
+    for model, extra in ((single_file, ["--lateral", ap]), (biplanar_file, [])):
+        code, _, err = run(["reconstruct", "--ap", ap, *extra, "--model", model, "--out",
+                            tmp_path / "x.nii.gz"], capsys)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+        assert "view" in err
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_cli_reconstruct_errors_are_one_line(biplanar_file, ct_file, tmp_path, capsys):
+    cases = [
+        (["--ct", tmp_path / "missing.nii.gz", "--model", biplanar_file], "missing.nii.gz"),
+        (["--ap", tmp_path / "nope.png", "--lateral", tmp_path / "nope2.png", "--model",
+          biplanar_file], "nope.png"),
+        (["--ct", ct_file, "--ap", ct_file, "--model", biplanar_file], "not both"),
+        (["--model", biplanar_file], "nothing to reconstruct"),
+        (["--ct", ct_file, "--no-register", "--model", tmp_path / "no_model.safetensors"],
+         "no_model"),
+        (["--ct", ct_file, "--no-register", "--model", "no_such_model_name"], "no_such_model_name"),
+    ]
+    for args, needle in cases:
+        code, _, err = run(["reconstruct", *args, "--out", tmp_path / "o.nii.gz"], capsys)
+        assert code == 2, (args, err)
+        assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_cli_models_lists_the_catalog(capsys):
+    code, out, err = run(["models", "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert isinstance(rows, list)
+    assert [r["name"] for r in rows] == [e["name"] for e in models.catalog()]
+    for r in rows:
+        assert {"name", "title", "views", "output_size", "trained_on", "present",
+                "sha256_ok"} <= set(r)
+        assert r["sha256_ok"] is False or r["present"] is True
+    code, out, _ = run(["models"], capsys)
+    assert code == 0
+
+
+# ----------------------------------------------------------------------------------------
+# device
+# ----------------------------------------------------------------------------------------
+def test_cuda_out_of_memory_falls_back_to_cpu():
+    calls = []
+
+    def work(device):
+        calls.append(device.type)
+        if device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return 42
+
+    with pytest.warns(RuntimeWarning, match="falling back to the CPU"):
+        value, dev = inference.run_with_cpu_fallback(work, torch.device("cuda"))
+    assert (value, dev.type, calls) == (42, "cpu", ["cuda", "cpu"])
+
+    def cpu_oom(device):
+        raise torch.cuda.OutOfMemoryError("out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # nothing to fall back to on the CPU
+        inference.run_with_cpu_fallback(cpu_oom, torch.device("cpu"))
+
+
+def test_reconstructor_falls_back_and_stays_on_cpu(biplanar_file, ct, monkeypatch):
+    rec = inference.Reconstructor(biplanar_file, device="cpu")
+    real = rec._forward_on
+    tried = []
+
+    def forward_on(device, x):
+        tried.append(device.type)
+        if device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(device, x)
+
+    monkeypatch.setattr(rec, "_forward_on", forward_on)
+    rec.device = torch.device("cuda")  # as if --device auto had found a GPU
+    views = {v: np.ones(inference.view_geometry(rec.spec, v).pixels, np.float32) for v in rec.spec.views}
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        res = rec.reconstruct_views(views)
+    assert tried == ["cuda", "cpu"]
+    assert rec.device.type == "cpu" and res.info["device"] == "cpu"
+
+
+def test_auto_device_is_cpu_without_cuda(biplanar_file):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert inference.Reconstructor(biplanar_file, device="auto").device.type == "cpu"

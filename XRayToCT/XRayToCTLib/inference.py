@@ -1,0 +1,622 @@
+"""Inference: radiographs (or a CT's DRRs) in, a synthetic CT (sCT) out, placed and scored.
+
+The chain (see ``ARCHITECTURE.md``, "data flow of the main job"):
+
+* **from a CT** (:meth:`Reconstructor.reconstruct_ct`): the seed-001 preprocessing
+  (:func:`~XRayToCTLib.preprocess.preprocess_ct`: rigid registration to the head template, or
+  a crop in patient space without it) onto a 1 mm grid that covers the model's field of
+  view; that grid is translated so that its centre is the LPS origin (the model's
+  **canonical grid**, ``S^3`` voxels of ``output_spacing`` mm centred at the origin, identity
+  direction), the translation is kept; DRRs are rendered from the 1 mm volume at the
+  model's geometry (:func:`~XRayToCTLib.drr.render`); the model runs; its output is
+  converted to HU (the model's intensity mapping), translated back to template space and
+  resampled through the inverse of the preprocessing transform onto the CT's own grid
+  (:func:`~XRayToCTLib.preprocess.to_patient_space`), so that it overlays the CT.
+* **from radiographs** (:meth:`Reconstructor.reconstruct_views`): each image is brought to
+  the model's detector (:func:`prepare_view`) and input convention
+  (``models.normalize_views``); the sCT is returned on the canonical grid (template space
+  translated to the origin), with its geometry.
+
+Input convention for radiographs (documented assumptions):
+
+* the image is **bone-bright and line-integral-like** (the log of the transmitted intensity,
+  as a DRR): DICOM ``MONOCHROME1`` images are inverted by
+  :func:`~XRayToCTLib.io.read_radiograph`; pass ``invert=True`` (``--invert``) for other
+  images where bone is dark;
+* the image is **centred on the central ray**. With a pixel spacing (DICOM
+  ImagerPixelSpacing / PixelSpacing, an NRRD header, a DRR's geometry) it is cropped or
+  padded about its centre to the model's physical detector size (mm at the detector plane),
+  then resized to the model's ``P x P`` pixels; without one (PNG, JPEG) pixels are taken as
+  square and the image's longer side as spanning the whole detector (the shorter side is
+  padded about the centre), then it is resized. Padding uses the image's minimum (air).
+
+Every sCT carries a **projection-consistency score** (:func:`projection_consistency`): the
+sCT's DRRs at the model's geometry against the input views, both normalised with
+``models.normalize_views``; SSIM and PSNR per view. It needs no ground truth: a low score
+says the sCT does not explain its own inputs.
+
+An sCT is synthetic everywhere it goes: ``metadata["synthetic"] = True`` and
+``metadata["description"] = "SYNTHETIC CT (sCT) — not for diagnosis"``; written files carry the
+label (NIfTI ``descrip``, NRRD/MHA header, DICOM ImageType ``SYNTHETIC``, the JSON sidecar).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import io as xio
+from . import preprocess as pp
+from .drr import DRRRenderer, hu_to_mu, render, resolve_device
+from .errors import InputError, XRayToCTError
+from .geometry import ProjectionGeometry, Radiograph, Volume
+from .progress import ProgressCallback, report, scaled
+
+__all__ = [
+    "SYNTHETIC_DESCRIPTION", "ReconstructionResult", "Reconstructor", "canonical_grid",
+    "prepare_view", "projection_consistency", "view_geometry", "run_with_cpu_fallback", "sidecar_path",
+    "write_result",
+]
+
+SYNTHETIC_DESCRIPTION = "SYNTHETIC CT (sCT) \u2014 not for diagnosis"
+"""The label every sCT carries (``metadata["description"]``)."""
+
+_SYNTHETIC_ASCII = "SYNTHETIC CT (sCT) - not for diagnosis"  # for ASCII-only headers
+
+T = TypeVar("T")
+
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------
+def run_with_cpu_fallback(fn: Callable[[torch.device], T], device: torch.device | str,
+                          what: str = "the reconstruction") -> tuple[T, torch.device]:
+    """Run ``fn(device)``; if it runs out of CUDA memory, warn and run ``fn(cpu)`` instead.
+
+    Returns ``(result, device_used)``. An out-of-memory error on the CPU is not caught."""
+    dev = torch.device(device)
+    try:
+        return fn(dev), dev
+    except _OOM as err:
+        if dev.type != "cuda":
+            raise
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+        warnings.warn(f"CUDA ran out of memory during {what} ({msg}); falling back to the CPU",
+                      RuntimeWarning, stacklevel=2)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cpu = torch.device("cpu")
+        return fn(cpu), cpu
+
+
+def canonical_grid(spec: Any) -> pp.Grid:
+    """The model's canonical output grid: ``spec.output_size`` voxels per side of
+    ``spec.output_spacing`` mm, identity direction, centred at the LPS origin. The model's
+    view geometries (``spec.geometry``) are expressed in this frame."""
+    return pp.Grid.centered((0.0, 0.0, 0.0), spec.output_size, spec.output_spacing)
+
+
+def view_geometry(spec: Any, view: str) -> ProjectionGeometry:
+    """The :class:`ProjectionGeometry` of one of the model's views (``spec.geometry`` holds
+    them as ``to_dict()`` dicts in the canonical frame)."""
+    g = spec.geometry[view]
+    return g if isinstance(g, ProjectionGeometry) else ProjectionGeometry.from_dict(g)
+
+
+def _fov_voxels_1mm(spec: Any) -> tuple[int, int, int]:
+    """Voxels per axis of a 1 mm grid covering the canonical field of view."""
+    g = canonical_grid(spec)
+    return tuple(max(1, int(round(n * s))) for n, s in zip(g.size, g.spacing))  # type: ignore
+
+
+def _translated(volume: Volume, shift: Sequence[float], **metadata: Any) -> Volume:
+    """The same voxels with the grid moved by ``shift`` mm (LPS)."""
+    return Volume(volume.array, volume.spacing, tuple(np.asarray(volume.origin) + shift),
+                  volume.direction.copy(), {**volume.metadata, **metadata})
+
+
+def _label_synthetic(volume: Volume, **metadata: Any) -> Volume:
+    volume.metadata.update({"synthetic": True, "description": SYNTHETIC_DESCRIPTION,
+                            "label": _SYNTHETIC_ASCII, "modality": "CT", "units": "HU",
+                            **metadata})
+    return volume
+
+
+def _source_name(image: Any) -> str | None:
+    if isinstance(image, Radiograph):
+        src = image.metadata.get("source")
+        return str(src) if src else None
+    return None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, ProjectionGeometry):
+        return obj.to_dict()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+# ----------------------------------------------------------------------------------------
+# radiographs -> model input
+# ----------------------------------------------------------------------------------------
+def prepare_view(image: Radiograph | np.ndarray, geometry: ProjectionGeometry, *,
+                 invert: bool = False) -> np.ndarray:
+    """Bring one radiograph onto a model's detector: ``float32 [rows, cols]`` in the image's
+    own units (normalisation is ``models.normalize_views``' job).
+
+    Args:
+        image: a :class:`Radiograph` (its ``pixel_spacing``, mm at the detector, is used when
+            known) or a 2D array (no spacing).
+        geometry: the model's view geometry (``pixels`` and ``detector_size`` in mm).
+        invert: flip the intensities about their range (``max + min - value``) for images in
+            which bone is dark. MONOCHROME1 DICOM is already inverted by the reader.
+
+    With a pixel spacing, the image is cropped or padded about its centre to the detector's
+    physical size, then resized to ``geometry.pixels`` (area averaging when shrinking, as
+    detector binning does; bilinear when enlarging); without,
+    pixels are square and the image's longer side spans the detector (the shorter side is
+    padded about the centre). Padding is the image's minimum (air in a bone-bright image).
+
+    Raises:
+        InputError: not 2D, fewer than 2 pixels a side, or NaN / infinite values.
+    """
+    from monai.transforms import Resize, ResizeWithPadOrCrop
+
+    src = _source_name(image)
+    arr = np.asarray(image.array if isinstance(image, Radiograph) else image, dtype=np.float32)
+    if arr.ndim != 2 or min(arr.shape) < 2:
+        raise InputError(src, f"a radiograph must be a 2D image, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(src, "the radiograph holds NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if invert:
+        arr = (hi + lo) - arr
+    rows, cols = geometry.pixels
+    det_h, det_w = geometry.detector_size
+    spacing = image.pixel_spacing if isinstance(image, Radiograph) else None
+    if spacing is not None:
+        target = (max(2, int(round(det_h / spacing[0]))), max(2, int(round(det_w / spacing[1]))))
+    else:  # square pixels; the longer side spans the detector
+        aspect = det_h / det_w
+        h, w = arr.shape
+        target = (max(h, int(round(w * aspect))), max(w, int(round(h / aspect))))
+    if target != arr.shape:
+        arr = np.asarray(ResizeWithPadOrCrop(target, mode="constant",
+                                             value=float(arr.min()))(arr[None]))[0]
+    if tuple(arr.shape) != (rows, cols):
+        # shrinking: area averaging (detector binning, exact for integer factors); else bilinear
+        mode = "area" if rows <= arr.shape[0] and cols <= arr.shape[1] else "bilinear"
+        arr = np.asarray(Resize((rows, cols), mode=mode)(arr[None]))[0]
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _as_view_stack(views: Any, names: Sequence[str]) -> torch.Tensor:
+    """``[1, V, P, P]`` float32 tensor from a dict view -> array, an array or a tensor."""
+    if isinstance(views, Mapping):
+        missing = [v for v in names if v not in views]
+        if missing:
+            raise ValueError(f"views {missing} are missing (have {sorted(views)})")
+        arrs = [views[v].array if isinstance(views[v], Radiograph) else views[v] for v in names]
+        t = torch.stack([torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in arrs])
+    else:
+        t = torch.as_tensor(np.asarray(views, dtype=np.float32)) if not isinstance(
+            views, torch.Tensor) else views.float()
+    if t.dim() == 3:
+        t = t[None]
+    if t.dim() != 4 or t.shape[1] != len(names):
+        raise ValueError(f"expected views shaped [1, {len(names)}, P, P], got {tuple(t.shape)}")
+    return t.detach().cpu().float()
+
+
+# ----------------------------------------------------------------------------------------
+# projection consistency
+# ----------------------------------------------------------------------------------------
+def projection_consistency(sct: Volume, views_normalised: Any, spec: Any, *,
+                           device: str | torch.device = "cpu") -> dict[str, Any]:
+    """How well an sCT explains its own inputs, without ground truth.
+
+    The sCT (HU, on the model's canonical grid or any grid in that frame) is re-projected
+    with the DRR renderer at the model's geometry (``spec.geometry``), the DRRs are
+    normalised with ``models.normalize_views`` exactly as the model's inputs were, and each
+    view is compared with the input: SSIM (2D, Gaussian window sigma 1.5 px) and PSNR in
+    dB, computed by :mod:`~XRayToCTLib.metrics` with ``data_range`` 1 (normalised views lie
+    in [0, 1]). PSNR is ``inf`` (``null`` in JSON) for identical images.
+
+    Args:
+        sct: the sCT in HU, in the canonical frame (centred at the LPS origin).
+        views_normalised: the model's inputs after normalisation: ``[V, P, P]`` or
+            ``[1, V, P, P]`` (array or tensor, views in ``spec.views`` order) or a dict
+            view -> ``[P, P]``.
+        spec: the model's ``ModelSpec``.
+        device: where to render.
+
+    Returns:
+        ``{"views": {view: {"ssim", "psnr"}}, "mean": {"ssim", "psnr"}, "definition": ...}``.
+    """
+    from . import metrics
+    from .models import normalize_views
+
+    names = list(spec.views)
+    inputs = _as_view_stack(views_normalised, names)
+    geoms = [view_geometry(spec, v) for v in names]
+    if tuple(inputs.shape[-2:]) != tuple(geoms[0].pixels):
+        raise ValueError(f"views are {tuple(inputs.shape[-2:])} pixels, the model's detector "
+                         f"is {geoms[0].pixels}")
+    dev = torch.device(device)
+    renderer = DRRRenderer(geoms, sct).to(dev)
+    with torch.no_grad():
+        hu = torch.from_numpy(np.ascontiguousarray(sct.array, dtype=np.float32)).to(dev)
+        drrs = renderer(hu_to_mu(hu)[None]).float().cpu()
+        reproj = normalize_views(drrs).float()
+    out: dict[str, Any] = {"views": {}}
+    for i, v in enumerate(names):
+        x, y = reproj[:, i:i + 1], inputs[:, i:i + 1]
+        out["views"][v] = {"ssim": float(metrics.ssim(x, y, data_range=1.0)[0]),
+                           "psnr": float(metrics.psnr(x, y, data_range=1.0)[0])}
+    out["mean"] = {k: float(np.mean([out["views"][v][k] for v in names])) for k in ("ssim", "psnr")}
+    out["definition"] = ("DRRs of the sCT at the model geometry vs the input views, both "
+                         "normalised with models.normalize_views to [0, 1]; 2D Gaussian-window "
+                         "SSIM and PSNR (dB) per view, data_range 1")
+    out["_reprojections"] = reproj[0].numpy()  # popped by the Reconstructor
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ReconstructionResult:
+    """What a reconstruction returns.
+
+    Attributes:
+        sct: the sCT in HU: on the input CT's own grid (patient space) for a CT input; on the
+            canonical grid (template space translated to the origin) for radiographs.
+            ``metadata["synthetic"]`` is True.
+        sct_model_space: the sCT in HU on the model's canonical grid (``S^3`` voxels of
+            ``output_spacing`` mm, centred at the LPS origin, identity direction).
+        drrs: the images the model saw, per view, before normalisation, at the model's
+            geometry: the CT's DRRs, or the prepared radiographs.
+        consistency: :func:`projection_consistency`'s scores.
+        info: provenance (model, sha256, device, timings, inputs, geometry, transform).
+        reprojections: the sCT's DRRs at the model geometry, normalised like the inputs.
+    """
+
+    sct: Volume
+    sct_model_space: Volume
+    drrs: dict[str, Radiograph]
+    consistency: dict[str, Any]
+    info: dict[str, Any]
+    reprojections: dict[str, Radiograph] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (no voxels): what the ``.json`` sidecar holds."""
+        return _jsonable({**self.info, "synthetic": True, "description": SYNTHETIC_DESCRIPTION,
+                          "consistency": self.consistency,
+                          "sct_geometry": self.sct.geometry_dict(),
+                          "sct_model_space_geometry": self.sct_model_space.geometry_dict()})
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as JSON text."""
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+
+# ----------------------------------------------------------------------------------------
+# the reconstructor
+# ----------------------------------------------------------------------------------------
+class Reconstructor:
+    """A loaded model, ready to reconstruct.
+
+    Args:
+        model: a catalog name, a ``.safetensors`` package path, or an ``nn.Module`` with a
+            ``.spec`` (the ``ModelSpec``; for tests and embedding).
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``. On CUDA
+            out-of-memory the work falls back to the CPU with a warning
+            (:func:`run_with_cpu_fallback`) and stays there.
+
+    Raises:
+        InputError: unknown model name, missing or corrupt package (sha256 mismatch).
+    """
+
+    def __init__(self, model: str | os.PathLike | torch.nn.Module, device: str | torch.device = "auto"):
+        from .models import intensity
+
+        self.device = resolve_device(device)
+        self.package: dict[str, Any] = {}
+        if isinstance(model, torch.nn.Module):
+            self.model = model
+            self.package = {"name": getattr(model.spec, "name", type(model).__name__),
+                            "file": None, "sha256": None}
+        else:
+            self.model, self.package = _load(model)
+        if not hasattr(self.model, "spec"):
+            raise XRayToCTError(f"model {model!r} has no spec")
+        self.model.eval()
+        self.spec = self.model.spec
+        self.mapping = intensity.get_mapping(self.spec.intensity)
+        self.grid = canonical_grid(self.spec)
+
+    # -- the model ---------------------------------------------------------------------
+    def _forward_on(self, device: torch.device, x: torch.Tensor) -> torch.Tensor:
+        """The model on ``device``: ``x [1, V, P, P]`` normalised -> ``[S, S, S]`` model
+        intensity on the CPU."""
+        self.model.to(device)
+        with torch.no_grad():
+            y = self.model(x.to(device))
+        return y.float().cpu()[0, 0]
+
+    def _run(self, raw: torch.Tensor, progress: ProgressCallback | None) -> tuple[Volume, torch.Tensor]:
+        """Normalise the ``[1, V, P, P]`` views, run the model, convert to HU; the sCT on the
+        canonical grid and the normalised views."""
+        from .models import normalize_views
+
+        names = list(self.spec.views)
+        if raw.shape[1] != len(names):
+            raise InputError(None, f"model {self.spec.name!r} takes {len(names)} view(s) "
+                                   f"({', '.join(names)}); got {raw.shape[1]}")
+        x = normalize_views(raw).float()
+        report(progress, 0.0, f"running {self.spec.name} on {self.device.type}")
+        y, self.device = run_with_cpu_fallback(lambda d: self._forward_on(d, x), self.device,
+                                               f"{self.spec.name} inference")
+        expect = self.grid.shape
+        if tuple(y.shape) != expect:
+            raise XRayToCTError(f"model {self.spec.name!r} returned {tuple(y.shape)} voxels, its "
+                                f"spec says {expect}")
+        hu = torch.as_tensor(self.mapping.to_hu(y)).float().numpy()
+        vol = Volume(hu.astype(np.float32), self.grid.spacing, self.grid.origin,
+                     self.grid.direction.copy(), {"space": "canonical"})
+        report(progress, 1.0, "model done")
+        return _label_synthetic(vol, model=self.spec.name), x
+
+    def _consistency(self, sct: Volume, x: torch.Tensor) -> tuple[dict, dict[str, Radiograph]]:
+        names = list(self.spec.views)
+        scores, dev = run_with_cpu_fallback(
+            lambda d: projection_consistency(sct, x, self.spec, device=d), self.device,
+            "the projection-consistency check")
+        self.device = dev
+        rep = scores.pop("_reprojections")
+        images = {v: Radiograph(rep[i], None, view_geometry(self.spec, v),
+                                {"view": v, "kind": "sCT reprojection",
+                                 "units": "models.normalize_views"})
+                  for i, v in enumerate(names)}
+        return scores, images
+
+    def _info(self, kind: str, t0: float, timings: dict[str, float]) -> dict[str, Any]:
+        return {"synthetic": True, "description": SYNTHETIC_DESCRIPTION,
+                "model": {**self.package, "name": self.spec.name, "views": list(self.spec.views),
+                          "image_size": self.spec.image_size, "output_size": self.spec.output_size,
+                          "output_spacing": self.spec.output_spacing,
+                          "intensity": self.spec.intensity},
+                "input_kind": kind, "device": self.device.type,
+                "time_s": round(time.perf_counter() - t0, 3),
+                "timings_s": {k: round(v, 3) for k, v in timings.items()},
+                "geometry": {"canonical_grid": self.grid.geometry_dict(),
+                             "views": {v: view_geometry(self.spec, v).to_dict() for v in self.spec.views},
+                             "convention": "canonical grid = S^3 voxels of output_spacing mm "
+                                           "centred at the LPS origin, identity direction; view "
+                                           "geometries in that frame"},
+                "torch": torch.__version__}
+
+    # -- radiographs -----------------------------------------------------------------
+    def reconstruct_views(self, views: Mapping[str, Radiograph | np.ndarray],
+                          progress: ProgressCallback | None = None, *,
+                          invert: bool = False) -> ReconstructionResult:
+        """An sCT from radiographs, one per view of the model (``spec.views``).
+
+        Args:
+            views: view name (``"ap"``, ``"lateral"``) -> Radiograph or 2D array. Bone must
+                be bright (see the module doc; ``invert`` flips them).
+            progress: ``(fraction, message)`` callback; returning False cancels
+                (:class:`~XRayToCTLib.errors.Cancelled`).
+            invert: invert every image (bone dark -> bone bright).
+
+        Returns:
+            a :class:`ReconstructionResult` whose ``sct`` is on the canonical grid.
+
+        Raises:
+            InputError: the views do not match the model's, or an image is unusable.
+        """
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        names = list(self.spec.views)
+        given = list(views)
+        if sorted(given) != sorted(names):
+            raise InputError(None, f"model {self.spec.name!r} takes {len(names)} view(s) "
+                                   f"({', '.join(names)}); got {len(given)} "
+                                   f"({', '.join(given) or 'none'})")
+        report(progress, 0.0, "preparing the radiographs")
+        prepared: dict[str, Radiograph] = {}
+        inputs: dict[str, Any] = {}
+        warn: list[str] = []
+        for v in names:
+            img, geom = views[v], view_geometry(self.spec, v)
+            arr = prepare_view(img, geom, invert=invert)
+            meta = dict(img.metadata) if isinstance(img, Radiograph) else {}
+            inputs[v] = {"source": meta.get("source"), "shape": list(np.shape(
+                img.array if isinstance(img, Radiograph) else img)),
+                "pixel_spacing": None if not isinstance(img, Radiograph) or img.pixel_spacing is None
+                else list(img.pixel_spacing), "inverted": bool(invert or meta.get("inverted"))}
+            if meta.get("view") and meta["view"] != v:
+                warn.append(f"the image given as {v} says it is {meta['view']} "
+                            f"({meta.get('source', 'array')})")
+            g0 = img.geometry if isinstance(img, Radiograph) else None
+            if g0 is not None and not np.allclose([g0.sad, g0.sid], [geom.sad, geom.sid]):
+                warn.append(f"{v}: made at SAD/SID {g0.sad:g}/{g0.sid:g} mm, the model expects "
+                            f"{geom.sad:g}/{geom.sid:g} mm")
+            prepared[v] = Radiograph(arr, None, geom, {**{k: meta[k] for k in ("source",) if k in meta},
+                                                       "view": v, "kind": "prepared radiograph"})
+        for w in warn:
+            warnings.warn(w, RuntimeWarning, stacklevel=2)
+        timings["prepare"] = time.perf_counter() - t0
+        raw = _as_view_stack(prepared, names)
+        t = time.perf_counter()
+        sct, x = self._run(raw, scaled(progress, 0.1, 0.8))
+        timings["model"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report(progress, 0.85, "projection consistency")
+        scores, reproj = self._consistency(sct, x)
+        timings["consistency"] = time.perf_counter() - t
+        info = self._info("radiographs", t0, timings)
+        info.update({"inputs": inputs, "warnings": warn, "space": "canonical",
+                     "invert": bool(invert)})
+        sct.metadata.update({"space": "canonical (template space translated to the origin)"})
+        report(progress, 1.0, "done")
+        return ReconstructionResult(sct, sct, prepared, scores, info, reproj)
+
+    # -- a CT ------------------------------------------------------------------------
+    def reconstruct_ct(self, ct: Volume, *, template: Volume | str | os.PathLike | None = None,
+                       register: bool = True,
+                       progress: ProgressCallback | None = None) -> ReconstructionResult:
+        """An sCT from a CT's DRRs, put back on the CT's own grid.
+
+        Args:
+            ct: the CT in HU (any grid and direction).
+            template: the registration template (Volume or file; ``None``: the default
+                template, see :func:`~XRayToCTLib.preprocess.default_template_path`).
+            register: register to the template (seed 001); False crops in patient space.
+            progress: ``(fraction, message)`` callback; returning False cancels.
+
+        Returns:
+            a :class:`ReconstructionResult` whose ``sct`` has exactly the CT's size, spacing,
+            origin and direction, and overlays the CT in physical space.
+        """
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        n = _fov_voxels_1mm(self.spec)
+        res = pp.preprocess_ct(ct, template, register=register, size=n, spacing=1.0,
+                               target_size=None, progress=scaled(progress, 0.0, 0.5))
+        timings["preprocess"] = time.perf_counter() - t0
+        center = np.asarray(res.grid.center, dtype=float)  # template-space centre -> origin
+        vol1 = _translated(res.volume, -center, space="canonical")
+        names = list(self.spec.views)
+        report(progress, 0.5, "rendering DRRs")
+        t = time.perf_counter()
+        geoms = [view_geometry(self.spec, v) for v in names]
+        images, self.device = run_with_cpu_fallback(
+            lambda d: render(vol1, geoms, device=d), self.device, "DRR rendering")
+        drrs = dict(zip(names, images))
+        timings["drr"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sct_c, x = self._run(_as_view_stack(drrs, names), scaled(progress, 0.55, 0.8))
+        timings["model"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report(progress, 0.8, "projection consistency")
+        scores, reproj = self._consistency(sct_c, x)
+        timings["consistency"] = time.perf_counter() - t
+        t = time.perf_counter()
+        report(progress, 0.9, "placing the sCT on the CT grid")
+        sct_t = _translated(sct_c, center, space=res.space)
+        sct = pp.to_patient_space(sct_t, res)
+        _label_synthetic(sct, model=self.spec.name, space="patient (the input CT's grid)")
+        timings["placement"] = time.perf_counter() - t
+        info = self._info("ct", t0, timings)
+        info.update({"inputs": {"ct": ct.metadata.get("source"), "ct_grid": ct.geometry_dict()},
+                     "register": bool(register), "space": "patient",
+                     "canonical_center_mm": center.tolist(),
+                     "canonical_to_preprocessed": "add canonical_center_mm to canonical "
+                                                  "coordinates to get preprocessed-grid "
+                                                  f"({res.space} space) coordinates",
+                     "preprocess": res.to_dict()})
+        report(progress, 1.0, "done")
+        return ReconstructionResult(sct, sct_c, drrs, scores, info, reproj)
+
+
+def _load(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A catalog name or a package file -> (model on the CPU, provenance); a catalog
+    package's SHA-256 is checked (``models.load_model``; InputError on any problem)."""
+    from .models import load_model
+
+    model, info = load_model(name_or_path, device="cpu")
+    keep = ("path", "sha256", "size", "training_data", "validation", "created", "software",
+            "dtype", "catalog")
+    return model, {"name": info.get("model"), "file": info.get("path"),
+                   "sha256": info.get("sha256"), **{k: info.get(k) for k in keep}}
+
+
+# ----------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------
+def sidecar_path(out: str | os.PathLike) -> Path:
+    """``sct.nii.gz`` -> ``sct.json``; a DICOM folder ``sct`` -> ``sct.json`` beside it."""
+    p = Path(out)
+    return p.with_name(p.name.split(".")[0] + ".json")
+
+
+def _write_sct_file(volume: Volume, path: Path) -> None:
+    """NIfTI gets the label in its ``descrip`` field; NRRD/MHA through io.write_volume."""
+    if xio._volume_format(path) != "nifti":
+        xio.write_volume(volume, path)
+        return
+    img = xio.volume_to_sitk(dataclasses.replace(volume, metadata={}))
+    img.SetMetaData("ITK_FileNotes", _SYNTHETIC_ASCII)
+    xio._write_sitk(img, path, True)
+
+
+def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
+                 source: Any = None, extra: dict[str, Any] | None = None) -> list[Path]:
+    """Write an sCT and its companions; returns the written paths.
+
+    ``out`` is a volume file (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``: written atomically)
+    or a folder (no extension, or an existing folder: a DICOM CT series via
+    :func:`~XRayToCTLib.io.write_dicom_series` with ``synthetic=True``; ``source`` is the
+    CT whose study/frame of reference to carry, only for a CT input). Beside it:
+    ``<stem>_<view>_drr.nrrd`` / ``<stem>_<view>_input.nrrd`` (the images the model saw),
+    ``<stem>_<view>_reprojection.nrrd`` (the sCT's DRRs) and ``<stem>.json`` (the sidecar:
+    model name and sha256, inputs, device, time, consistency, geometry, ``"synthetic": true``).
+    """
+    p = Path(out)
+    if not p.parent.is_dir():
+        raise InputError(p, f"the folder {p.parent} does not exist")
+    written: list[Path] = []
+    to_dicom = p.suffix == "" or p.is_dir()
+    if to_dicom:
+        written += xio.write_dicom_series(result.sct, p, source=source, synthetic=True)
+    else:
+        xio._volume_format(p)  # a clear error for an unknown extension, before anything else
+        _write_sct_file(result.sct, p)
+        written.append(p)
+    stem = p.name.split(".")[0]
+    kind = "drr" if result.info.get("input_kind") == "ct" else "input"
+    files: dict[str, Any] = {"sct": str(p)}
+    for v, rad in result.drrs.items():
+        f = xio.write_radiograph(rad, p.with_name(f"{stem}_{v}_{kind}.nrrd"))
+        files[f"{v}_{kind}"] = str(f)
+        written.append(f)
+    for v, rad in result.reprojections.items():
+        f = xio.write_radiograph(rad, p.with_name(f"{stem}_{v}_reprojection.nrrd"))
+        files[f"{v}_reprojection"] = str(f)
+        written.append(f)
+    side = sidecar_path(p)
+    data = {**result.to_dict(), "files": files, **(extra or {})}
+    tmp = side.with_name(f".{side.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, ensure_ascii=False))
+        os.replace(tmp, side)
+    finally:
+        tmp.unlink(missing_ok=True)
+    written.append(side)
+    return written
