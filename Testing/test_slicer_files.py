@@ -555,6 +555,15 @@ def test_cmake_installs_the_whole_library():
     for required in ("__init__", "geometry", "errors", "progress"):
         assert f"XRayToCTLib/{required}.py" in listed
     assert "Resources/UI/XRayToCT.ui" in module["RESOURCES"]
+    # the model catalog and every package it lists are installed where XRayToCTLib.models looks
+    catalog = MODULE_DIR / "Resources" / "Models" / "models.json"
+    if catalog.is_file():
+        assert "Resources/Models/models.json" in module["RESOURCES"]
+        entries = json.loads(catalog.read_text(encoding="utf-8")).get("models", [])
+        for entry in entries:
+            assert f"Resources/Models/{entry['file']}" in module["RESOURCES"], entry["file"]
+        package_py = (LIB_DIR / "models" / "package.py").read_text(encoding="utf-8")
+        assert 'parents[2] / "Resources" / "Models" / "models.json"' in package_py
 
 
 def test_cmake_extension():
@@ -1119,3 +1128,40 @@ def test_training_background_process(tmp_path):
     assert process.done
     with pytest.raises(ValueError):
         logic.start([])
+
+
+def test_sample_data_registration(xraytoct, scene, monkeypatch):
+    """The sample is registered with arguments SampleData accepts, and clicking it generates a
+    phantom CT and its DRRs (no download)."""
+    import slicer
+    pytest.importorskip("torch")
+    accepted = {"category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader",
+                "thumbnailFileName", "loadFileTypes", "loadFiles", "loadFileProperties", "checksums"}
+    calls = []
+
+    class SampleDataLogic:
+        @staticmethod
+        def registerCustomSampleDataSource(**kwargs):
+            assert set(kwargs) <= accepted, set(kwargs) - accepted
+            calls.append(kwargs)
+
+    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    xraytoct.registerSampleData()
+    assert len(calls) == 1 and calls[0]["category"] == "XRayToCT"
+    assert len(calls[0]["uris"]) == len(calls[0]["fileNames"]) == len(calls[0]["nodeNames"]) == 0
+    assert Path(calls[0]["thumbnailFileName"]).is_file()
+    nodes = calls[0]["customDownloader"](None)
+    assert [n.GetName() for n in nodes] == ["XRayToCT phantom CT", "XRayToCT phantom CT DRR AP",
+                                            "XRayToCT phantom CT DRR lateral"]
+    assert all(n.GetScene() is scene for n in nodes)
+
+
+def test_parameter_node_fields_used_by_the_module_exist():
+    """Every ``parameters.x`` / ``self._parameterNode.x`` the module reads or writes is a
+    field of XRayToCTParameterNode (or a method of the wrapper)."""
+    text = MODULE_PY.read_text(encoding="utf-8")
+    used = set(re.findall(r"(?:\bparameters|self\._parameterNode)\.(\w+)", text))
+    wrapper_methods = {"connectGui", "disconnectGui"}
+    unknown = sorted(used - set(_parameter_fields()) - wrapper_methods)
+    assert used and not unknown, f"XRayToCT.py uses parameters that XRayToCTParameterNode lacks: {unknown}"

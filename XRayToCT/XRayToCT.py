@@ -72,7 +72,7 @@ ATTRIBUTE_CONSISTENCY = mrml.ATTRIBUTE_CONSISTENCY
 VIEW_LABELS = {"ap": "AP", "lateral": "lateral"}
 
 #: Name of the sample data set registered with the Sample Data module.
-SAMPLE_NAME = "XRayToCTPhantom"
+SAMPLE_NAME = "XRayToCT phantom"
 
 #: How often (ms) the panel looks at a background reconstruction.
 POLL_INTERVAL_MS = 200
@@ -139,9 +139,8 @@ def registerSampleData() -> None:
         return XRayToCTLogic().loadSampleData()
 
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="XRayToCT", sampleName=SAMPLE_NAME, sampleDescription=_("XRayToCT phantom"),
-        uris=[], fileNames=[], nodeNames=[], customDownloader=generate,
-        thumbnailFileName=str(_modulePath("Resources/Icons/XRayToCT.png")))
+        category="XRayToCT", sampleName=SAMPLE_NAME, uris=[], fileNames=[], nodeNames=[],
+        customDownloader=generate, thumbnailFileName=_modulePath("Resources/Icons/XRayToCT.png"))
 
 
 def _modulePath(relative: str):
