@@ -195,6 +195,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the list as JSON")
     p.set_defaults(func=_cmd_models)
 
+    p = sub.add_parser("train", help="train a model on a prepared dataset",
+                       description="Train a model (x2ct_gan, x2ct_gan_single, cnn_inr) on a dataset "
+                       "made by `xraytoct prepare`, with the seeds' losses (least-squares "
+                       "adversarial + reconstruction + projection consistency through the DRR "
+                       "renderer) and Adam. RUN_DIR gets config.yaml (the resolved settings), "
+                       "log.csv, checkpoints/last.pt and checkpoints/best.pt. Settings come from "
+                       "--config YAML (the TrainConfig keys); flags override them. Under torchrun "
+                       "it trains with DDP on every process.")
+    p.add_argument("--model", help="model name (x2ct_gan, x2ct_gan_single, cnn_inr)")
+    p.add_argument("--data", help="dataset folder made by `xraytoct prepare`")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--config", metavar="YAML", help="training settings (see configs/)")
+    p.add_argument("--epochs", type=int, help="training epochs (default 170, seed 001)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-5, seed 001)")
+    p.add_argument("--size", type=int, help="output grid side (default: the dataset's)")
+    p.add_argument("--batch-size", type=int, help="cases per step per process (default 1)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="where to train (default auto: the GPU when there is one)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--workers", type=int, help="data loader processes (default 0)")
+    p.add_argument("--val-every", type=int, help="validate every N epochs (default 1)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="package a training checkpoint as a model file",
+                       description="Write one .safetensors model file from a training run: the "
+                       "weights, and in its header the model's spec (views, sizes, DRR geometry, "
+                       "intensity mapping), config, training data and validation metrics.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder made by `xraytoct train`")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="which checkpoint (default best)")
+    p.add_argument("--title", help="the model's title in its metadata")
+    p.add_argument("--fp16", action="store_true",
+                   help="store the weights in half precision (half the file size)")
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("demo", help="the main job on an embedded default (a phantom head)",
                        description="Generate a phantom head CT, preprocess it, render its AP and "
                        "lateral DRRs, and write files you can open (NIfTI, NRRD, PNG previews).")
@@ -427,6 +465,40 @@ def _cmd_models(args) -> int:
         print(f"{r['name']}: {r['title'] or ''}")
         print(f"    views {'+'.join(r['views'])}, output {r['output_size']}^3, trained on "
               f"{trained or 'unknown'}; file {r['file']} [{state}]")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .training import TrainConfig, train
+    flags = {"model": args.model, "data": args.data, "epochs": args.epochs, "lr": args.lr,
+             "size": args.size, "batch_size": args.batch_size, "device": args.device,
+             "workers": args.workers, "val_every": args.val_every, "seed": args.seed}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    saved = Path(args.out) / "config.yaml"
+    if args.config:
+        cfg = TrainConfig.from_yaml(args.config)
+    elif args.resume and saved.is_file():
+        cfg = TrainConfig.from_yaml(saved)
+    else:
+        cfg = TrainConfig()
+    cfg = cfg.replace(**flags, out=args.out, resume=args.resume)
+    if not cfg.data:
+        raise InputError(None, "no dataset: pass --data DIR (made by `xraytoct prepare`)")
+    cb, close = _tqdm_progress("train")
+    try:
+        run = train(cfg, progress=cb)
+    finally:
+        close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"training run in {run.resolve()}: log.csv, checkpoints/last.pt, checkpoints/best.pt")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .training import export_run
+    out = export_run(args.run_dir, args.out, checkpoint=args.checkpoint, title=args.title,
+                     fp16=args.fp16)
+    print(f"wrote {out}")
     return 0
 
 

@@ -1,0 +1,351 @@
+"""The training engine: losses, logs, config files, resume after a kill, DDP, export.
+
+Everything runs on a tiny dataset (6 phantom cases, 16^3 targets, 16^2 DRRs) built once per
+module through ``data.prepare_dataset``, with the narrowest model widths, on the CPU.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from XRayToCTLib import training
+from XRayToCTLib.cli import main
+from XRayToCTLib.drr import hu_to_mu
+from XRayToCTLib.errors import InputError
+from XRayToCTLib.training import TrainConfig, export_run, load_checkpoint, train
+
+HERE = Path(__file__).resolve().parent
+HELPER = HERE / "train_helper.py"
+REPO = HERE.parent
+SIZE = 16
+# the narrowest widths: a test is about the engine, not about the networks
+GAN_CFG = {"stem_channels": 4, "growth_rate": 4, "bn_size": 2, "encoder_blocks": [1, 1, 1],
+           "decoder_channels": [4, 4, 4, 4], "decoder_blocks": [1, 1, 1, 0],
+           "fusion_blocks": [1, 1, 1, 0], "head_kernel": 3}
+INR_CFG = {"stem_channels": 4, "encoder_channels": [4, 8], "hidden": 8, "pe_frequencies": 2}
+
+
+def _model_config(name: str) -> dict:
+    """The narrowest widths, keeping only the keys the model knows."""
+    from XRayToCTLib.models import MODELS
+    want = GAN_CFG if name.startswith("x2ct") else INR_CFG
+    known = getattr(MODELS[name], "defaults", {})
+    return {k: v for k, v in want.items() if k in known}
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    src = str(REPO / "XRayToCT")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from XRayToCTLib.data import CaseDataset, prepare_dataset
+    root = tmp_path_factory.mktemp("train-data") / "ds"
+    prepare_dataset(root, phantoms=6, size=SIZE, pixels=SIZE, drr_spacing=8.0,
+                    splits=(0.5, 0.5, 0.0), seed=0)
+    assert len(CaseDataset(root, "train")) >= 2 and len(CaseDataset(root, "val")) >= 1
+    return root
+
+
+def _config(dataset: Path, out: Path, model: str = "x2ct_gan", **kw) -> TrainConfig:
+    base = dict(model=model, data=str(dataset), out=str(out), epochs=2, batch_size=2, lr=1e-3,
+                model_config=_model_config(model), seed=0, device="cpu",
+                discriminator_config={"disc_channels": 4, "disc_layers": 2})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _log(run: Path) -> list[dict]:
+    with open(run / "log.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# -- settings ------------------------------------------------------------------------------
+
+def test_defaults_are_the_seed_values():
+    cfg = TrainConfig()
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, tuple(cfg.betas)) == (3e-5, 1, 170, (0.5, 0.99))
+    gan = cfg.replace(model="x2ct_gan").resolved()
+    assert (gan.lambda_adv, gan.lambda_rec, gan.lambda_proj, gan.recon_loss) == (0.1, 10.0, 10.0, "l1")
+    inr = cfg.replace(model="cnn_inr").resolved()
+    assert (inr.lambda_adv, inr.recon_loss) == (0.0, "mse")
+    assert inr.lr_d == inr.lr
+    with pytest.raises(ValueError, match="amp"):
+        cfg.replace(amp="fp8").resolved()
+    with pytest.raises(ValueError, match="epochs"):
+        cfg.replace(epochs=0).resolved()
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    cfg = TrainConfig(model="cnn_inr", data="d", out="o", model_config={"hidden": 8}, lr=1e-4)
+    path = cfg.to_yaml(tmp_path / "c.yaml")
+    assert TrainConfig.from_yaml(path) == cfg
+    again = TrainConfig.from_yaml(path, epochs=3, lr=5e-4)
+    assert (again.epochs, again.lr, again.model_config) == (3, 5e-4, {"hidden": 8})
+    (tmp_path / "bad.yaml").write_text("epochs: 2\nlearning_rate: 1\n")
+    with pytest.raises(InputError, match="bad.yaml.*learning_rate"):
+        TrainConfig.from_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(InputError, match="mapping"):
+        TrainConfig.from_yaml(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    from XRayToCTLib.models import build_model
+    cfg = TrainConfig.from_yaml(path).resolved()
+    model = build_model(cfg.model, {**cfg.model_config, "image_size": 16, "output_size": 16})
+    assert model.spec.name == cfg.model
+
+
+def test_soft_mu_is_hu_to_mu_with_a_gradient():
+    hu = torch.tensor([-1000.0, -900.0, -600.0, 0.0, 40.0, 1000.0], requires_grad=True)
+    mu = training.soft_hu_to_mu(hu, 10.0)
+    assert torch.allclose(mu, hu_to_mu(hu.detach()), atol=1e-6)
+    edge = torch.tensor([-800.0], requires_grad=True)
+    training.soft_hu_to_mu(edge, 10.0).sum().backward()
+    assert edge.grad.item() > 0  # the hard threshold has none
+
+
+# -- training --------------------------------------------------------------------------------
+
+def test_gan_training_lowers_the_loss_and_logs(dataset, tmp_path):
+    run = tmp_path / "gan"
+    messages = []
+    out = train(_config(dataset, run, epochs=4, val_every=2),
+                progress=lambda f, m: messages.append((f, m)))
+    assert out == run
+    rows = _log(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]  # 3 train cases, batch 2
+    assert list(rows[0]) == training.LOG_COLUMNS
+    first, last = rows[0], rows[-1]
+    assert float(last["loss_rec"]) < float(first["loss_rec"])
+    assert float(last["loss_g"]) < float(first["loss_g"])
+    for r in rows:
+        assert float(r["loss_d"]) > 0 and float(r["loss_adv"]) > 0 and float(r["loss_proj"]) > 0
+    # validation on epochs 2 and 4 only, brain-window metrics in [0, 1]
+    assert rows[0]["val_ssim_whole"] == "" and rows[1]["val_ssim_whole"] != ""
+    assert 0 < float(last["val_ssim_head"]) <= 1 and 0 < float(last["val_cosine_whole"]) <= 1
+    assert messages[-1][0] == 1.0 and any("epoch 3/4" in m for _, m in messages)
+    # run folder contents
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["lambda_adv"] == 0.1 and saved["size"] == SIZE and saved["resume"] is False
+    last_ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    best_ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert (last_ckpt["epoch"], last_ckpt["step"]) == (4, 8)
+    assert best_ckpt["epoch"] in (2, 4) and best_ckpt["best"] == max(
+        float(r["val_ssim_head"]) for r in rows if r["val_ssim_head"])
+    assert last_ckpt["discriminator"] and last_ckpt["opt_d"]["state"]
+    # a second run into the same folder is refused, with one clear line
+    with pytest.raises(InputError, match="already holds a training run"):
+        train(_config(dataset, run))
+
+
+def test_cnn_inr_trains_without_a_discriminator(dataset, tmp_path):
+    run = train(_config(dataset, tmp_path / "inr", model="cnn_inr", epochs=1))
+    rows = _log(run)
+    assert len(rows) == 1 and rows[0]["loss_d"] == "" and float(rows[0]["loss_proj"]) > 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["discriminator"] == {}
+
+
+def test_projection_loss_uses_the_renderer_at_the_dataset_geometry(dataset, tmp_path):
+    """The loss is zero-ish for the ground truth itself, and large for a blank volume."""
+    cfg = _config(dataset, tmp_path / "p").resolved()
+    engine = training._Engine(cfg, training._Dist("cpu"), None)
+    batch = next(iter(engine._loader(engine.train_ds, train=True)))
+    x = engine.normalize(training._views_tensor(batch, engine.views, "cpu"))
+    gt = engine.mapping.to_model(engine._target(batch))
+    good = torch.nn.functional.l1_loss(engine._project(gt), x).item()
+    blank = torch.nn.functional.l1_loss(engine._project(torch.zeros_like(gt)), x).item()
+    assert good < 0.1 < blank
+    assert good < blank / 5
+
+
+# -- resume after a kill ---------------------------------------------------------------------
+
+def test_resume_after_kill(dataset, tmp_path):
+    run = tmp_path / "killed"
+    cfg = _config(dataset, run, epochs=4, val_every=1)
+    cfg_path = cfg.to_yaml(tmp_path / "run.yaml")
+    proc = subprocess.Popen([sys.executable, str(HELPER), "slow", str(cfg_path), "0.6"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    try:
+        while not last.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed = load_checkpoint(last)
+    assert 1 <= killed["epoch"] < 4, "the run ended before it could be killed"
+    rows_before = _log(run)
+    assert len(rows_before) >= killed["epoch"]
+    # a plain rerun is refused; --resume continues
+    code = main(["train", "--out", str(run), "--config", str(cfg_path)])
+    assert code == 2
+    code = main(["train", "--out", str(run), "--resume"])  # settings from RUN_DIR/config.yaml
+    assert code == 0
+    done = load_checkpoint(last)
+    assert (done["epoch"], done["step"]) == (4, 8)
+    rows = _log(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
+    for a, b in zip(rows_before[:killed["epoch"]], rows):
+        assert a == b  # the log before the kill is kept as it was
+
+
+def test_resume_continues_exactly(dataset, tmp_path):
+    """2 epochs + resume to 3 gives the weights of 3 epochs in one go."""
+    one = train(_config(dataset, tmp_path / "a", epochs=3, val_every=0))
+    train(_config(dataset, tmp_path / "b", epochs=2, val_every=0))
+    two = train(_config(dataset, tmp_path / "b", epochs=3, val_every=0, resume=True))
+    a = load_checkpoint(one / "checkpoints" / "last.pt")
+    b = load_checkpoint(two / "checkpoints" / "last.pt")
+    assert b["step"] == a["step"]
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+# -- DDP ----------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, cfg_path: str, out: str, port: int) -> None:
+    """One process of a 2-process run, initialised from the env vars torchrun sets."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(HERE))
+    import train_helper
+    train_helper.main(["ddp", cfg_path, out])
+
+
+def test_ddp_two_processes_agree(dataset, tmp_path):
+    """DDP on CPU (gloo): two forked processes, as torchrun would start them (the helper
+    also runs under ``python -m torch.distributed.run --nproc_per_node 2``)."""
+    import torch.multiprocessing as mp
+    run = tmp_path / "ddp"
+    cfg_path = _config(dataset, run, epochs=1, batch_size=1, val_every=1).to_yaml(tmp_path / "ddp.yaml")
+    out = tmp_path / "ranks"
+    out.mkdir()
+    mp.start_processes(_ddp_worker, args=(str(cfg_path), str(out), _free_port()), nprocs=2,
+                       join=True, start_method="fork")
+    r0 = json.loads((out / "rank0.json").read_text())
+    r1 = json.loads((out / "rank1.json").read_text())
+    assert (r0["world"], r1["world"]) == (2, 2)
+    # 3 training cases over 2 ranks: 2 steps per rank (the sampler pads), 1 epoch
+    assert r0["steps_per_epoch"] == 2 and r0["step"] == r1["step"] == 2
+    assert r0["generator"]["sha256"] == r1["generator"]["sha256"]
+    assert r0["discriminator"]["sha256"] == r1["discriminator"]["sha256"]
+    # rank 0 wrote the run; its checkpoint holds the same weights
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 2
+    total = sum(float(v.double().sum()) for v in ckpt["model"].values() if v.is_floating_point())
+    assert total == pytest.approx(r0["generator"]["sum"], rel=1e-9, abs=1e-9)
+    assert len(_log(run)) == 1
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+def test_export_round_trip(dataset, tmp_path):
+    run = train(_config(dataset, tmp_path / "run", epochs=1))
+    out = export_run(run, tmp_path / "model.safetensors", title="tiny test model")
+    from XRayToCTLib.models import build_model, load_package
+    model, info = load_package(out)
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    ref = build_model("x2ct_gan", json.loads(ckpt["model_config"]))
+    ref.load_state_dict(ckpt["model"])
+    ref.eval()
+    model.eval()
+    x = torch.rand(1, 2, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x))
+    text = json.dumps(info, default=str)
+    assert "tiny test model" in text and "phantom" in text and "ssim_head" in text
+    assert model.spec.output_size == SIZE and tuple(model.spec.views) == ("ap", "lateral")
+    # the CLI does the same
+    code = main(["export", str(run), "--out", str(tmp_path / "cli.safetensors"), "--checkpoint",
+                 "last"])
+    assert code == 0 and (tmp_path / "cli.safetensors").stat().st_size > 0
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def test_cli_yaml_config_with_flag_overrides(dataset, tmp_path, capsys):
+    cfg = {"model": "x2ct_gan", "data": str(dataset), "epochs": 5, "batch_size": 3,
+           "lr": 1e-3, "model_config": _model_config("x2ct_gan"), "lambda_adv": 0.0,
+           "val_every": 0}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    code = main(["train", "--config", str(path), "--out", str(run), "--epochs", "1",
+                 "--device", "cpu", "--seed", "3"])
+    assert code == 0, capsys.readouterr().err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["epochs"], saved["batch_size"], saved["seed"], saved["lambda_adv"]) == (1, 3, 3, 0.0)
+    assert saved["model_config"] == cfg["model_config"]
+    rows = _log(run)
+    assert len(rows) == 1 and rows[0]["loss_d"] == "" and int(rows[0]["step"]) == 1
+
+
+def test_cli_missing_dataset_is_one_line(tmp_path, capsys):
+    code = main(["train", "--model", "x2ct_gan", "--data", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and "nope" in err
+    assert "dataset folder not found" in err
+    (tmp_path / "empty").mkdir()
+    code = main(["train", "--model", "x2ct_gan", "--data", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "manifest.json" in err and err.count("\n") == 1
+
+
+def test_cli_bad_model_and_missing_run(dataset, tmp_path, capsys):
+    code = main(["train", "--model", "nope", "--data", str(dataset), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown model" in err and err.count("\n") == 1
+    code = main(["export", str(tmp_path / "none"), "--out", str(tmp_path / "m.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and "run folder not found" in err
+    code = main(["train", "--out", str(tmp_path / "none"), "--resume", "--data", str(dataset)])
+    err = capsys.readouterr().err
+    assert code == 2 and "nothing to resume" in err
+
+
+def test_checkpoint_is_not_unpickled(tmp_path):
+    bad = tmp_path / "evil.pt"
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad.write_bytes(pickle.dumps({"format": training.CHECKPOINT_FORMAT, "x": Evil()}, protocol=2))
+    with pytest.raises(InputError, match="not a readable training checkpoint"):
+        load_checkpoint(bad)
