@@ -352,3 +352,44 @@ def test_metrics_table_contents(scene):
     assert mrml.metrics_from_table(table) == rows[:1]
     with pytest.raises(ValueError, match="lacks"):
         mrml.update_metrics_table(table, [{"metric": "ssim", "value": 1.0}])
+
+
+def _slice_node(scene, name):
+    return next(scene.GetNthNodeByClass(i, "vtkMRMLSliceNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))
+                if scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").GetLayoutName() == name)
+
+
+def _scroll(slice_node, millimetres):
+    """What a user scrolling through a slice view does to its slice node."""
+    slice_node.SetInteractionFlags(slice_node.SliceToRASFlag)
+    slice_node.InteractingOn()
+    slice_node.SetSliceOffset(slice_node.GetSliceOffset() + millimetres)
+    slice_node.InteractingOff()
+
+
+@pytest.mark.parametrize("linked", [True, False], ids=["linked", "unlinked"])
+def test_slice_link_logic_moves_the_linked_views_together(scene, linked):
+    """Slicer's own slice link logic, on the composite nodes link_compare_views set: scrolling
+    the sCT's axial view moves the ground truth's axial view (same view group and orientation),
+    and nothing else; without linking nothing follows."""
+    app = slicer.vtkMRMLApplicationLogic()
+    app.SetMRMLScene(scene)
+    _logic, layout_node = _layout(scene)
+    mrml.register_compare_layout(layout_node)
+    node = mrml.add_volume_node(scene, Volume(np.zeros((8, 8, 8), np.float32), (2.0, 2.0, 2.0)), "sCT")
+    mrml.link_compare_views(scene, node, node, linked=linked)
+    link = slicer.vtkMRMLSliceLinkLogic()
+    link.SetMRMLApplicationLogic(app)
+    link.SetMRMLScene(scene)
+    names = {key: value[0] for key, value in mrml.COMPARE_VIEWS.items()}
+    before = {key: _slice_node(scene, name).GetSliceOffset() for key, name in names.items()}
+    red_before = _slice_node(scene, "Red").GetSliceOffset()
+    _scroll(_slice_node(scene, names[("sct", "Axial")]), 6.0)
+    after = {key: _slice_node(scene, name).GetSliceOffset() for key, name in names.items()}
+    assert after[("sct", "Axial")] == pytest.approx(before[("sct", "Axial")] + 6.0)
+    expected_gt = before[("gt", "Axial")] + (6.0 if linked else 0.0)
+    assert after[("gt", "Axial")] == pytest.approx(expected_gt)
+    for key in names:
+        if key[1] != "Axial":
+            assert after[key] == pytest.approx(before[key]), key
+    assert _slice_node(scene, "Red").GetSliceOffset() == pytest.approx(red_before)  # another view group
