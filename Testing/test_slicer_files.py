@@ -654,6 +654,9 @@ def _stub_gui_layer(monkeypatch) -> None:
         def __init__(self, parent=None):
             self.parent = parent
 
+        def setup(self):
+            pass
+
     class ScriptedLoadableModuleLogic:
         def __init__(self, parent=None):
             self.parent = parent
@@ -1165,3 +1168,190 @@ def test_parameter_node_fields_used_by_the_module_exist():
     wrapper_methods = {"connectGui", "disconnectGui"}
     unknown = sorted(used - set(_parameter_fields()) - wrapper_methods)
     assert used and not unknown, f"XRayToCT.py uses parameters that XRayToCTParameterNode lacks: {unknown}"
+
+
+# ---------------------------------------------------------------------------------------
+# XRayToCTWidget driven through stand-ins for Qt: every action reaches the logic, the
+# background task is polled to its end, and only widgets the .ui declares are used
+# ---------------------------------------------------------------------------------------
+
+class _FakeQtWidget:
+    """Accepts the calls the widget makes on Qt widgets and records signal connections."""
+
+    def __init__(self, name):
+        self.name, self.connections, self.items, self.visible = name, {}, [], True
+        self.enabled, self.text, self.toolTip, self.value, self.currentIndex = True, "", "", 0, -1
+
+    def connect(self, signal, slot):
+        self.connections[signal] = slot
+
+    def hide(self):
+        self.visible = False
+
+    def show(self):
+        self.visible = True
+
+    def blockSignals(self, block):
+        return False
+
+    def clear(self):
+        self.items, self.currentIndex = [], -1
+
+    def addItem(self, text, data=None):
+        self.items.append((text, data))
+
+    def findData(self, data):
+        return next((i for i, (_t, d) in enumerate(self.items) if d == data), -1)
+
+    def itemData(self, index):
+        return self.items[index][1]
+
+    def setCurrentIndex(self, index):
+        self.currentIndex = index
+        if "currentIndexChanged(int)" in self.connections:
+            self.emit("currentIndexChanged(int)", index)
+
+    def setMRMLTableNode(self, node):
+        self.tableNode = node
+
+    def emit(self, signal, *args):
+        """Call the connected slot as PythonQt does: with as many of the signal's arguments
+        as the slot takes."""
+        import inspect
+        slot = self.connections[signal]
+        parameters = inspect.signature(slot).parameters.values()
+        if not any(p.kind == p.VAR_POSITIONAL for p in parameters):
+            args = args[:len([p for p in parameters if p.default is p.empty])]
+        return slot(*args)
+
+
+def _ui_namespace(path):
+    return types.SimpleNamespace(**{w.get("name"): _FakeQtWidget(w.get("name"))
+                                    for w in ET.parse(path).getroot().iter("widget")})
+
+
+def test_widget_actions_reach_the_logic(xraytoct, scene, monkeypatch):
+    import contextlib
+    import time
+    import slicer
+    pytest.importorskip("torch")
+    pytest.importorskip("XRayToCTLib.metrics")
+    from XRayToCTLib import mrml
+    from XRayToCTLib.phantom import head_phantom
+
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    layout_logic = slicer.vtkMRMLLayoutLogic()
+    layout_logic.SetMRMLScene(scene)
+    ui = _ui_namespace(UI_FILE)
+    shown = []
+
+    @contextlib.contextmanager
+    def try_with_error_display(message=None, show=True, waitCursor=False):
+        try:
+            yield
+        except Exception as e:
+            shown.append(f"{message} {e}")
+            raise
+
+    class FakeTimer(_FakeQtWidget):
+        def __init__(self):
+            super().__init__("timer")
+            self.active = False
+
+        def setInterval(self, ms):
+            self.interval = ms
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda: None, layoutManager=lambda: None),
+                        raising=False)
+    monkeypatch.setattr(slicer.util, "loadUI", lambda path: types.SimpleNamespace(setMRMLScene=lambda s: None))
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui)
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", try_with_error_display)
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **kw: shown.append(("layers", kw)))
+    monkeypatch.setitem(sys.modules, "qt", types.SimpleNamespace(QTimer=FakeTimer))
+    monkeypatch.setattr(xraytoct, "qt", sys.modules["qt"])
+
+    class ParameterNode:
+        """The parameter node wrapper's behaviour the widget relies on: fields with defaults."""
+
+        def __init__(self):
+            for name in _parameter_fields():
+                setattr(self, name, getattr(xraytoct.XRayToCTParameterNode, name, None))
+
+        def connectGui(self, ui):
+            return "tag"
+
+        def disconnectGui(self, tag):
+            pass
+
+        def AddObserver(self, event, method, priority=0.0):
+            return 1
+
+        def RemoveObserver(self, tag):
+            pass
+
+    parameters = ParameterNode()
+    stand_in = _StandInReconstructor(steps=3)
+    monkeypatch.setattr(xraytoct.XRayToCTLogic, "getParameterNode", lambda self: parameters)
+    monkeypatch.setattr(xraytoct.XRayToCTLogic, "reconstructor", lambda self, name, device="auto": stand_in)
+    monkeypatch.setattr(xraytoct.XRayToCTLogic, "modelCatalog", lambda self: [
+        {"name": "tiny", "title": "Tiny", "description": "A test model.", "views": ["ap", "lateral"],
+         "output_size": 8, "trained_on": "nothing"}])
+    monkeypatch.setattr(xraytoct.XRayToCTLogic, "ensureDependencies", lambda self, askConfirmation=True: True)
+
+    ct = _phantom_node(scene, head_phantom(size=32, spacing=8.0, seed=0), "Head")
+    widget = xraytoct.XRayToCTWidget(types.SimpleNamespace(isEntered=True))
+    monkeypatch.setattr(widget, "layout", types.SimpleNamespace(addWidget=lambda w: None), raising=False)
+    monkeypatch.setattr(widget, "resourcePath", lambda p: str(MODULE_DIR / "Resources" / p), raising=False)
+    widget.setup()
+
+    # the catalog fills the model list; the CT is picked; Apply is possible
+    assert ui.modelComboBox.items == [("Tiny", "tiny")] and parameters.modelName == "tiny"
+    assert "Trained on: nothing" in ui.modelDescriptionLabel.text
+    assert parameters.ctVolume is ct and ui.applyButton.enabled and ui.synthesizeDrrsButton.enabled
+    assert not ui.compareButton.enabled
+
+    # Apply: a background task, polled by the timer, ends in an sCT node
+    ui.applyButton.emit("clicked(bool)", True)
+    assert widget._timer.active and ui.progressBar.visible and ui.cancelButton.visible
+    assert not ui.applyButton.enabled  # busy
+    deadline = time.time() + 30
+    while widget._task is not None and time.time() < deadline:
+        widget._timer.emit("timeout()")
+        time.sleep(0.01)
+    assert widget._task is None and not widget._timer.active and not ui.progressBar.visible
+    sct = parameters.outputVolume
+    assert sct is not None and sct.GetName() == "Head sCT (synthetic)"
+    assert parameters.groundTruthVolume is ct
+    assert "SSIM 0.900" in ui.consistencyLabel.text and "Head sCT (synthetic) is ready" in ui.statusLabel.text
+    assert ui.compareButton.enabled and ui.applyButton.enabled
+
+    # Compare: metrics table shown, difference node kept in the parameters
+    ui.compareButton.emit("clicked(bool)", True)
+    assert ui.metricsTableView.tableNode is parameters.metricsTable
+    assert len(mrml.metrics_from_table(parameters.metricsTable)) == 16
+    assert parameters.differenceVolume.GetAttribute(mrml.ATTRIBUTE_KIND) == mrml.KIND_DIFFERENCE
+    assert "Inside the head" in ui.statusLabel.text
+    ui.differenceOpacitySlider.emit("valueChanged(double)", 0.7)
+    composite = mrml.slice_composite_node(scene, mrml.COMPARE_VIEWS[("sct", "Axial")][0], create=False)
+    assert composite.GetForegroundOpacity() == pytest.approx(0.7)
+
+    # Apply then Cancel: no new sCT, the panel says so
+    stand_in.delay = 0.05
+    count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    parameters.outputVolume = None
+    ui.applyButton.emit("clicked(bool)", True)
+    ui.cancelButton.emit("clicked(bool)", True)
+    while widget._task is not None and time.time() < deadline + 30:
+        widget._timer.emit("timeout()")
+        time.sleep(0.01)
+    assert "Cancelled" in ui.statusLabel.text
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count
+    assert shown == [("layers", {"background": sct, "fit": True})]  # and no error was shown
+    widget.cleanup()

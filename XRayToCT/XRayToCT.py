@@ -242,6 +242,7 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self.refreshModelList()
         self.ui.gpuLabel.text = self.logic.deviceDescription()
+        self._checkCanApply()
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
@@ -350,6 +351,7 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.modelName = name or ""
         entry = next((e for e in self._catalog if e.get("name") == name), None)
         self.ui.modelDescriptionLabel.text = self.logic.modelDescription(entry or name)
+        self._checkCanApply()
 
     def onLoadModelFileButton(self) -> None:
         path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Load an XRayToCT model package"),
