@@ -1355,3 +1355,92 @@ def test_widget_actions_reach_the_logic(xraytoct, scene, monkeypatch):
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count
     assert shown == [("layers", {"background": sct, "fit": True})]  # and no error was shown
     widget.cleanup()
+
+
+@needs_cli
+def test_training_widget_runs_a_command(monkeypatch, scene, tmp_path):
+    """The Training panel through stand-ins for Qt: Start runs the command in a background
+    process, the timer follows it to its end, the log and the status say how it went, and the
+    report button opens the command's report.html when there is one."""
+    import time
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the slicer-core wheel (MRML) is not installed")
+    _stub_gui_layer(monkeypatch)
+    opened = []
+
+    class FakeTimer(_FakeQtWidget):
+        def __init__(self):
+            super().__init__("timer")
+            self.active = False
+
+        def setInterval(self, ms):
+            pass
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+    class FakeLog(_FakeQtWidget):
+        def setPlainText(self, text):
+            self.text = text
+
+        def appendPlainText(self, text):
+            self.text += "\n" + text
+
+    fake_qt = types.SimpleNamespace(
+        QTimer=FakeTimer,
+        QUrl=types.SimpleNamespace(fromLocalFile=lambda path: path),
+        QDesktopServices=types.SimpleNamespace(openUrl=lambda url: opened.append(url)))
+    monkeypatch.setitem(sys.modules, "qt", fake_qt)
+    monkeypatch.setitem(sys.modules, "ctk", types.ModuleType("ctk"))
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_XRayToCTTraining_widget", TRAINING_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ui = _ui_namespace(TRAINING_UI_FILE)
+    ui.logTextEdit = FakeLog("logTextEdit")
+    ui.commandComboBox.currentText = ""
+    monkeypatch.setattr(slicer.util, "loadUI", lambda path: object())
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui)
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def try_with_error_display(message=None, show=True, waitCursor=False):
+        yield
+
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", try_with_error_display)
+    widget = module.XRayToCTTrainingWidget(None)
+    widget.layout = types.SimpleNamespace(addWidget=lambda w: None)
+    widget.resourcePath = lambda p: str(TRAINING_DIR / "Resources" / p)
+    widget.setup()
+    assert [text for text, _data in ui.commandComboBox.items] == list(module.PANEL_COMMANDS)
+    assert not ui.cancelButton.enabled and not ui.openReportButton.enabled
+
+    def run(command, arguments):
+        ui.commandComboBox.currentText = command
+        ui.argumentsLineEdit.text = arguments
+        ui.startButton.emit("clicked(bool)", True)
+        assert not ui.startButton.enabled and ui.cancelButton.enabled and widget.timer.active
+        deadline = time.time() + 120
+        while widget.process is not None and time.time() < deadline:
+            widget.timer.emit("timeout()")
+            time.sleep(0.05)
+        assert widget.process is None and not widget.timer.active and ui.startButton.enabled
+
+    out = tmp_path / "report"
+    run("evaluate", f"--pred {tmp_path / 'none'} --gt {tmp_path / 'none'} --out {out}")
+    assert "Stopped with status 2" in ui.statusLabel.text and "error" in ui.logTextEdit.text
+    assert not ui.openReportButton.enabled
+    out.mkdir(exist_ok=True)
+    (out / "report.html").write_text("<html></html>")
+    run("prepare", "--help")
+    assert ui.statusLabel.text == "Finished." and "--phantoms" in ui.logTextEdit.text
+    widget._lastArgv = ["evaluate", "--out", str(out)]
+    ui.openReportButton.emit("clicked(bool)", True)
+    assert opened == [str(out / "report.html")]
+    widget.cleanup()
