@@ -360,3 +360,13 @@ def test_auto_device_is_cpu_without_cuda(biplanar_file):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     assert inference.Reconstructor(biplanar_file, device="auto").device.type == "cpu"
+
+
+@pytest.mark.parametrize("cmd", ["reconstruct", "models"])
+def test_subcommand_help(cmd, capsys):
+    from XRayToCTLib.cli import build_parser
+    code, out, _ = run([cmd, "--help"], capsys)
+    assert code == 0 and f"usage: xraytoct {cmd}" in out
+    for action in build_parser()._subparsers._group_actions[0].choices[cmd]._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{cmd} {action.option_strings} has no help"

@@ -462,7 +462,7 @@ def _cmd_reconstruct(args) -> int:
     finally:
         close()
     files = write_result(result, out, source=ct,
-                         extra={"inputs_cli": {k: str(Path(v).resolve()) for k, v in
+                         extra={"input_files": {k: str(Path(v).resolve()) for k, v in
                                                {**radiographs, "ct": args.ct}.items() if v}})
     scores = ", ".join(f"{v} SSIM {s['ssim']:.3f} PSNR {s['psnr']:.1f} dB"
                        for v, s in result.consistency["views"].items())

@@ -551,7 +551,7 @@ def _load(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, A
     from .models import load_model
 
     model, info = load_model(name_or_path, device="cpu")
-    keep = ("path", "sha256", "size", "training_data", "validation", "created", "software",
+    keep = ("size", "training_data", "validation", "created", "software",
             "dtype", "catalog")
     return model, {"name": info.get("model"), "file": info.get("path"),
                    "sha256": info.get("sha256"), **{k: info.get(k) for k in keep}}
