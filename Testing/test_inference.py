@@ -129,7 +129,10 @@ def test_reconstruct_ct_is_on_the_ct_grid_and_labelled(biplanar_file, ct):
     assert np.allclose(grid.center, 0.0)
     assert set(res.drrs) == set(rec.spec.views)
     for v, d in res.drrs.items():
-        assert d.geometry == inference.view_geometry(rec.spec, v) and d.array.max() > 0.1  # a head is in view
+        model_geometry = inference.view_geometry(rec.spec, v)
+        assert d.geometry.pixels == model_geometry.pixels and d.array.max() > 0.1  # a head
+        # no registration: the model's geometry moved to the CT head, not rotated
+        np.testing.assert_allclose(d.geometry.normal, model_geometry.normal, atol=1e-9)
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
 
 
@@ -176,6 +179,11 @@ def test_perfect_model_output_overlays_the_ct(register, ct, monkeypatch):
         assert captured["result"].registration.rotation_angle_deg > 10.0  # a real pose
     bone = ct.array > 300.0
     assert dice(bone, res.sct.array > 300.0) > 0.8
+    # the DRRs carry their geometry in the CT's space: the CT rendered there gives them back
+    from XRayToCTLib.drr import render
+    for v, d in res.drrs.items():
+        again = render(ct, [d.geometry])[0].array
+        assert np.abs(again - d.array).mean() < 0.02 * d.array.max(), v
     naive = pp.resample_to_grid(res.sct_model_space, ct)
     assert dice(bone, naive.array > 300.0) < 0.6
     # a perfect sCT explains its inputs: high projection consistency
@@ -370,3 +378,28 @@ def test_subcommand_help(cmd, capsys):
     for action in build_parser()._subparsers._group_actions[0].choices[cmd]._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, f"{cmd} {action.option_strings} has no help"
+
+
+CTHEAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "head_ct" / "slicer_ctheadaxial"
+
+
+def test_cli_real_head_ct_to_a_synthetic_dicom_series(biplanar_file, tmp_path, capsys):
+    """A real head (DICOM, stored values + --rescale) in, an sCT DICOM series out on its grid."""
+    if not CTHEAD.is_dir():
+        pytest.skip(f"real head CT not available ({CTHEAD} is absent: a fresh clone has no "
+                    "../shared/data)")
+    import pydicom
+    out = tmp_path / "sct_dicom"
+    code, _, err = run(["reconstruct", "--ct", CTHEAD, "--rescale", 1, -1024, "--no-register",
+                        "--model", biplanar_file, "--out", out, "--device", "cpu"], capsys)
+    assert code == 0, err
+    ct = read_volume(CTHEAD, rescale=(1, -1024))
+    sct = read_volume(out, require_hu=False)
+    assert sct.size == ct.size
+    np.testing.assert_allclose(sct.spacing, ct.spacing, atol=1e-3)
+    np.testing.assert_allclose(sct.origin, ct.origin, atol=1e-3)
+    np.testing.assert_allclose(sct.direction, ct.direction, atol=1e-6)
+    ds = pydicom.dcmread(sorted(out.iterdir())[0], stop_before_pixels=True)
+    assert "SYNTHETIC" in list(ds.ImageType)
+    meta = json.loads((tmp_path / "sct_dicom.json").read_text())
+    assert meta["synthetic"] is True and meta["sct_geometry"]["size"] == list(ct.size)

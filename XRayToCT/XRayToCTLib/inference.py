@@ -63,7 +63,8 @@ from .progress import ProgressCallback, report, scaled
 
 __all__ = [
     "SYNTHETIC_DESCRIPTION", "ReconstructionResult", "Reconstructor", "canonical_grid",
-    "prepare_view", "projection_consistency", "view_geometry", "run_with_cpu_fallback", "sidecar_path",
+    "prepare_view", "projection_consistency", "view_geometry", "geometry_in_patient_space",
+    "run_with_cpu_fallback", "sidecar_path",
     "write_result",
 ]
 
@@ -124,6 +125,22 @@ def _translated(volume: Volume, shift: Sequence[float], **metadata: Any) -> Volu
     """The same voxels with the grid moved by ``shift`` mm (LPS)."""
     return Volume(volume.array, volume.spacing, tuple(np.asarray(volume.origin) + shift),
                   volume.direction.copy(), {**volume.metadata, **metadata})
+
+
+def geometry_in_patient_space(geometry: ProjectionGeometry, center: Sequence[float],
+                              result: pp.PreprocessResult) -> ProjectionGeometry:
+    """A model-frame (canonical) view geometry expressed in the input CT's LPS space: moved by
+    ``center`` into the preprocessed grid's space, then through the preprocessing transform
+    (template -> CT points; identity without registration). Rays through the CT with the
+    returned geometry are the rays the model's DRRs were rendered along."""
+    iso = np.asarray(geometry.isocenter, dtype=float) + np.asarray(center, dtype=float)
+    reg = result.registration
+    if reg is None:
+        return dataclasses.replace(geometry, isocenter=tuple(iso))
+    r = reg.rotation
+    return dataclasses.replace(geometry, isocenter=tuple(reg.transform_points(iso[None])[0]),
+                               normal=tuple(r @ np.asarray(geometry.normal)),
+                               vup=tuple(r @ np.asarray(geometry.vup)))
 
 
 def _label_synthetic(volume: Volume, **metadata: Any) -> Volume:
@@ -299,11 +316,15 @@ class ReconstructionResult:
             ``metadata["synthetic"]`` is True.
         sct_model_space: the sCT in HU on the model's canonical grid (``S^3`` voxels of
             ``output_spacing`` mm, centred at the LPS origin, identity direction).
-        drrs: the images the model saw, per view, before normalisation, at the model's
-            geometry: the CT's DRRs, or the prepared radiographs.
+        drrs: the images the model saw, per view, before normalisation: the CT's DRRs, or
+            the prepared radiographs. Their ``geometry`` is the model's view geometry in the
+            sCT's frame: in the CT's LPS space for a CT input (the model geometry moved
+            through the preprocessing transform, :func:`geometry_in_patient_space`), the
+            canonical frame for radiographs.
         consistency: :func:`projection_consistency`'s scores.
         info: provenance (model, sha256, device, timings, inputs, geometry, transform).
-        reprojections: the sCT's DRRs at the model geometry, normalised like the inputs.
+        reprojections: the sCT's DRRs at the model geometry, normalised like the inputs
+            (geometry in the same frame as ``drrs``).
     """
 
     sct: Volume
@@ -533,7 +554,15 @@ class Reconstructor:
         sct = pp.to_patient_space(sct_t, res)
         _label_synthetic(sct, model=self.spec.name, space="patient (the input CT's grid)")
         timings["placement"] = time.perf_counter() - t
+        # the radiographs carry their geometry in the CT's space, where the rays went
+        patient_geoms = {v: geometry_in_patient_space(view_geometry(self.spec, v), center, res)
+                         for v in names}
+        for images in (drrs, reproj):
+            for v, rad in images.items():
+                rad.geometry = patient_geoms[v]
+                rad.metadata["frame"] = "the input CT's LPS space"
         info = self._info("ct", t0, timings)
+        info["geometry"]["views_in_ct_space"] = {v: g.to_dict() for v, g in patient_geoms.items()}
         info.update({"inputs": {"ct": ct.metadata.get("source"), "ct_grid": ct.geometry_dict()},
                      "register": bool(register), "space": "patient",
                      "canonical_center_mm": center.tolist(),
