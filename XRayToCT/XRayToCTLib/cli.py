@@ -117,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=256, help="voxels per side (default 256)")
     p.add_argument("--spacing", type=float, default=1.0, help="mm per voxel (default 1)")
+    p.add_argument("--findings", type=_findings_arg, default=[], metavar="LIST",
+                   help="comma list of shunt, intraparenchymal_hemorrhage (ich), "
+                        "subdural_hemorrhage (sdh), epidural_hemorrhage (edh), fracture; or "
+                        "'random' (drawn from the seed); default none")
+    p.add_argument("--ventricle-scale", type=float, metavar="S",
+                   help="1 = normal ventricles, 2-2.6 = marked hydrocephalus (default: from the seed)")
+    p.add_argument("--noise-hu", type=float, metavar="HU",
+                   help="scanner noise SD in brain (default: 3-6 HU from the seed)")
+    p.add_argument("--no-pose", action="store_true",
+                   help="canonical pose (default: a random pose drawn from the seed)")
+    p.add_argument("--rotation", type=float, nargs=3, metavar=("RX", "RY", "RZ"),
+                   help="head rotation in degrees about LPS x, y, z (instead of a random pose)")
+    p.add_argument("--translation", type=float, nargs=3, metavar=("TX", "TY", "TZ"),
+                   help="head translation in mm (instead of a random pose)")
     p.set_defaults(func=_cmd_phantom)
 
     p = sub.add_parser("prepare", help="build the cached dataset of CT/DRR cases",
@@ -407,11 +421,29 @@ def _cmd_drr(args) -> int:
     return 0
 
 
+def _findings_arg(text: str):
+    """argparse type of ``--findings``: validated names (a usage error, exit 2, otherwise)."""
+    from .phantom import parse_findings
+    try:
+        return parse_findings(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _cmd_phantom(args) -> int:
     from .io import write_volume
     from .phantom import head_phantom
-    write_volume(head_phantom(args.size, args.spacing, seed=args.seed), Path(args.out))
-    print(f"wrote {args.out}")
+    if args.no_pose and (args.rotation or args.translation):
+        raise XRayToCTError("--no-pose conflicts with --rotation/--translation")
+    try:
+        vol = head_phantom(args.size, args.spacing, seed=args.seed, findings=args.findings,
+                           ventricle_scale=args.ventricle_scale, noise_hu=args.noise_hu,
+                           pose=not args.no_pose, rotation_deg=args.rotation,
+                           translation_mm=args.translation)
+    except ValueError as err:
+        raise XRayToCTError(f"phantom: {err}") from None
+    write_volume(vol, Path(args.out))
+    print(f"wrote {args.out} (seed {args.seed}, findings: {', '.join(vol.metadata['findings']) or 'none'})")
     return 0
 
 
