@@ -42,7 +42,6 @@ label (NIfTI ``descrip``, NRRD/MHA header, DICOM ImageType ``SYNTHETIC``, the JS
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -51,14 +50,16 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
-import SimpleITK as sitk
 import torch
+from monai.transforms import Resize, ResizeWithPadOrCrop
 
 from . import io as xio
+from . import metrics
 from . import preprocess as pp
 from .drr import DRRRenderer, hu_to_mu, render, resolve_device
 from .errors import InputError, XRayToCTError
 from .geometry import ProjectionGeometry, Radiograph, Volume
+from .models import get_mapping, load_model, normalize_views
 from .progress import ProgressCallback, report, scaled
 
 __all__ = [
@@ -202,8 +203,6 @@ def prepare_view(image: Radiograph | np.ndarray, geometry: ProjectionGeometry, *
     Raises:
         InputError: not 2D, fewer than 2 pixels a side, or NaN / infinite values.
     """
-    from monai.transforms import Resize, ResizeWithPadOrCrop
-
     src = _source_name(image)
     arr = np.asarray(image.array if isinstance(image, Radiograph) else image, dtype=np.float32)
     if arr.ndim != 2 or min(arr.shape) < 2:
@@ -254,7 +253,8 @@ def _as_view_stack(views: Any, names: Sequence[str]) -> torch.Tensor:
 # projection consistency
 # ----------------------------------------------------------------------------------------
 def projection_consistency(sct: Volume, views_normalised: Any, spec: Any, *,
-                           device: str | torch.device = "cpu") -> dict[str, Any]:
+                           device: str | torch.device = "cpu",
+                           return_reprojections: bool = False) -> Any:
     """How well an sCT explains its own inputs, without ground truth.
 
     The sCT (HU, on the model's canonical grid or any grid in that frame) is re-projected
@@ -271,13 +271,12 @@ def projection_consistency(sct: Volume, views_normalised: Any, spec: Any, *,
             view -> ``[P, P]``.
         spec: the model's ``ModelSpec``.
         device: where to render.
+        return_reprojections: also return the normalised re-projections ``[V, P, P]``.
 
     Returns:
-        ``{"views": {view: {"ssim", "psnr"}}, "mean": {"ssim", "psnr"}, "definition": ...}``.
+        ``{"views": {view: {"ssim", "psnr"}}, "mean": {"ssim", "psnr"}, "definition": ...}``,
+        or ``(that, reprojections)`` with ``return_reprojections``.
     """
-    from . import metrics
-    from .models import normalize_views
-
     names = list(spec.views)
     inputs = _as_view_stack(views_normalised, names)
     geoms = [view_geometry(spec, v) for v in names]
@@ -299,8 +298,7 @@ def projection_consistency(sct: Volume, views_normalised: Any, spec: Any, *,
     out["definition"] = ("DRRs of the sCT at the model geometry vs the input views, both "
                          "normalised with models.normalize_views to [0, 1]; 2D Gaussian-window "
                          "SSIM and PSNR (dB) per view, data_range 1")
-    out["_reprojections"] = reproj[0].numpy()  # popped by the Reconstructor
-    return out
+    return (out, reproj[0].numpy()) if return_reprojections else out
 
 
 # ----------------------------------------------------------------------------------------
@@ -364,8 +362,6 @@ class Reconstructor:
     """
 
     def __init__(self, model: str | os.PathLike | torch.nn.Module, device: str | torch.device = "auto"):
-        from .models import intensity
-
         self.device = resolve_device(device)
         self.package: dict[str, Any] = {}
         if isinstance(model, torch.nn.Module):
@@ -378,7 +374,7 @@ class Reconstructor:
             raise XRayToCTError(f"model {model!r} has no spec")
         self.model.eval()
         self.spec = self.model.spec
-        self.mapping = intensity.get_mapping(self.spec.intensity)
+        self.mapping = get_mapping(self.spec.intensity)
         self.grid = canonical_grid(self.spec)
 
     # -- the model ---------------------------------------------------------------------
@@ -393,8 +389,6 @@ class Reconstructor:
     def _run(self, raw: torch.Tensor, progress: ProgressCallback | None) -> tuple[Volume, torch.Tensor]:
         """Normalise the ``[1, V, P, P]`` views, run the model, convert to HU; the sCT on the
         canonical grid and the normalised views."""
-        from .models import normalize_views
-
         names = list(self.spec.views)
         if raw.shape[1] != len(names):
             raise InputError(None, f"model {self.spec.name!r} takes {len(names)} view(s) "
@@ -415,11 +409,10 @@ class Reconstructor:
 
     def _consistency(self, sct: Volume, x: torch.Tensor) -> tuple[dict, dict[str, Radiograph]]:
         names = list(self.spec.views)
-        scores, dev = run_with_cpu_fallback(
-            lambda d: projection_consistency(sct, x, self.spec, device=d), self.device,
-            "the projection-consistency check")
-        self.device = dev
-        rep = scores.pop("_reprojections")
+        (scores, rep), self.device = run_with_cpu_fallback(
+            lambda d: projection_consistency(sct, x, self.spec, device=d,
+                                             return_reprojections=True),
+            self.device, "the projection-consistency check")
         images = {v: Radiograph(rep[i], None, view_geometry(self.spec, v),
                                 {"view": v, "kind": "sCT reprojection",
                                  "units": "models.normalize_views"})
@@ -577,8 +570,6 @@ class Reconstructor:
 def _load(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A catalog name or a package file -> (model on the CPU, provenance); a catalog
     package's SHA-256 is checked (``models.load_model``; InputError on any problem)."""
-    from .models import load_model
-
     model, info = load_model(name_or_path, device="cpu")
     keep = ("size", "training_data", "validation", "created", "software",
             "dtype", "catalog")
