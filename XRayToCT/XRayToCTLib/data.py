@@ -53,7 +53,6 @@ existing dataset resumes with its settings).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import datetime
 import hashlib
 import inspect
@@ -457,7 +456,7 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
         raise
 
 
-def _resolve_settings(out: Path, existing: dict | None, given: dict[str, Any]) -> dict[str, Any]:
+def _resolve_settings(existing: dict | None, given: dict[str, Any]) -> dict[str, Any]:
     """Validated settings; with no sources given, those of the existing manifest."""
     from .preprocess import default_template_path, get_window
     if given["ct_dir"] is None and not given["phantoms"]:
@@ -549,7 +548,7 @@ def prepare_dataset(out: str | os.PathLike, *, ct_dir: str | os.PathLike | None 
     mpath = out_p / "manifest.json"
     existing = load_manifest(out_p) if mpath.is_file() else None
     try:
-        settings = _resolve_settings(out_p, existing, dict(
+        settings = _resolve_settings(existing, dict(
             ct_dir=None if ct_dir is None else str(ct_dir), phantoms=phantoms, size=size,
             pixels=pixels, window=window, template=None if template is None else str(template),
             register=register, augment=augment, findings=findings, workers=workers, seed=seed,
