@@ -78,8 +78,8 @@ TISSUE_HU: dict[str, tuple[float, float]] = {
     "cancellous_bone": (200.0, 400.0),      # vertebral bodies, mandible core
     "teeth": (2000.0, 2800.0),
     "suture": (80.0, 300.0),
-    "grey_matter": (34.0, 44.0),
-    "white_matter": (22.0, 30.0),
+    "grey_matter": (33.0, 42.0),
+    "white_matter": (23.0, 31.0),
     "deep_grey_matter": (32.0, 40.0),       # caudate, lentiform nuclei, thalami
     "brain_stem": (28.0, 36.0),
     "csf": (0.0, 12.0),
@@ -220,7 +220,7 @@ class _Anatomy:
         self.cortex_t = u(2.3, 3.2)
         self.sulc_depth = u(14.0, 20.0)
         self.csf_t = 0.5 + 1.8 * self.atrophy + u(0.0, 0.5)
-        self.sulc_w = 0.2 + 1.0 * self.atrophy + u(0.0, 0.2)
+        self.sulc_w = 0.25 + 1.1 * self.atrophy + u(0.0, 0.2)
         self.falx_w = u(0.6, 1.0)
         self.floor_ant, self.floor_mid, self.floor_post = u(12.0, 18.0), u(44.0, 52.0), u(55.0, 62.0)
         if ventricle_scale is None:
@@ -286,16 +286,11 @@ class _Anatomy:
     def half_width(self, y: float, z: float, skin: bool = True) -> float:
         """Lateral extent (mm, +x) of the skin (or of the cavity) at height z, depth y."""
         fn = self.skin_sdf if skin else self.cavity_sdf
-        lo, hi = 0.0, 150.0
-        if fn(np.array([0.0]), np.array([y]), np.array([z]))[0] >= 0:
+        t = np.linspace(0.0, 150.0, 601)
+        inside = fn(t, np.full_like(t, y), np.full_like(t, z)) < 0
+        if not inside[0]:
             return 0.0
-        for _ in range(25):
-            mid = (lo + hi) / 2
-            if fn(np.array([mid]), np.array([y]), np.array([z]))[0] < 0:
-                lo = mid
-            else:
-                hi = mid
-        return lo
+        return float(t[np.argmin(inside) - 1]) if not inside.all() else 150.0
 
     def thickness(self, x, y, z):
         """Vault thickness (mm): thin temporal squama, thick frontal/occipital and base."""
@@ -478,13 +473,15 @@ def _base_labels(a: _Anatomy, g: _Grid, coarse: torch.Tensor) -> torch.Tensor:
         post_fossa = (tent < 0) & (y > a.cy + 8.0 + 0.1 * x.abs())
         # cortex: effective depth below the nearest CSF (surface or sulcus); sulci reach
         # sulc_depth mm deep and end in a rounded fundus
-        s = sulc.abs() - a.sulc_w
+        # CSF in a sulcus is widest at the surface and closes with depth
+        taper = (1.3 - depth / (0.6 * a.sulc_depth)).clamp(0.1, 1.0)
+        s = sulc.abs() - a.sulc_w * taper
         below = (depth - a.sulc_depth).clamp(min=0)
         s = torch.where(below > 0, torch.sqrt(s.clamp(min=0) ** 2 + below * below), s)
         e = torch.minimum(depth - a.csf_t, s)
         callosum = a.cz + 8.0 + 12.0 * (a.vent - 1.0) - 0.002 * (y - a.cy) ** 2
-        xm = x - 1.5 * torch.sin(y * 0.035 + z * 0.02 + 1.0)  # wavy midline
-        ihf = xm.abs() - (a.falx_w / 2 + 0.4 + 1.2 * a.atrophy)  # interhemispheric fissure
+        xm = x  # the midline plane
+        ihf = xm.abs() - (a.falx_w / 2 + 0.2 + 0.9 * a.atrophy)  # interhemispheric fissure
         e = torch.minimum(e, ihf + 99.0 * ((z <= callosum) & (y < a.cy + 30)))
         cer = brain & ~post_fossa
         _set(o, cer, _L["white_matter"])
@@ -698,14 +695,14 @@ def _paint_face_and_base(a: _Anatomy, g: _Grid, lab: torch.Tensor) -> None:
     for seg in range(len(pts) - 1):  # per segment: tight boxes
         _tube(g, lab, pts[seg:seg + 2], rr[seg:seg + 2], "cortical_bone", soft + ("air",),
               inner=2.2, inner_name="cancellous_bone")
-    arch = [(-mw * 0.8, yf + 42.0, 0.0), (-mw * 0.5, yf + 16.0, 0.0), (0.0, yf + 2.0, 0.0),
-            (mw * 0.5, yf + 16.0, 0.0), (mw * 0.8, yf + 42.0, 0.0)]
-    for zt in (zm + 12.0, zp - 7.0):
-        b = g.box((-mw, yf - 6, zt - 5), (mw, yf + 48, zt + 5))
-        if b is not None:
-            sl, x, y, z = b
-            ta = _tube_sdf(x, y, z * 0.0, arch, [3.8] * 5)
-            _paint(lab, sl, ta < 0, "teeth", soft + ("cortical_bone", "cancellous_bone", "air"))
+    # teeth: one crown-and-root capsule per tooth along the upper and lower dental arches
+    for zt, up in ((zm + 10.0, 1.0), (zp - 5.0, -1.0)):
+        for side in (-1.0, 1.0):
+            for q in range(8):
+                ang = (q + 0.5) / 8.0 * (np.pi / 2)
+                tx, ty = side * mw * 0.8 * np.sin(ang), yf + 2.0 + 40.0 * (1 - np.cos(ang))
+                _tube(g, lab, [(tx, ty, zt - up * 5.0), (tx, ty, zt + up * 6.0)],
+                      [3.0 + 0.1 * q, 2.0], "teeth", soft + ("cortical_bone", "cancellous_bone", "air"))
     # --- pharynx, spinal canal, cervical vertebrae ------------------------------------------
     bottom = float(min(g.canonical(0, 0, 0)[2], -150.0)) - 60.0
     _tube(g, lab, [(0, yf + 56.0, zo - 20.0), (0, fm[1] - 44.0, zp - 6.0), (0, fm[1] - 42.0, bottom)],
@@ -923,11 +920,14 @@ def _blur_axis_(vol: torch.Tensor, taps: np.ndarray, axis: int, chunk: int = 8) 
     for k0 in range(0, nk, chunk):
         k1 = min(nk, k0 + chunk)
         if axis == 0:
-            idx = [torch.arange(k0, k1).add(o).clamp(0, nk - 1) for o in range(-r, r + 1)]
-            acc = vol[idx[r]] * float(taps[r])
+            def rows(o: int) -> torch.Tensor:
+                if k0 + o >= 0 and k1 + o <= nk:
+                    return vol[k0 + o:k1 + o]  # a view, no copy
+                return vol[torch.arange(k0 + o, k1 + o).clamp(0, nk - 1)]
+            acc = vol[k0:k1] * float(taps[r])
             for o, w in enumerate(taps):
                 if o != r:
-                    acc.add_(vol[idx[o]], alpha=float(w))
+                    acc.add_(rows(o - r), alpha=float(w))
         else:
             src = vol[k0:k1]
             pad = [0, 0, 0, 0]
@@ -1078,14 +1078,21 @@ def head_phantom(size: int | Sequence[int] = 256, spacing: float | Sequence[floa
     torch_seed = int(r_acq.integers(0, 2**62))
 
     g = _Grid(n.astype(int), sp, rotation_matrix(rot_deg), trans)
-    with torch.no_grad():
-        lab = _base_labels(a, g, _coarse_fields(a, g))
-        _paint_face_and_base(a, g, lab)
-        _paint_deep_brain(a, g, lab)
-        detail = _paint_findings(a, g, lab, names, r_find)
-        if use_table:
-            _head_holder(g, lab, a)
-        img = _to_hu(a, g, lab, noise, use_bh, bh_strength, torch_seed)
+    threads = torch.get_num_threads()
+    try:
+        # the work is done in cache-sized slabs and boxes, where thread start-up costs more
+        # than it gains (on a busy machine two threads were 15x slower than one)
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            lab = _base_labels(a, g, _coarse_fields(a, g))
+            _paint_face_and_base(a, g, lab)
+            _paint_deep_brain(a, g, lab)
+            detail = _paint_findings(a, g, lab, names, r_find)
+            if use_table:
+                _head_holder(g, lab, a)
+            img = _to_hu(a, g, lab, noise, use_bh, bh_strength, torch_seed)
+    finally:
+        torch.set_num_threads(threads)
 
     meta = {"source": f"phantom(seed={int(seed)})", "kind": "synthetic head phantom",
             "units": "HU", "synthetic": True, "seed": int(seed), "findings": names,
