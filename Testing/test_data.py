@@ -302,3 +302,34 @@ def test_cli_prepare_and_its_errors(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["prepare", "--out", str(tmp_path / "file"), "--phantoms", "1"]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_unregistered_ct_is_centred_on_its_head(tmp_path):
+    """--no-register: the canonical grid is centred on the CT's head; the recorded transform
+    (a pure translation) puts the target back on the CT."""
+    grid = pp.Grid.centered((5.0, -8.0, 12.0), (70, 70, 40), (3.0, 3.0, 5.0))
+    ct = grid.volume(-1000.0)
+    kji = np.stack(np.meshgrid(*[np.arange(s) for s in grid.shape], indexing="ij"), -1)
+    pts = grid.physical_points(kji[..., ::-1].reshape(-1, 3).astype(float)).reshape(*kji.shape)
+    centre = np.array([20.0, -10.0, 30.0])
+    r = np.sqrt((((pts - centre) / (65.0, 80.0, 70.0)) ** 2).sum(-1))
+    ct.array[r < 1.0] = 1200.0
+    ct.array[r < 0.9] = 35.0
+    (tmp_path / "cts").mkdir()
+    io.write_volume(ct, tmp_path / "cts" / "ellipsoid.nrrd")
+    out = tmp_path / "noreg"
+    data.prepare_dataset(out, ct_dir=tmp_path / "cts", register=False, augment=1, **SMALL)
+    m = data.load_manifest(out)
+    assert m["settings"]["template"] is None and m["complete"] == 2
+    rec = json.loads((out / "cases" / "ct-ellipsoid" / "case.json").read_text())
+    reg = pp.RigidRegistration.from_dict(rec["transform"]["registration"])
+    np.testing.assert_allclose(reg.parameters[:3], 0.0, atol=1e-12)
+    np.testing.assert_allclose(reg.transform_points([[0.0, 0.0, 0.0]])[0], centre, atol=2.0)
+    target = io.read_volume(out / "cases" / "ct-ellipsoid" / "ct.nii.gz")
+    np.testing.assert_allclose(pp.head_center(target), 0.0, atol=4.0)
+    back = pp.to_patient_space(target, reg, ct)
+    # away from the 8 mm target's blurred shell, the values come back where they were
+    deep, far = r < 0.7, (r > 1.2) & (r < 1.5)
+    assert np.abs(back.array[deep] - 35.0).max() < 30
+    assert np.abs(back.array[far] + 1000.0).max() < 60
+    assert m["cases"]["ct-ellipsoid-aug01"]["registration"] == m["cases"]["ct-ellipsoid"]["registration"]
