@@ -299,9 +299,15 @@ def test_cli_reconstruct_errors_are_one_line(biplanar_file, ct_file, tmp_path, c
         (["--ct", ct_file, "--no-register", "--model", tmp_path / "no_model.safetensors"],
          "no_model"),
         (["--ct", ct_file, "--no-register", "--model", "no_such_model_name"], "no_such_model_name"),
+        (["--ct", ct_file, "--no-register", "--model", biplanar_file, "--out",
+          tmp_path / "no_dir" / "o.nii.gz"], "does not exist"),
+        (["--ct", ct_file, "--no-register", "--model", biplanar_file, "--out",
+          tmp_path / "o.png"], "cannot write"),
     ]
     for args, needle in cases:
-        code, _, err = run(["reconstruct", *args, "--out", tmp_path / "o.nii.gz"], capsys)
+        if "--out" not in args:
+            args = [*args, "--out", tmp_path / "o.nii.gz"]
+        code, _, err = run(["reconstruct", *args], capsys)
         assert code == 2, (args, err)
         assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "o.nii.gz").exists()

@@ -465,14 +465,14 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_reconstruct(args) -> int:
-    from .inference import Reconstructor, write_result
+    from .inference import Reconstructor, check_output_path, write_result
     from .io import read_radiograph
     radiographs = {v: getattr(args, v) for v in ("ap", "lateral") if getattr(args, v)}
     if args.ct and radiographs:
         raise InputError(None, "give either --ct or radiographs (--ap/--lateral), not both")
     if not args.ct and not radiographs:
         raise InputError(None, "nothing to reconstruct from: give --ap AP [--lateral LAT] or --ct CT")
-    out = Path(args.out)
+    out = check_output_path(args.out)
     ct = _read_ct(args, args.ct) if args.ct else None
     images = {v: read_radiograph(f, view=v) for v, f in radiographs.items()}
     rec = Reconstructor(args.model, device=args.device)

@@ -65,8 +65,7 @@ from .progress import ProgressCallback, report, scaled
 __all__ = [
     "SYNTHETIC_DESCRIPTION", "ReconstructionResult", "Reconstructor", "canonical_grid",
     "prepare_view", "projection_consistency", "view_geometry", "geometry_in_patient_space",
-    "run_with_cpu_fallback", "sidecar_path",
-    "write_result",
+    "run_with_cpu_fallback", "sidecar_path", "check_output_path", "write_result",
 ]
 
 SYNTHETIC_DESCRIPTION = "SYNTHETIC CT (sCT) \u2014 not for diagnosis"
@@ -586,6 +585,22 @@ def sidecar_path(out: str | os.PathLike) -> Path:
     return p.with_name(p.name.split(".")[0] + ".json")
 
 
+def check_output_path(out: str | os.PathLike) -> Path:
+    """Refuse an output :func:`write_result` could not write, before any work is done:
+    InputError for a missing parent folder, an unknown file extension, or a non-empty
+    existing folder (a DICOM series needs a new or empty one)."""
+    p = Path(out)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(p, f"the folder {parent} does not exist")
+    if p.suffix == "" or p.is_dir():
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            raise InputError(p, "the output folder for a DICOM series exists and is not empty")
+    else:
+        xio._volume_format(p)
+    return p
+
+
 def _write_sct_file(volume: Volume, path: Path) -> None:
     """NIfTI gets the label in its ``descrip`` field; NRRD/MHA through io.write_volume."""
     if xio._volume_format(path) != "nifti":
@@ -608,15 +623,11 @@ def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
     ``<stem>_<view>_reprojection.nrrd`` (the sCT's DRRs) and ``<stem>.json`` (the sidecar:
     model name and sha256, inputs, device, time, consistency, geometry, ``"synthetic": true``).
     """
-    p = Path(out)
-    if not p.parent.is_dir():
-        raise InputError(p, f"the folder {p.parent} does not exist")
+    p = check_output_path(out)
     written: list[Path] = []
-    to_dicom = p.suffix == "" or p.is_dir()
-    if to_dicom:
+    if p.suffix == "" or p.is_dir():
         written += xio.write_dicom_series(result.sct, p, source=source, synthetic=True)
     else:
-        xio._volume_format(p)  # a clear error for an unknown extension, before anything else
         _write_sct_file(result.sct, p)
         written.append(p)
     stem = p.name.split(".")[0]
