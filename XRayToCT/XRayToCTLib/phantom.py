@@ -827,9 +827,17 @@ def _paint_findings(a: _Anatomy, g: _Grid, lab: torch.Tensor, findings: Sequence
             n = (p_in - c) / np.linalg.norm(p_in - c)
             xo = 10.0 + 9.0 * (a.vent - 1.0)
             tip = c + (side * xo, -20.0 if frontal else 24.0, 16.0)
-            outer = p_in + n * (a.skull_t + 3.0)
-            valve = outer + np.array([0.0, 28.0, -22.0]) + n * 1.0
-            down = [valve, valve + (side * 18.0, 30.0, -45.0), (side * 60.0, a.cy + 30.0, -200.0)]
+            t_in = float(a.thickness(*(np.array([v]) for v in p_in))[0])
+            outer = p_in + n * (t_in + 2.5)
+            # the valve/reservoir lies on the skull, under the scalp, behind and below the hole
+            d2 = np.array([side * 0.75, d[1] + 0.45, 0.35])
+            p2 = _surface_point(a, d2)
+            n2 = (p2 - c) / np.linalg.norm(p2 - c)
+            valve = p2 + n2 * (float(a.thickness(*(np.array([v]) for v in p2))[0]) + 3.0)
+            # distal catheter: down behind the ear and along the neck, under the skin
+            ear = np.array([side * (a.half_width(a.cy + 30.0, a.cz - 40.0) - 6.0), a.cy + 30.0, a.cz - 40.0])
+            neck = np.array([side * (a.neck_r[0] - 8.0), a.cy + 10.0, -200.0])
+            down = [valve, ear, neck]
             lo = np.minimum.reduce([tip, outer, valve]) - 25
             hi = np.maximum.reduce([tip, outer, valve]) + 25
             b = g.box(lo, hi)
@@ -837,18 +845,22 @@ def _paint_findings(a: _Anatomy, g: _Grid, lab: torch.Tensor, findings: Sequence
                 sl, x, y, z = b
                 hole = _tube_sdf(x, y, z, [p_in - n * 2, outer + n * 2], [6.5, 6.5]) < 0
                 _paint(lab, sl, hole, "skin", _BONE)
-                cath = _tube_sdf(x, y, z, [tip, p_in, outer, valve], [1.3] * 4)
+                mid = (outer + valve) / 2
+                mid = c + (mid - c) * (np.linalg.norm(outer - c) + 1.0) / np.linalg.norm(mid - c)
+                cath = _tube_sdf(x, y, z, [tip, p_in, outer, mid, valve], [1.3] * 5)
                 _paint(lab, sl, cath < 0, "shunt_plastic")
                 _paint(lab, sl, _tube_sdf(x, y, z, [tip, tip + 0.12 * (p_in - tip)], [1.4, 1.4]) < 0,
                        "shunt_metal")                                        # radiopaque tip marker
-                res = _tube_sdf(x, y, z, [valve - (0, 10.0, -6.0), valve + (0, 10.0, -6.0)], [5.0, 5.0])
+                # reservoir dome (plastic) with a metal valve mechanism, tangent to the skull
+                tdir = np.cross(n2, (1.0, 0.0, 0.0))
+                tdir = tdir / max(np.linalg.norm(tdir), 1e-6) * 9.0
+                res = _tube_sdf(x, y, z, [valve - tdir, valve + tdir], [4.5, 4.5])
                 _paint(lab, sl, res < 0, "shunt_plastic")
-                _paint(lab, sl, res < -2.5, "shunt_metal")
+                _paint(lab, sl, res < -2.3, "shunt_metal")
             b = g.box(np.minimum(down[0], down[2]) - 5, np.maximum(down[0], down[2]) + 5)
             if b is not None:
                 sl, x, y, z = b
-                _paint(lab, sl, _tube_sdf(x, y, z, down, [1.3] * 3) < 0, "shunt_plastic",
-                       _SOFT + ("fat", "air"))
+                _paint(lab, sl, _tube_sdf(x, y, z, down, [1.3] * 3) < 0, "shunt_plastic", _SOFT)
             detail[name] = {"burr_hole": p_in.round(1).tolist(), "tip": np.round(tip, 1).tolist(),
                             "valve": valve.round(1).tolist()}
         elif name == "intraparenchymal_hemorrhage":
@@ -954,7 +966,7 @@ def _head_holder(g: _Grid, lab: torch.Tensor, a: _Anatomy) -> None:
     r = torch.sqrt((ii - cx) ** 2 + (jj - cy0) ** 2)
     pad = (r > 110.0) & (r < 118.0) & (jj > cy0 + 70)
     shell = (r >= 118.0) & (r < 122.0) & (jj > cy0 + 30)
-    table = (jj > cy0 + 150.0) & (jj < cy0 + 160.0) & ((ii - cx).abs() < 220)
+    table = (jj > cy0 + 128.0) & (jj < cy0 + 138.0) & ((ii - cx).abs() < 220)
     z = torch.arange(g.n[2], dtype=torch.float32) * g.sp[2] + g.origin[2]
     zmask = (z > float(wb[2]) - 140.0).view(-1, 1, 1)
     for k0 in range(0, lab.shape[0], 8):
