@@ -388,8 +388,17 @@ def _coarse_fields(a: _Anatomy, g: _Grid) -> torch.Tensor:
     cav = a.cavity_sdf(x, y, z)
     thick = a.thickness(x, y, z)
     skin = a.outline_sdf(x, y, z, cav, thick)
-    n, gx, gy, gz = _eval_waves(a.sulc_waves, x, y, z, grad=True)
-    sulc = n / np.maximum(np.sqrt(gx * gx + gy * gy + gz * gz), 1e-3)
+    # sulci run perpendicular to the brain surface: the random field is evaluated at the
+    # points projected (mostly) onto a sphere about the cavity centre, so its zero set is made
+    # of radial sheets; |n| / |grad n| (by finite differences) is the distance to a sulcus
+    c = a.center
+    rel = np.stack([x - c[0], y - c[1], z - c[2]])
+    r = np.sqrt((rel ** 2).sum(0)) + 1e-3
+    scale = (70.0 + 0.6 * (r - 70.0)) / r
+    n = _eval_waves(a.sulc_waves, c[0] + rel[0] * scale, c[1] + rel[1] * scale, c[2] + rel[2] * scale)
+    step = (g.f * g.sp)[::-1]  # coarse spacing along k, j, i (mm)
+    grads = np.gradient(n, *step) if min(n.shape) > 1 else [np.ones_like(n)]
+    sulc = n / np.maximum(np.sqrt(sum(gr * gr for gr in grads)), 1e-3)
     fat = _eval_waves(a.fat_waves, x, y, z)
     ch = [skin, cav, thick, np.clip(sulc, -30, 30), fat]
     return torch.from_numpy(np.stack(ch).astype(np.float32))
@@ -766,10 +775,10 @@ def _paint_deep_brain(a: _Anatomy, g: _Grid, lab: torch.Tensor) -> None:
             _paint(lab, sl, stem_, "csf", ("grey_matter", "white_matter"))
     # brain stem with the surrounding cisterns
     fm = a.foramen
-    stem = [c + (0.0, 10.0, -4.0), c + (0.0, 8.0, -18.0), c + (0.0, 6.0, -34.0), c + (0.0, 14.0, -48.0),
+    stem = [c + (0.0, 12.0, -14.0), c + (0.0, 8.0, -22.0), c + (0.0, 6.0, -34.0), c + (0.0, 14.0, -48.0),
             fm + (0.0, -3.0, 2.0)]
-    _tube(g, lab, stem, [12.0, 13.0, 15.0, 11.0, 9.5], "csf", brain)
-    _tube(g, lab, stem, [10.0, 11.0, 13.0, 9.0, 7.5], "brain_stem", brain)
+    _tube(g, lab, stem, [9.0, 13.0, 15.0, 11.0, 9.5], "csf", brain)
+    _tube(g, lab, stem, [7.0, 11.0, 13.0, 9.0, 7.5], "brain_stem", brain)
     _ell(g, lab, c + (0.0, -16.0, -16.0), (14.0, 9.0, 6.0), "csf", brain)      # suprasellar
     _ell(g, lab, c + (0.0, 24.0, -4.0), (7.0, 7.0, 7.0), "csf", brain)         # quadrigeminal
     _ell(g, lab, c + (0.0, 48.0, -58.0), (12.0, 10.0, 8.0), "csf", brain)      # cisterna magna
