@@ -602,7 +602,11 @@ def check_output_path(out: str | os.PathLike) -> Path:
 
 
 def _write_sct_file(volume: Volume, path: Path) -> None:
-    """NIfTI gets the label in its ``descrip`` field; NRRD/MHA through io.write_volume."""
+    """The sCT as int16 HU (rounded, as CT scanners store them: a 256^3 NIfTI compresses in
+    a sixth of the float32 time); NIfTI gets the label in its ``descrip`` field, NRRD/MHA
+    their header keys through io.write_volume."""
+    hu = np.clip(np.round(volume.array), -32768, 32767).astype(np.int16)
+    volume = dataclasses.replace(volume, array=hu)
     if xio._volume_format(path) != "nifti":
         xio.write_volume(volume, path)
         return
@@ -615,7 +619,8 @@ def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
                  source: Any = None, extra: dict[str, Any] | None = None) -> list[Path]:
     """Write an sCT and its companions; returns the written paths.
 
-    ``out`` is a volume file (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``: written atomically)
+    ``out`` is a volume file (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``: int16 HU, written
+    atomically)
     or a folder (no extension, or an existing folder: a DICOM CT series via
     :func:`~XRayToCTLib.io.write_dicom_series` with ``synthetic=True``; ``source`` is the
     CT whose study/frame of reference to carry, only for a CT input). Beside it:
