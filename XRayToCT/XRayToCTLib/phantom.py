@@ -85,7 +85,7 @@ TISSUE_HU: dict[str, tuple[float, float]] = {
     "csf": (0.0, 12.0),
     "dura": (45.0, 70.0),                   # falx, tentorium
     "calcification": (150.0, 400.0),        # choroid plexus, pineal
-    "globe": (5.0, 15.0),
+    "globe": (8.0, 22.0),                   # vitreous
     "lens": (100.0, 130.0),
     "optic_nerve": (25.0, 40.0),
     "mucosa": (20.0, 45.0),                 # turbinates, sinus lining
@@ -323,7 +323,10 @@ class _Anatomy:
         nx, ny = self.neck_r
         neck = np.sqrt((x / nx) ** 2 + ((y - cy - 20) / ny) ** 2) * min(nx, ny) - min(nx, ny)
         neck = _smax(neck, z - (cz - 60), 10.0)
+        zo = cz - self.floor_ant - 18.0  # orbits and cheek bones: the widest, most forward face
+        midface = _ellipsoid_sdf(x, y, z, (0, yf + 30, zo - 6.0), (self.face_w + 6.0, 36, 30))
         s = _smin(s, face, 12.0)
+        s = _smin(s, midface, 10.0)
         s = _smin(s, nose, 6.0)
         s = _smin(s, jaw, 14.0)
         return _smin(s, neck, 18.0)
@@ -635,7 +638,7 @@ def _paint_face_and_base(a: _Anatomy, g: _Grid, lab: torch.Tensor) -> None:
     # --- orbits: bony cone, fat, muscles, optic nerve, globe, lens -------------------------
     for s in (-1.0, 1.0):
         xo = s * (0.42 * a.ax + 4.0)
-        gc = np.array([xo, yf - 12.0 + a.globe_r, zo])
+        gc = np.array([xo, yf - 9.0 + a.globe_r, zo])
         b = g.box((xo - 22, yf - 24, zo - 21), (xo + 22, yf + 44, zo + 21))
         if b is not None:
             sl, x, y, z = b
@@ -644,16 +647,18 @@ def _paint_face_and_base(a: _Anatomy, g: _Grid, lab: torch.Tensor) -> None:
             rad = 18.0 * (1 - t) + 3.0 * t
             d = torch.sqrt((x - cx) ** 2 + ((z - zo - 2 * t) * 1.1) ** 2) - rad
             inside_y = (y > yf - 22.0) & (y < yf + 42.0)
-            _paint(lab, sl, inside_y & (d < 2.2), "cortical_bone", not_brain)
-            _paint(lab, sl, inside_y & (d < 0), "fat")
-            _paint(lab, sl, (y < yf - 16.0) & (d < 0), "skin")  # eyelids
+            _paint(lab, sl, inside_y & (d < 1.6), "cortical_bone", _SOFT + _BONE)
+            _paint(lab, sl, inside_y & (d < 0), "fat", _SOFT + _BONE)
+            _paint(lab, sl, (y < yf - 14.0) & (d < 0), "skin", _SOFT + _BONE + ("fat",))  # eyelids
         _tube(g, lab, [gc, (s * 14.0, yf + 48.0, zo + 2.0)], [2.3, 2.0], "optic_nerve", ("fat",))
         for ang in (0.0, 0.5 * np.pi, np.pi, 1.5 * np.pi):
             mx, mz = np.cos(ang) * 13.0, np.sin(ang) * 12.0
             _tube(g, lab, [(xo + mx, gc[1] + 2, zo + mz),
                            (s * 14.0 + 0.2 * mx, yf + 46.0, zo + 2 + 0.2 * mz)], [2.0, 1.2],
                   "muscle", ("fat",))
-        _ell(g, lab, gc, (a.globe_r,) * 3, "globe")
+        # sclera (a 1 mm fibrous shell, soft-tissue dense) around the vitreous
+        _ell(g, lab, gc, (a.globe_r,) * 3, "skin", _SOFT + _BONE + ("fat", "muscle", "optic_nerve"),
+             inner=1.0, inner_name="globe")
         _ell(g, lab, gc + (0, -a.globe_r + 2.6, 0), (4.5, 2.0, 4.5), "lens", ("globe",))
     # --- frontal sinus in the thickened frontal bone ---------------------------------------
     fs = a.frontal_sinus
