@@ -13,9 +13,9 @@ What is trained, and how (the seeds are the papers in ``../shared/seeds/``):
   - reconstruction: L1 between prediction and target in the model's intensity space
     (``models.intensity``), weight :attr:`TrainConfig.lambda_rec` (10). For ``cnn_inr`` the
     default is the mean squared error, as seed 001 trains its CNN–INR ("minimizing the
-    voxel-wise mean squared error"), on the **full output grid** rather than on random
-    points: the grid holds the same points, and the projection loss needs the whole grid
-    rendered anyway;
+    voxel-wise mean squared error"), by default on the **full output grid** (the grid holds
+    the same points, and the projection loss needs the whole grid rendered anyway), or, with
+    :attr:`TrainConfig.points_per_step`, on random points as seed 001 did;
   - projection consistency, weight :attr:`TrainConfig.lambda_proj` (10): the prediction is
     mapped back to HU (the mapping's ``to_hu``), then to attenuation with a *smooth* version
     of :func:`~XRayToCTLib.drr.hu_to_mu` (``drr.hu_to_mu`` zeroes air below -800 HU with a
@@ -122,6 +122,11 @@ class TrainConfig:
             passed through the intensity mapping and rendered), ``"auto"`` (``target`` for the
             mappings that are not invertible (``brain``), else ``input``).
         proj_gate_hu: width in HU of the sigmoid that replaces the -800 HU air threshold.
+        points_per_step: models with ``query`` (``cnn_inr``) only: the reconstruction loss on
+            this many random points per case and step, inside the output grid, against the
+            trilinearly interpolated target (seed 001's "random coordinates were sampled from
+            the training volumes"); the full grid is then rendered only when the projection or
+            adversarial term needs it. 0 (default): the reconstruction loss on the full grid.
         size: output grid side S (``None``: the dataset's); other sizes resample the targets
             over the same 256 mm field (trilinear), and the projection loss renders that grid.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: ``cuda:LOCAL_RANK``).
@@ -157,6 +162,7 @@ class TrainConfig:
     recon_loss: str | None = None
     projection_reference: str = "auto"
     proj_gate_hu: float = 10.0
+    points_per_step: int = 0
     size: int | None = None
     device: str = "auto"
     amp: str = "auto"
@@ -238,7 +244,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(cfg, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-        for name in ("workers", "val_every", "checkpoint_every"):
+        for name in ("workers", "val_every", "checkpoint_every", "points_per_step"):
             if int(getattr(cfg, name)) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
         for name in ("lr", "lr_d", "proj_gate_hu"):
@@ -395,6 +401,13 @@ class _Dist:
             torch.distributed.all_reduce(t)
         return t
 
+    def average_gradients(self, module: torch.nn.Module) -> None:
+        """All-reduce and average the gradients (what DDP does, for calls that bypass it)."""
+        for p in module.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.world
+
     def close(self) -> None:
         if self.owner and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -425,12 +438,13 @@ def _check_dataset(root: str) -> Path:
 def _data_description(ds, root: Path) -> dict[str, Any]:
     """What the model was trained on, from the dataset manifest (JSON-friendly)."""
     man = dict(ds.manifest)
-    keep = {k: man[k] for k in ("version", "size", "spacing", "pixels", "window", "sources",
-                                "seeds", "seed", "splits", "split", "units", "hu_conversion")
-            if k in man}
-    cases = man.get("cases")
-    if isinstance(cases, (list, dict)):
-        keep["n_cases"] = len(cases)
+    keep = {k: man[k] for k in ("kind", "version", "size", "spacing", "pixels",
+                                "field_of_view_mm", "window", "sources", "settings", "drr",
+                                "settings_key", "created", "complete") if k in man}
+    split = man.get("split")
+    if isinstance(split, dict):  # case ids per split, and the ratios
+        keep["split"] = {k: (len(v) if isinstance(v, list) else v) for k, v in split.items()}
+        keep["train_cases"] = sorted(split.get("train", []))
     keep["path"] = str(root.resolve())
     return json.loads(json.dumps(keep, default=str))
 
@@ -513,6 +527,10 @@ class _Engine:
             self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
         else:
             self.disc_config = {}
+        self.points = int(cfg.points_per_step)
+        if self.points and not hasattr(self.model, "query"):
+            raise XRayToCTError(f"points_per_step needs a model with query() (cnn_inr); "
+                                f"{cfg.model} has none")
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                       weight_decay=cfg.weight_decay)
         self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas),
@@ -536,7 +554,8 @@ class _Engine:
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.g_train = DDP(self.model, device_ids=ids)
+            if not self.points:  # with points, query() bypasses forward: gradients are
+                self.g_train = DDP(self.model, device_ids=ids)  # averaged by hand instead
             if self.disc is not None:
                 self.d_train = DDP(self.disc, device_ids=ids)
         if cfg.compile:
@@ -570,6 +589,19 @@ class _Engine:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def _sample_points(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``points_per_step`` uniform random LPS points per case inside the output grid
+        (between the outer voxel centres) and the target's trilinear values there."""
+        b, s = target.shape[0], self.size
+        idx = torch.rand(b, self.points, 3, device=self.device) * (s - 1)  # (i, j, k)
+        origin = torch.tensor(self.grid.origin, dtype=torch.float32, device=self.device)
+        lin = torch.tensor(self.grid.direction @ np.diag(self.grid.spacing), dtype=torch.float32,
+                           device=self.device)
+        pts = idx @ lin.T + origin
+        coords = (idx / (s - 1) * 2.0 - 1.0).reshape(b, 1, 1, self.points, 3)  # x=i, y=j, z=k
+        values = F.grid_sample(target, coords, mode="bilinear", align_corners=True)
+        return pts, values.reshape(b, self.points)
+
     def _project(self, x_model: torch.Tensor) -> torch.Tensor:
         """Normalised DRRs of a volume in model intensity, rendered at the dataset geometry."""
         hu = self.mapping.to_hu(x_model.float())
@@ -582,9 +614,12 @@ class _Engine:
         x = self.normalize(raw)
         gt_hu = self._target(batch)
         target = self.mapping.to_model(gt_hu)
-        with self._autocast():
-            pred = self.g_train(x)
-        pred = pred.float()
+        need_grid = not self.points or cfg.lambda_proj > 0 or self.disc is not None
+        pred = None
+        if need_grid:
+            with self._autocast():
+                pred = self.g_train(x)
+            pred = pred.float()
         out = {"loss_d": float("nan"), "loss_adv": float("nan")}
 
         if self.disc is not None:  # discriminator step: real vs fake, conditioned on views
@@ -600,10 +635,13 @@ class _Engine:
             self.scaler.step(self.opt_d)
             out["loss_d"] = float(loss_d.detach())
 
-        if cfg.recon_loss == "l1":
-            rec = F.l1_loss(pred, target)
+        loss_fn = F.l1_loss if cfg.recon_loss == "l1" else F.mse_loss
+        if self.points:
+            pts, values = self._sample_points(target)
+            with self._autocast():
+                rec = loss_fn(self.model.query(x, pts).float(), values)
         else:
-            rec = F.mse_loss(pred, target)
+            rec = loss_fn(pred, target)
         loss = cfg.lambda_rec * rec
         proj = torch.zeros((), device=self.device)
         if cfg.lambda_proj > 0:
@@ -624,6 +662,8 @@ class _Engine:
             out["loss_adv"] = float(adv.detach())
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.points and self.dist.world > 1:
+            self.dist.average_gradients(self.model)
         self.scaler.step(self.opt_g)
         self.scaler.update()
         if self.disc is not None:
