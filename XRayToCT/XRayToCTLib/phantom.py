@@ -259,8 +259,8 @@ class _Anatomy:
         cy, cz = self.cy, self.cz
         g = lambda u, v: np.exp(-(u * u + v * v))  # noqa: E731
         z = cz - self.floor_ant - 0.06 * np.maximum(y - (cy - 60), 0)  # anterior fossa slope
-        z = z - (self.floor_mid - self.floor_ant) * g((np.abs(x) - 36.0) / 20.0, (y - (cy - 8.0)) / 17.0)
-        z = z - (self.floor_post - self.floor_ant) * g(x / 42.0, (y - (cy + 40.0)) / 30.0)
+        z = z - (self.floor_mid - self.floor_ant) * g((np.abs(x) - 40.0) / 25.0, (y - (cy - 6.0)) / 21.0)
+        z = z - (self.floor_post - self.floor_ant) * g(x / 50.0, (y - (cy + 40.0)) / 30.0)
         # orbital roofs dome up into the anterior fossa; the cribriform plate stays low
         z = z + 9.0 * g((np.abs(x) - 0.4 * self.ax) / 16.0, (y - (self.y_front + 22.0)) / 20.0)
         return z
@@ -507,7 +507,7 @@ def _base_labels(a: _Anatomy, g: _Grid, coarse: torch.Tensor) -> torch.Tensor:
             fol = torch.sin(r * (2 * np.pi / 4.0) + a.folia_phase + 0.6 * sulc)
             _set(o, cb, _L["grey_matter"])
             _set(o, cb & (r < 11.0), _L["white_matter"])
-            _set(o, cb & (fol > 0.9) & (r > 9.0) & (sulc.abs() < 6.0), _L["csf"])
+            _set(o, cb & (fol > 0.96) & (r > 9.0) & (depth < 10.0), _L["csf"])
             _set(o, cb & (depth < 0.5 + 0.6 * a.csf_t), _L["csf"])
         # falx (midline, above the corpus callosum level) and tentorium
         falx = brain & (xm.abs() < a.falx_w / 2 + 0.2) & ((z > callosum) | (y > a.cy + 30)) & ~post_fossa
@@ -678,13 +678,13 @@ def _paint_face_and_base(a: _Anatomy, g: _Grid, lab: torch.Tensor) -> None:
                        (s * wz1, cy + 2.0, cz - a.floor_mid - 2.0)], [5.0, 3.5, 3.5],
               "cortical_bone", soft)
     # --- nasal cavity with septum and turbinates, ethmoid cells, hard palate ---------------
-    nz0, nz1 = zp + 2.0, zo + 10.0
+    nz0, nz1 = zp + 2.0, zo + 4.0
     b = g.box((-14, yf - 14, nz0 - 5), (14, yf + 60, nz1 + 5))
     if b is not None:
         sl, x, y, z = b
         nw = 4.0 + 8.0 * (1 - ((z - nz0) / (nz1 - nz0)).clamp(0, 1))
         nas = (x.abs() < nw) & (z > nz0) & (z < nz1 - 10) & (y > yf - 12.0) & (y < yf + 58.0)
-        _paint(lab, sl, (x.abs() < nw + 1.5) & (z > nz0 - 1.5) & (z < nz1 - 8.5) & (y > yf - 6.0)
+        _paint(lab, sl, (x.abs() < nw + 1.2) & (z > nz0 - 1.5) & (z < nz1 - 8.8) & (y > yf - 6.0)
                & (y < yf + 58.0), "cortical_bone", soft)
         _paint(lab, sl, nas, "air")
         for tz, tw in ((zp + 10.0, 5.0), (zp + 22.0, 4.0)):
