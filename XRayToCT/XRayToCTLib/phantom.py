@@ -737,18 +737,26 @@ def _paint_face_and_base(a: _Anatomy, g: _Grid, lab: torch.Tensor) -> None:
         z0 = z1 - 15.0
         if z1 < bottom:
             break
-        b = g.box((-24, yb - 14, z0 - 1), (24, fm[1] + 40, z1 + 1))
+        b = g.box((-28, yb - 14, z0 - 10), (28, fm[1] + 42, z1 + 1))
         if b is None:
             continue
         sl, x, y, z = b
-        body = (((x / 16.0) ** 2 + ((y - yb) / 12.0) ** 2) < 1.0) & (z > z0) & (z < z1)
-        _paint(lab, sl, body, "cortical_bone", soft + ("air",))
-        core = body & (((x / 14.5) ** 2 + ((y - yb) / 10.5) ** 2) < 1.0) & (z > z0 + 1.2) & (z < z1 - 1.2)
-        _paint(lab, sl, core, "cancellous_bone")
+        # vertebral body: a rounded box (superellipsoid) with a cortical shell
+        zc, hz = (z0 + z1) / 2, (z1 - z0) / 2
+        q = ((x / 16.0) ** 2 + ((y - yb) / 12.0) ** 2) ** 2 + ((z - zc) / hz) ** 6
+        _paint(lab, sl, q < 1.0, "cortical_bone", soft + ("air",))
+        q = ((x / 14.6) ** 2 + ((y - yb) / 10.6) ** 2) ** 2 + ((z - zc) / (hz - 1.3)) ** 6
+        _paint(lab, sl, q < 1.0, "cancellous_bone")
+        # neural arch around the canal, tilted spinous and transverse processes
         cd = _tube_sdf(x, y, z, canal_pts, [13.0, 9.0])
-        arch_ = (cd > 0) & (cd < 5.5) & (z > z0 + 2) & (z < z1 - 1) & (y > yb + 8)
-        spin = (x.abs() < 3.5) & (y > fm[1] + 10) & (y < fm[1] + 38.0 - v) & (z > z0 + 3) & (z < z1 - 3)
-        _paint(lab, sl, arch_ | spin, "cortical_bone", soft)
+        arch_ = (cd > 0) & (cd < 5.0) & ((z - zc).abs() < hz - 2.0) & (y > yb + 8)
+        _paint(lab, sl, arch_, "cortical_bone", soft)
+        spin = _tube_sdf(x, y, z, [(0.0, fm[1] + 12.0, zc), (0.0, fm[1] + 38.0 - 1.5 * v, zc - 9.0)],
+                         [4.0, 3.0])
+        _paint(lab, sl, spin < 0, "cortical_bone", soft)
+        for sd in (-1.0, 1.0):
+            tp = _tube_sdf(x, y, z, [(sd * 12.0, yb + 9.0, zc), (sd * 24.0, yb + 8.0, zc - 2.0)], [3.5, 2.5])
+            _paint(lab, sl, tp < 0, "cortical_bone", soft)
     _tube(g, lab, canal_pts, [13.0, 9.0], "csf", soft + _BONE + ("air",),
           cond=lambda x, y, z: z < fm[2] + 6)
     _tube(g, lab, [fm + (0, -3.0, 12.0), fm + (0, -3.0, bottom - fm[2])], [7.0, 5.0], "white_matter",
