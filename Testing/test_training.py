@@ -163,6 +163,15 @@ def test_cnn_inr_trains_without_a_discriminator(dataset, tmp_path):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["discriminator"] == {}
 
 
+def test_bf16_autocast_runs(dataset, tmp_path):
+    """The mixed-precision path (bf16 autocast; on CUDA it is the default)."""
+    run = train(_config(dataset, tmp_path / "amp", epochs=1, amp="bf16"))
+    rows = _log(run)
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["loss_g"]))
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+
+
 def test_cnn_inr_on_random_points(dataset, tmp_path):
     """Seed 001's scheme: MSE on random points (no full grid without projection/adversary)."""
     cfg = _config(dataset, tmp_path / "pts", model="cnn_inr", points_per_step=256,

@@ -63,7 +63,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,8 +130,10 @@ class TrainConfig:
         size: output grid side S (``None``: the dataset's); other sizes resample the targets
             over the same 256 mm field (trilinear), and the projection loss renders that grid.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: ``cuda:LOCAL_RANK``).
-        amp: mixed precision: ``auto`` (bf16 on CUDA when supported, else off), ``off``,
-            ``bf16``, ``fp16`` (with a gradient scaler; CUDA only).
+        amp: mixed precision (``torch.autocast``): ``auto`` (bf16 on CUDA when supported,
+            else fp16 with a gradient scaler; off on CPU), ``off``, ``bf16`` (CUDA or CPU),
+            ``fp16`` (CUDA only, with a gradient scaler). The DRR projection and the losses
+            are computed in float32 either way.
         compile: wrap the generator in ``torch.compile`` (CUDA; off by default: not measured).
         workers: DataLoader worker processes.
         val_every: validate every N epochs (and after the last epoch); 0 = never.
@@ -538,10 +540,10 @@ class _Engine:
 
         # precision
         amp = cfg.amp
-        if self.device.type != "cuda":
-            if amp in ("bf16", "fp16"):
-                warnings.warn(f"amp={amp} needs CUDA; training in float32 on {self.device}")
-            amp = "off"
+        if self.device.type != "cuda":  # bf16 autocast works on CPUs too, but only on request
+            if amp == "fp16":
+                warnings.warn(f"amp=fp16 needs CUDA; training in float32 on {self.device}")
+            amp = "bf16" if amp == "bf16" else "off"
         elif amp == "auto":
             amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
