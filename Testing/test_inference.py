@@ -409,3 +409,16 @@ def test_cli_real_head_ct_to_a_synthetic_dicom_series(biplanar_file, tmp_path, c
     assert "SYNTHETIC" in list(ds.ImageType)
     meta = json.loads((tmp_path / "sct_dicom.json").read_text())
     assert meta["synthetic"] is True and meta["sct_geometry"]["size"] == list(ct.size)
+
+
+def test_cnn_inr_goes_through_the_same_api(ct):
+    torch.manual_seed(0)
+    model = models.build_model("cnn_inr", {"image_size": 32, "output_size": 32, "views": ["lateral"],
+                                           "stem_channels": 4, "encoder_channels": [8, 8],
+                                           "hidden": 16})
+    rec = inference.Reconstructor(model, device="cpu")
+    res = rec.reconstruct_ct(ct, register=False)
+    assert res.sct.array.shape == ct.array.shape and res.sct.metadata["synthetic"] is True
+    assert list(res.consistency["views"]) == ["lateral"]
+    with pytest.raises(InputError, match="takes 1 view"):
+        rec.reconstruct_views({"ap": res.drrs["lateral"].array})
