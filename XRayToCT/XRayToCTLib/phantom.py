@@ -963,17 +963,23 @@ def _blur_axis_(vol: torch.Tensor, taps: np.ndarray, axis: int, chunk: int = 8) 
                 if o != r:
                     acc.add_(rows(o - r), alpha=float(w))
         else:
-            src = vol[k0:k1]
-            pad = [0, 0, 0, 0]
-            pad[(2 - axis) * 2:(2 - axis) * 2 + 2] = [r, r]
-            p = F.pad(src[None], pad, mode="replicate")[0]
-            n = src.shape[axis]
-            acc = p.narrow(axis, r, n) * float(taps[r])
-            for o, w in enumerate(taps):
-                if o != r:
-                    acc.add_(p.narrow(axis, o, n), alpha=float(w))
+            acc = _blur_slab(vol[k0:k1], taps, axis)
         out[k0:k1] = acc
     return out
+
+
+def _blur_slab(src: torch.Tensor, taps: np.ndarray, axis: int) -> torch.Tensor:
+    """Blur a ``[k, j, i]`` slab along axis 1 (j) or 2 (i), edge values replicated."""
+    r = len(taps) // 2
+    pad = [0, 0, 0, 0]
+    pad[(2 - axis) * 2:(2 - axis) * 2 + 2] = [r, r]
+    p = F.pad(src[None], pad, mode="replicate")[0]
+    n = src.shape[axis]
+    acc = p.narrow(axis, r, n) * float(taps[r])
+    for o, w in enumerate(taps):
+        if o != r:
+            acc.add_(p.narrow(axis, o, n), alpha=float(w))
+    return acc
 
 
 def _head_holder(g: _Grid, lab: torch.Tensor, a: _Anatomy) -> None:
@@ -1165,7 +1171,8 @@ def _to_hu(a: _Anatomy, g: _Grid, lab: torch.Tensor, noise: float, bh: bool,
         v = lut.index_select(0, idx).view(lk.shape)
         if noise > 0:
             v.addcmul_(torch.randn(v.shape, generator=gen), sigma.index_select(0, idx).view(lk.shape))
-        img[k0:k0 + 8] = v
+        # in-plane partial-volume blur while the slab is in cache (along k below)
+        img[k0:k0 + 8] = _blur_slab(_blur_slab(v, taps[0], 2), taps[1], 1)
     if bh:
         # Hounsfield bar: a dark band joining the petrous bones across the posterior fossa
         p = a.center + (0.0, 10.0, -a.floor_mid + 6.0)
@@ -1176,8 +1183,7 @@ def _to_hu(a: _Anatomy, g: _Grid, lab: torch.Tensor, noise: float, bh: bool,
             view = img[sl]
             inb = (lab[sl] != _L["air"])
             view.sub_(bh_strength * band * inb)
-    for axis, t in zip((2, 1, 0), taps):
-        img = _blur_axis_(img, t, axis)
+    img = _blur_axis_(img, taps[2], 0)
     return img.clamp_(-1024.0, 3071.0).numpy()
 
 
