@@ -14,13 +14,13 @@ Anatomy (every size, shape and density varies with the seed):
   vault (thin temporal squama, thick frontal and occipital bone), coronal/sagittal/lambdoid
   sutures, a skull base following the anterior, middle and posterior cranial fossae, dense
   petrous bones, mastoid air cells, foramen magnum, sphenoid body and clivus, orbits,
-  maxillae, zygomatic arches, hard palate, mandible with teeth, cervical vertebrae C1-C3
-  with the dens, spinal canal and cord;
+  maxillae, zygomatic arches, hard palate, mandible with teeth, cervical vertebrae (C1 ring,
+  dens and C2 body, rounded bodies with arches and processes below), spinal canal and cord;
 * air: frontal, sphenoid, ethmoid and maxillary sinuses, mastoid cells, nasal cavity with
   septum and turbinates, pharynx;
 * orbits with fat, globes, lenses and optic nerves;
-* brain: a folded cortex (grey ribbon around white matter, CSF in the sulci: the zero set of
-  a band-limited random field), interhemispheric and Sylvian fissures, caudate, lentiform
+* brain: a folded cortex (grey ribbon around white matter, CSF in the sulci, which are the
+  zero set of a band-limited random field made radial, narrowing with depth), interhemispheric and Sylvian fissures, caudate, lentiform
   nuclei and thalami, brain stem, cerebellum with folia, falx and tentorium, basal cisterns,
   lateral (normal to hydrocephalic, ``ventricle_scale``), third and fourth ventricles,
   choroid-plexus and pineal calcifications;
@@ -37,7 +37,8 @@ Speed: smooth fields (signed distances, thickness, the sulcal field) are evaluat
 coarse grid (about 4 mm) *already in the scanner frame* and upsampled by trilinear
 interpolation slab by slab, where they are thresholded at full resolution; small structures
 are painted inside their bounding boxes. The pose therefore costs no resampling and keeps
-edges sharp. One 256^3 head takes about a second or two on two CPU cores
+edges sharp. One 256^3 head takes about 1.3 s of CPU time (one thread; torch is set to one
+thread during the call and restored after) on the project's 2-core machine
 (``benchmarks/phantom.py``).
 """
 from __future__ import annotations
@@ -378,11 +379,10 @@ class _Grid:
 # ----------------------------------------------------------------------------------------
 # the label map
 # ----------------------------------------------------------------------------------------
-_CH = ("skin", "cav", "thick", "sulc", "fat")
-
-
 def _coarse_fields(a: _Anatomy, g: _Grid) -> torch.Tensor:
-    """Smooth fields on the coarse grid, scanner frame: (channels, mk, mj, mi) float32."""
+    """Smooth fields on the coarse grid, scanner frame: (channels, mk, mj, mi) float32, the
+    channels being the signed distances (mm) to the skin and to the inner table, the vault
+    thickness (mm), the signed distance to the nearest sulcus (mm) and a fat-plane field."""
     mi, mj, mk = g.m
     ii = (np.arange(mi) * g.f[0]).reshape(1, 1, -1).astype(float)
     jj = (np.arange(mj) * g.f[1]).reshape(1, -1, 1).astype(float)
