@@ -701,14 +701,15 @@ def _paint_face_and_base(a: _Anatomy, g: _Grid, lab: torch.Tensor) -> None:
                soft + ("air",))
     # --- mandible with teeth --------------------------------------------------------------
     mw = a.face_w * 0.78
-    pts = [(-mw + 4, cy - 12.0, cz - a.floor_mid - 12.0), (-mw, cy - 20.0, zm + 6.0),
-           (-mw * 0.9, yf + 50.0, zm), (-mw * 0.55, yf + 18.0, zm), (0.0, yf - 4.0, zm),
-           (mw * 0.55, yf + 18.0, zm), (mw * 0.9, yf + 50.0, zm), (mw, cy - 20.0, zm + 6.0),
-           (mw - 4, cy - 12.0, cz - a.floor_mid - 12.0)]
-    rr = [4.0, 6.0, 7.0, 7.5, 8.0, 7.5, 7.0, 6.0, 4.0]
-    for seg in range(len(pts) - 1):  # per segment: tight boxes
+    # a parabolic (U-shaped) body from angle to angle, and the rami up to the condyles
+    arc = [(mw * 0.92 * t, yf - 4.0 + 56.0 * t * t, zm) for t in np.linspace(-1.0, 1.0, 9)]
+    pts = [(-mw + 4, cy - 12.0, cz - a.floor_mid - 12.0), (-mw, cy - 20.0, zm + 6.0), *arc,
+           (mw, cy - 20.0, zm + 6.0), (mw - 4, cy - 12.0, cz - a.floor_mid - 12.0)]
+    rr = [4.0, 5.5] + [5.5 + 1.0 * (1 - abs(t)) for t in np.linspace(-1.0, 1.0, 9)] + [5.5, 4.0]
+    for seg in range(len(pts) - 1):  # per segment: tight boxes; the body is tall and narrow
+        body = 0 < seg < len(pts) - 2
         _tube(g, lab, pts[seg:seg + 2], rr[seg:seg + 2], "cortical_bone", soft + ("air",),
-              inner=2.2, inner_name="cancellous_bone")
+              inner=2.0, inner_name="cancellous_bone", zscale=0.45 if body else 1.0)
     # teeth: one crown-and-root capsule per tooth along the upper and lower dental arches
     for zt, up in ((zm + 10.0, 1.0), (zp - 5.0, -1.0)):
         for side in (-1.0, 1.0):
