@@ -8,12 +8,13 @@ Yu et al. 2021), adapted to cone-beam radiographs.
   perspective geometry (:func:`~.common.project_points_torch`, the same pinhole formula as
   :meth:`ProjectionGeometry.project`, which the DRR renderer's rays also follow), and every
   feature map is sampled there bilinearly (``grid_sample``; zero outside the detector).
-* Per view: ``h_v = ReLU(sum_l W_l f_l(p) + W_pe gamma(p) + e_v)`` then ``view_layers``
-  more layers, where ``gamma`` is the sinusoidal positional encoding of ``p`` (scaled to
-  [-1, 1] over the field of view: ``p, sin(2^k pi p), cos(2^k pi p)``, ``k < pe_frequencies``)
-  and ``e_v`` a learned embedding of the view. Because bilinear sampling is linear,
-  ``W_l`` is applied as a 1x1 convolution on the 2D maps before sampling (the same result,
-  far fewer operations per point).
+* Per view: ``h_v = ReLU(f(p) + W_pe gamma(p) + e_v)`` then ``view_layers`` more layers,
+  where ``f = sum_l up(W_l F_l)`` is the scales' feature maps ``F_l``, each through a 1x1
+  convolution ``W_l`` (the MLP's first layer, applied in 2D: fewer operations than per
+  point) and upsampled bilinearly to ``P x P`` (pixelNeRF's multi-scale features), sampled
+  bilinearly where ``p`` projects; ``gamma`` is the sinusoidal positional encoding of ``p``
+  (scaled to [-1, 1] over the field of view: ``p, sin(2^k pi p), cos(2^k pi p)``,
+  ``k < pe_frequencies``) and ``e_v`` a learned embedding of the view.
 * The views are averaged (so 1 to N views, any subset of the trained ones), and an MLP maps
   the average to the intensity.
 
@@ -61,13 +62,20 @@ class _Encoder(nn.Module):
         # the per-view MLP's first layer, applied to every scale as a 1x1 convolution
         self.proj = nn.ModuleList(nn.Conv2d(c, hidden, 1, bias=False) for c in chans)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.stem(x)
-        out = [self.proj[0](f)]
+        out = self.proj[0](f)
         for stage, proj in zip(self.stages, self.proj[1:]):
             f = stage(f)
-            out.append(proj(f))
+            out = out + F.interpolate(proj(f), size=x.shape[-2:], mode="bilinear",
+                                      align_corners=False)
         return out
+
+
+def _linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear`` on channels-first ``[B, C, N]`` features."""
+    w = layer.weight
+    return torch.baddbmm(layer.bias[None, :, None], w[None].expand(h.shape[0], *w.shape), h)
 
 
 class CNNINR(nn.Module):
@@ -91,11 +99,10 @@ class CNNINR(nn.Module):
         self.nfreq = nfreq
         self.pe = nn.Linear(3 + 6 * nfreq, h)
         self.view_embedding = nn.Parameter(torch.zeros(len(views), h))
-        self.view_mlp = nn.Sequential(*[m for _ in range(int(cfg["view_layers"]))
-                                        for m in (nn.Linear(h, h), nn.ReLU(inplace=True))])
-        self.fused_mlp = nn.Sequential(*[m for _ in range(int(cfg["fused_layers"]))
-                                         for m in (nn.Linear(h, h), nn.ReLU(inplace=True))],
-                                       nn.Linear(h, 1), output_activation(cfg["output_activation"]))
+        self.view_mlp = nn.ModuleList(nn.Linear(h, h) for _ in range(int(cfg["view_layers"])))
+        self.fused_mlp = nn.ModuleList(nn.Linear(h, h) for _ in range(int(cfg["fused_layers"])))
+        self.out = nn.Linear(h, 1)
+        self.activation = output_activation(cfg["output_activation"])
         self.chunk = int(cfg["chunk"])
         self.half_field = self.spec.output_size * self.spec.output_spacing / 2.0
         # plain float64 attribute, not a buffer: module.half() must not round the geometry
@@ -111,8 +118,8 @@ class CNNINR(nn.Module):
         return [self.spec.views.index(v) for v in names]
 
     def encode(self, views: torch.Tensor, view_names: Sequence[str] | None = None
-               ) -> list[list[torch.Tensor]]:
-        """Per view, the feature maps (already through the first MLP layer), coarse last."""
+               ) -> list[torch.Tensor]:
+        """Per view, the ``[B, hidden, P, P]`` feature map (through the MLP's first layer)."""
         idx = self._view_index(view_names)
         check_views(views, self.spec, len(idx))
         out = []
@@ -123,13 +130,13 @@ class CNNINR(nn.Module):
         return out
 
     def positional_encoding(self, points: torch.Tensor) -> torch.Tensor:
-        """``[..., 3]`` LPS mm -> ``[..., 3 + 6 * pe_frequencies]``."""
-        p = points / self.half_field
+        """``[B, N, 3]`` LPS mm -> ``[B, 3 + 6 * pe_frequencies, N]`` (channels first)."""
+        p = points.transpose(1, 2) / self.half_field  # [B, 3, N]
         if self.nfreq == 0:
             return p
         freqs = (2.0 ** torch.arange(self.nfreq, device=p.device, dtype=p.dtype)) * math.pi
-        a = p[..., None, :] * freqs[:, None]  # [..., F, 3]
-        return torch.cat([p, a.sin().flatten(-2), a.cos().flatten(-2)], dim=-1)
+        a = (p[:, None] * freqs[None, :, None, None]).flatten(1, 2)  # [B, 3F, N]
+        return torch.cat([p, a.sin(), a.cos()], dim=1)
 
     def project(self, points: torch.Tensor, view_names: Sequence[str] | None = None
                 ) -> torch.Tensor:
@@ -138,23 +145,27 @@ class CNNINR(nn.Module):
         idx = self._view_index(view_names)
         return project_points_torch(points, self.matrices[idx])
 
-    def decode(self, feats: list[list[torch.Tensor]], points: torch.Tensor,
+    def decode(self, feats: list[torch.Tensor], points: torch.Tensor,
                view_names: Sequence[str] | None = None) -> torch.Tensor:
-        """Intensities ``[B, N]`` of ``[B, N, 3]`` LPS points from :meth:`encode`'s output."""
+        """Intensities ``[B, N]`` of ``[B, N, 3]`` LPS points from :meth:`encode`'s output.
+        (Computed channels first, ``[B, hidden, N]``: no per-point transposes.)"""
         idx = self._view_index(view_names)
         pixels = self.spec.image_size
         rc = project_points_torch(points, self.matrices[idx])  # [B, V, N, 2]
-        base = self.pe(self.positional_encoding(points.to(self.pe.weight.dtype)))
+        base = _linear(self.pe, self.positional_encoding(points.to(self.pe.weight.dtype)))
         acc = None
         for j, i in enumerate(idx):
             g = detector_to_grid(rc[:, j], (pixels, pixels))[:, None].to(base.dtype)  # [B,1,N,2]
-            h = base + self.view_embedding[i]
-            for fmap in feats[j]:
-                h = h + F.grid_sample(fmap, g, mode="bilinear", padding_mode="zeros",
-                                      align_corners=False)[:, :, 0].transpose(1, 2)
-            h = self.view_mlp(torch.relu(h))
+            h = F.grid_sample(feats[j], g, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)[:, :, 0]  # [B, H, N]
+            h = h.add_(base).add_(self.view_embedding[i][:, None]).relu_()
+            for layer in self.view_mlp:
+                h = _linear(layer, h).relu_()
             acc = h if acc is None else acc + h
-        return self.fused_mlp(acc / len(idx))[..., 0]
+        h = acc if len(idx) == 1 else acc.div_(len(idx))
+        for layer in self.fused_mlp:
+            h = _linear(layer, h).relu_()
+        return self.activation(_linear(self.out, h))[:, 0]
 
     # -- public API -----------------------------------------------------------------------
     def query(self, views: torch.Tensor, points_lps: torch.Tensor,

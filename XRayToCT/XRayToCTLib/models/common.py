@@ -210,9 +210,11 @@ def project_points_torch(points: torch.Tensor, matrices: torch.Tensor) -> torch.
 
     ``points``: ``[..., N, 3]`` LPS mm; ``matrices``: ``[V, 3, 4]`` (from
     :func:`projection_matrices`). Returns ``[..., V, N, 2]`` (row, col), exactly what
-    :meth:`ProjectionGeometry.project` gives (the same pinhole formula), differentiable."""
-    m = matrices.to(device=points.device, dtype=points.dtype)
-    uvw = torch.einsum("vij,...nj->...vni", m[..., :3], points) + m[:, None, :, 3]
+    :meth:`ProjectionGeometry.project` gives (the same pinhole formula), differentiable;
+    computed in float32 at least."""
+    dt = torch.promote_types(points.dtype, torch.float32)  # fp16 would overflow (~1e5)
+    m = matrices.to(device=points.device, dtype=dt)
+    uvw = torch.einsum("vij,...nj->...vni", m[..., :3], points.to(dt)) + m[:, None, :, 3]
     w = uvw[..., 2:3]
     col_row = uvw[..., :2] / w
     return col_row.flip(-1)
@@ -277,6 +279,7 @@ class ViewLifter(torch.nn.Module):
                                      f"{g.view!r} (normal {g.normal}, vup {g.vup})")
         # a plain float64 attribute, not a buffer: module.half() must not round the geometry
         self.matrices = projection_matrices(self.geometries)
+        self._grids: dict[tuple, torch.Tensor] = {}  # sampling grids by (size, view, device)
 
     def sampling_grid(self, size: int, view: int | None = None,
                       device: torch.device | str = "cpu") -> torch.Tensor:
@@ -316,7 +319,11 @@ class ViewLifter(torch.nn.Module):
         if v != (len(self.geometries) if view is None else 1):
             raise ValueError(f"expected {len(self.geometries) if view is None else 1} "
                              f"view(s), got {v}")
-        grid = self.sampling_grid(size, view, maps.device).to(maps.dtype)
+        key = (int(size), view, str(maps.device))
+        grid = self._grids.get(key)
+        if grid is None:  # cached: 2 x 4 bytes per voxel and view (17 MB per view at 128^3)
+            grid = self._grids[key] = self.sampling_grid(size, view, maps.device)
+        grid = grid.to(maps.dtype)
         out = []
         for i in range(v):
             g = grid[i][None].expand(b, -1, -1, -1)

@@ -20,7 +20,9 @@ Instance norm and ReLU throughout; upsampling by transposed convolution (MONAI
 
 Two widths: the ``"seed"`` preset is the published network (growth 32, encoder blocks
 6-12-24-16-6, decoder channels 16-16-32-64-128-256: 61.7 M parameters with two views), for
-GPUs; the default ``"compact"`` preset (about 3.5 M) fits the 25 MB package limit and a CPU.
+GPUs; the default ``"compact"`` preset (growth 16, blocks 3-6-8-8-4, decoder channels
+4-16-32-48-64-64, 3x3x3 output convolution: 6.15 M parameters, a 24.6 MB fp32 package)
+fits the 25 MB package limit and a CPU. Any width key can be set on its own.
 The published code also gave each view branch its own full-resolution decoder and output
 head, whose outputs no loss used; they are left out (about 0.1 M parameters at the seed width).
 """
@@ -50,7 +52,7 @@ SEED_WIDTH = {
 COMPACT_WIDTH = {
     "stem_channels": 32, "growth_rate": 16, "bn_size": 4,
     "encoder_blocks": [3, 6, 8, 8, 4],
-    "decoder_channels": [8, 16, 32, 48, 64, 64],
+    "decoder_channels": [4, 16, 32, 48, 64, 64],
     "decoder_blocks": [1, 1, 1, 1, 1, 0],
     "fusion_blocks": [1, 1, 1, 1, 1, 0],
     "head_kernel": 3,
