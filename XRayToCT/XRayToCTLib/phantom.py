@@ -1153,7 +1153,7 @@ def _to_hu(a: _Anatomy, g: _Grid, lab: torch.Tensor, noise: float, bh: bool,
            bh_strength: float, torch_seed: int) -> np.ndarray:
     """Labels -> HU: per-tissue values, bone texture, correlated noise, partial-volume blur."""
     lut = torch.tensor([a.hu[k] for k in TISSUE_HU], dtype=torch.float32)
-    sig_vox = [max(0.6, 0.5 * float(s)) / float(s) for s in g.sp]
+    sig_vox = [max(0.8, 0.5 * float(s)) / float(s) for s in g.sp]  # scanner PSF, mm -> voxels
     taps = [_gauss_taps(s) for s in sig_vox]
     gain = float(np.prod([np.sqrt(np.sum(t * t)) for t in taps]))  # noise std after the blur
     tex = torch.zeros(len(TISSUE_HU), dtype=torch.float32)
