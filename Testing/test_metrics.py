@@ -286,3 +286,14 @@ def test_cuda_matches_cpu():
     for k in h:
         assert c[k].device.type == "cuda"
         assert float(c[k][0]) == pytest.approx(float(h[k][0]), rel=1e-9)
+
+
+def test_shared_3d_and_per_slice_path_equals_separate_functions():
+    gt = head((34, 30, 32))
+    pred = gt + np.random.default_rng(2).normal(0, 40, gt.shape)
+    both = M.compute_metrics(pred, gt, window="full", region="head", metrics=("ssim", "ssim_slices"))
+    p = M.to_window(torch.from_numpy(pred.astype(np.float32)), "full")  # as compute_metrics does
+    g = M.to_window(torch.from_numpy(gt.astype(np.float32)), "full")
+    m = M.head_mask(gt)
+    assert both["ssim"] == pytest.approx(float(M.ssim(p, g, mask=m)[0]), abs=1e-6)
+    assert both["ssim_slices"] == pytest.approx(float(M.ssim_slices(p, g, mask=m)[0]), abs=1e-6)

@@ -136,11 +136,11 @@ def _check_range(data_range: float) -> float:
 
 def _region_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean over all but the batch dim, or over the mask's voxels (NaN for an empty mask)."""
-    flat = values.flatten(1).double()
+    flat = values.flatten(1)
     if mask is None:
-        return flat.mean(dim=1)
-    m = mask.flatten(1).to(values.dtype)
-    return (flat * m).sum(dim=1) / m.sum(dim=1)
+        return flat.sum(dim=1, dtype=torch.float64) / flat.shape[1]
+    m = mask.flatten(1)
+    return (flat * m).sum(dim=1, dtype=torch.float64) / m.sum(dim=1, dtype=torch.float64)
 
 
 # ----------------------------------------------------------------------------------------
@@ -173,6 +173,35 @@ def _filter_valid(t: torch.Tensor, w: torch.Tensor, dims: Iterable[int]) -> torc
     return t
 
 
+_TOEPLITZ: dict[tuple, torch.Tensor] = {}
+
+
+def _toeplitz(n: int, w: torch.Tensor) -> torch.Tensor:
+    """``[n, n - len(w) + 1]`` matrix ``T`` with ``x @ T`` = the valid correlation of the rows
+    of ``x`` with ``w`` (cached per size, kernel, dtype and device)."""
+    key = (n, tuple(float(v) for v in w), w.dtype, str(w.device))
+    if key not in _TOEPLITZ:
+        k = w.numel()
+        t = torch.zeros(n, n - k + 1, dtype=w.dtype, device=w.device)
+        for j in range(n - k + 1):
+            t[j:j + k, j] = w
+        if len(_TOEPLITZ) > 64:
+            _TOEPLITZ.clear()
+        _TOEPLITZ[key] = t
+    return _TOEPLITZ[key]
+
+
+def _filter_valid_mm(t: torch.Tensor, w: torch.Tensor, d: int) -> torch.Tensor:
+    """:func:`_filter_valid` along one dim as a banded matrix product (BLAS: on a CPU about
+    twice as fast as the shifted sums when the data is in cache)."""
+    tm = _toeplitz(t.shape[d], w)
+    if d == t.dim() - 1:
+        return t @ tm
+    if d == t.dim() - 2:
+        return tm.t() @ t
+    return (t.movedim(d, -1) @ tm).movedim(-1, d)
+
+
 def _crop(t: torch.Tensor, pad: int, dims: Iterable[int]) -> torch.Tensor:
     for d in dims:
         t = t.narrow(d, pad, t.shape[d] - 2 * pad)
@@ -203,14 +232,14 @@ def _ssim_map_dims(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, c1: float,
     """SSIM map of ``a``, ``b`` ``[B, 1, *spatial]`` with the window filtered (valid) along
     the spatial ``filt_dims`` only, so those dims are cropped by the window radius.
 
-    Computed in slabs along one dim (the first unfiltered spatial dim, else the first one,
-    with a halo of ``len(w) - 1``) so that the five moment maps of a slab stay in the CPU's
-    cache: about twice as fast as filtering whole volumes, identical results."""
+    Computed in slabs along the first spatial dim (with a halo of ``len(w) - 1`` when that
+    dim is filtered: it is filtered first, by shifted sums, the others by banded matrix
+    products) so that the five moment maps of a slab stay in the CPU's cache: several times
+    faster than filtering whole volumes, same results."""
     taps = w.numel()
     spatial = list(range(2, a.dim()))
-    free = [d for d in spatial if d not in filt_dims]
-    cd = free[0] if free else filt_dims[0]
-    halo = 0 if free else taps - 1
+    cd = spatial[0]  # contiguous slabs along the slowest dim
+    halo = taps - 1 if cd in filt_dims else 0
     n_out = a.shape[cd] - halo
     a, b = a.to(SSIM_DTYPE), b.to(SSIM_DTYPE)
     w = w.to(device=a.device, dtype=SSIM_DTYPE)
@@ -220,7 +249,12 @@ def _ssim_map_dims(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, c1: float,
     for s in range(0, n_out, slab):
         m = min(slab, n_out - s)
         pa, pb = a.narrow(cd, s, m + halo), b.narrow(cd, s, m + halo)
-        mom = _filter_valid(_moments(pa, pb), w, [d + 1 for d in filt_dims])
+        mom = _moments(pa, pb)
+        if halo:  # the slab dim first (shifted sums: it shrinks the slab), then BLAS
+            mom = _filter_valid(mom, w, [cd + 1])
+        for d in filt_dims:
+            if not (halo and d == cd):
+                mom = _filter_valid_mm(mom, w, d + 1)
         maps.append(_ssim_from_moments(mom, c1, c2))
     return torch.cat(maps, dim=cd) if len(maps) > 1 else maps[0]
 
@@ -263,15 +297,45 @@ def ssim(x: ArrayLike, y: ArrayLike, *, data_range: float = 1.0, sigma: float = 
     return _region_mean(s, None if m is None else _crop(m, pad, range(2, m.dim())))
 
 
+def _ssim_3d_and_axial(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, c1: float, c2: float,
+                       slab: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3D SSIM map and the 2D SSIM maps of the slices along dim 2 of ``[B, 1, D, H, W]``,
+    sharing the in-plane filtering (the 3D map filters the in-plane moments along D)."""
+    taps = w.numel()
+    a, b = a.to(SSIM_DTYPE), b.to(SSIM_DTYPE)
+    w = w.to(device=a.device, dtype=SSIM_DTYPE)
+    depth = a.shape[2]
+    if a.device.type != "cpu":
+        slab = depth
+    inplane, maps2d = [], []
+    for s in range(0, depth, slab):
+        m = min(slab, depth - s)
+        mom = _moments(a.narrow(2, s, m), b.narrow(2, s, m))
+        mom = _filter_valid_mm(_filter_valid_mm(mom, w, 5), w, 4)
+        inplane.append(mom)
+        maps2d.append(_ssim_from_moments(mom, c1, c2))
+    f_hw = torch.cat(inplane, dim=3)
+    del inplane
+    maps3d = []
+    n_out = depth - taps + 1
+    for s in range(0, n_out, slab):
+        m = min(slab, n_out - s)
+        maps3d.append(_ssim_from_moments(_filter_valid(f_hw.narrow(3, s, m + taps - 1), w, [3]),
+                                         c1, c2))
+    return torch.cat(maps3d, dim=2), torch.cat(maps2d, dim=2)
+
+
 def _ssim_slices_from(a: torch.Tensor, b: torch.Tensor, masks: Mapping[str, torch.Tensor | None],
-                      w: torch.Tensor, c1: float, c2: float) -> dict[str, torch.Tensor]:
-    """Per-slice SSIM for each region: ``{region: Tensor[B]}`` (the 2D maps are shared)."""
+                      w: torch.Tensor, c1: float, c2: float,
+                      axial: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-slice SSIM for each region: ``{region: Tensor[B]}`` (the 2D maps are shared;
+    ``axial``: the maps of the slices along dim 2 when already computed)."""
     pad = (w.numel() - 1) // 2
     per_axis: dict[str, list[torch.Tensor]] = {r: [] for r in masks}
     for axis in (2, 3, 4):
         inplane = [d for d in (2, 3, 4) if d != axis]
         _check_window(a.shape, w.numel(), inplane)
-        s = _ssim_map_dims(a, b, w, c1, c2, inplane)
+        s = axial if (axis == 2 and axial is not None) else _ssim_map_dims(a, b, w, c1, c2, inplane)
         for region, m in masks.items():
             per_axis[region].append(_region_mean(s, None if m is None else _crop(m, pad, inplane)))
     return {r: torch.stack(v).mean(0).double() for r, v in per_axis.items()}
@@ -319,12 +383,13 @@ def psnr(x: ArrayLike, y: ArrayLike, *, data_range: float,
 
 
 def _cosine_values(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
-    fa, fb = a.flatten(1).double(), b.flatten(1).double()
+    fa, fb = a.flatten(1), b.flatten(1)
     if m is not None:
-        mf = m.flatten(1).to(a.dtype)
+        mf = m.flatten(1)
         fa, fb = fa * mf, fb * mf
-    dot = (fa * fb).sum(1)
-    na, nb = fa.norm(dim=1), fb.norm(dim=1)
+    dot = (fa * fb).sum(1, dtype=torch.float64)  # float64 accumulation
+    na = (fa * fa).sum(1, dtype=torch.float64).sqrt()
+    nb = (fb * fb).sum(1, dtype=torch.float64).sqrt()
     out = dot / (na * nb)
     both_zero = (na == 0) & (nb == 0)
     one_zero = (na == 0) ^ (nb == 0)
@@ -699,16 +764,20 @@ def _window_metrics(pred: torch.Tensor, gt: torch.Tensor, window: str | Sequence
     pad = (w.numel() - 1) // 2
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     spatial = list(range(2, x.dim()))
+    axial = None
     if "ssim" in metrics:
         _check_window(x.shape, w.numel(), spatial)
-        smap = _ssim_map_dims(x, y, w, c1, c2, spatial)
+        if "ssim_slices" in metrics and x.dim() == 5:
+            smap, axial = _ssim_3d_and_axial(x, y, w, c1, c2)
+        else:
+            smap = _ssim_map_dims(x, y, w, c1, c2, spatial)
         for region, m in masks.items():
             out["ssim", region] = _region_mean(smap, None if m is None else _crop(m, pad, spatial)).double()
         del smap
     if "ssim_slices" in metrics:
         if x.dim() != 5:
             raise ValueError("ssim_slices needs 3D volumes")
-        for region, v in _ssim_slices_from(x, y, masks, w, c1, c2).items():
+        for region, v in _ssim_slices_from(x, y, masks, w, c1, c2, axial).items():
             out["ssim_slices", region] = v
     diff = x - y
     for region, m in masks.items():
