@@ -74,7 +74,9 @@ def test_case_ids_and_finding_volumes(data, tmp_path):
     assert E.case_id("d/cases/c7/ct.nii.gz") == "c7"
     assert sorted(E.find_volumes(data["ds"])) == [f"c{s}" for s in range(N)]
     assert sorted(E.find_volumes(data["good"])) == [f"c{s}" for s in range(N)]
+    (tmp_path / "b_ap_reprojection.nrrd").write_bytes(b"")  # reconstruct's sidecar: skipped
     (tmp_path / "a.nii.gz").write_bytes(b"")
+    assert list(E.find_volumes(tmp_path)) == ["a"]
     (tmp_path / "a.nrrd").write_bytes(b"")
     with pytest.raises(InputError, match="two volumes"):
         E.find_volumes(tmp_path)

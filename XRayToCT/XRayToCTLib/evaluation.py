@@ -30,6 +30,7 @@ import io as _pyio
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -56,6 +57,9 @@ AIR_HU = -1000.0
 # ----------------------------------------------------------------------------------------
 # finding and pairing files
 # ----------------------------------------------------------------------------------------
+_SIDECAR = re.compile(r".+_(ap|pa|lateral|lateral_left)_(drr|input|reprojection)")
+
+
 def case_id(path: str | os.PathLike) -> str:
     """A file's case id: its name without a volume extension (``a/b/c01.nii.gz`` -> ``c01``);
     for the dataset layout ``cases/<id>/ct.nii.gz``, ``<id>``."""
@@ -72,7 +76,9 @@ def case_id(path: str | os.PathLike) -> str:
 
 def find_volumes(folder: str | os.PathLike) -> dict[str, Path]:
     """``{case id: file}`` of the volumes in ``folder`` (top level), or of
-    ``folder/cases/<id>/ct.*`` for a dataset folder. Two files with one id is an error."""
+    ``folder/cases/<id>/ct.*`` for a dataset folder. Two files with one id is an error; the
+    2D images ``xraytoct reconstruct`` writes beside an sCT (``<id>_<view>_drr|input|
+    reprojection.nrrd``) are not cases."""
     root = Path(folder)
     if not root.is_dir():
         raise InputError(root, "not a folder")
@@ -85,6 +91,8 @@ def find_volumes(folder: str | os.PathLike) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for p in files:
         cid = case_id(p)
+        if _SIDECAR.fullmatch(cid):  # the 2D images `xraytoct reconstruct` writes beside an sCT
+            continue
         if cid in out:
             raise InputError(root, f"two volumes for case {cid!r}: {out[cid].name} and {p.name}")
         out[cid] = p
@@ -163,8 +171,9 @@ def _split_ids(manifest: Mapping[str, Any], split: str) -> list[str]:
     if isinstance(cases, list):
         ids = [str(c.get("id", c.get("case"))) for c in cases
                if isinstance(c, Mapping) and c.get("split") == split]
-    elif isinstance(cases, Mapping):
-        ids = [str(k) for k, c in cases.items() if isinstance(c, Mapping) and c.get("split") == split]
+    elif isinstance(cases, Mapping):  # data.py's manifest: id -> {"split", "status", ...}
+        ids = [str(k) for k, c in cases.items() if isinstance(c, Mapping) and c.get("split") == split
+               and c.get("status", "complete") == "complete"]
     if not ids and isinstance(manifest.get("splits"), Mapping):
         ids = [str(i) for i in manifest["splits"].get(split, [])]
     return ids
@@ -396,7 +405,7 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
                 else:
                     from .io import read_volume
                     arr, cov = align(read_volume(src), gt_vol, name=src)
-                p = torch.from_numpy(np.asarray(arr)).to(torch.float64)[None, None]
+                p = torch.from_numpy(np.asarray(arr)).to(torch.float32)[None, None]
                 bad = int((~torch.isfinite(p)).sum())
                 if bad:
                     raise InputError(src if isinstance(src, Path) else None,
@@ -454,11 +463,19 @@ def _atomic_text(path: Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        _readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _readable(path: str | os.PathLike) -> None:
+    """Give a mkstemp file (0600) the permissions of a normally created file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _json_safe(obj: Any) -> Any:

@@ -175,7 +175,7 @@ def comparison_png(gt: Volume, preds: dict, window: tuple[float, float], *, poin
                                                 else "HU", fontsize=8)
     if title:
         fig.text(0.5, 1 - 0.15 / fig.get_figheight(), title, ha="center", va="top", fontsize=10)
-    fig.subplots_adjust(left=0.02, right=0.9, bottom=0.01, top=1 - 0.45 / fig.get_figheight(),
+    fig.subplots_adjust(left=0.02, right=0.9, bottom=0.01, top=1 - 0.7 / fig.get_figheight(),
                         hspace=0.12, wspace=0.04)
     return _png_bytes(fig, dpi=80)
 
@@ -310,6 +310,9 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(html_text)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
