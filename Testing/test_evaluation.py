@@ -178,3 +178,18 @@ def test_cli_evaluate_bad_input_is_one_line(data, tmp_path, capsys):
                "--out", str(tmp_path / "o"), "--metric", "nonsense"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "unknown metrics" in err.splitlines()[-1]
+
+
+def test_cli_evaluate_split_keeps_only_that_split(data, tmp_path):
+    out = tmp_path / "split"
+    rc = main(["evaluate", "--pred", str(data["good"]), "--gt", str(data["ds"]), "--out", str(out),
+               "--split", "test", "--baseline", "template", "--metric", "ssim", "--window", "full"])
+    assert rc == 0
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["case"] for r in rows} == {"c2", "c3"}
+    assert {r["model"] for r in rows} == {"good", "template"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failures"] == [] and summary["settings"]["split"] == "test"
+    assert main(["evaluate", "--pred", str(data["good"]), "--gt", str(data["ds"]), "--out",
+                 str(out), "--split", "nope"]) == 2

@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "cases/<id>/): training targets, DRRs (default: --gt if it is one)")
     p.add_argument("--metric", action="append", metavar="NAME",
                    help="metric(s) (default: ssim ssim_slices psnr mse mae_hu cosine)")
+    p.add_argument("--split", metavar="NAME", help="only the dataset's cases of this split "
+                   "(e.g. test: the template baseline is built from the train split)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="the main job on an embedded default (a phantom head)",
@@ -570,7 +572,7 @@ def _cmd_evaluate(args) -> int:
     regions = [("whole" if m == "none" else m) for m in (args.mask or ["head", "none"])]
     kw = dict(names=args.name, windows=tuple(dict.fromkeys(args.window or ["brain", "full"])),
               regions=tuple(dict.fromkeys(regions)), baselines=tuple(dict.fromkeys(args.baseline or [])),
-              template=args.template, dataset=args.dataset)
+              template=args.template, dataset=args.dataset, split=args.split)
     if args.metric:
         kw["metrics"] = tuple(dict.fromkeys(args.metric))
     cb, close = _tqdm_progress("evaluate")

@@ -331,7 +331,7 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
              windows: Sequence[str] = ("brain", "full"), regions: Sequence[str] = ("head", "whole"),
              metrics: Sequence[str] = ("ssim", "ssim_slices", "psnr", "mse", "mae_hu", "cosine"),
              baselines: Sequence[str] = (), template: str | os.PathLike | Volume | None = None,
-             dataset: str | os.PathLike | None = None,
+             dataset: str | os.PathLike | None = None, split: str | None = None,
              progress: ProgressCallback | None = None) -> EvaluationResult:
     """Evaluate every prediction folder against the ground-truth folder (see module doc).
 
@@ -346,6 +346,9 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
         dataset: dataset folder (``manifest.json``, ``cases/<id>/``): training targets for the
             template, DRRs for the back-projection and the triptychs' input views; defaults to
             ``gt`` when that is a dataset.
+        split: only the ground-truth cases of this split of ``dataset``'s manifest (e.g.
+            ``"test"``: the template baseline is the mean of the training split, so judge it
+            on other cases); ``None``: every case.
         progress: callback ``(fraction, message)``; returning False cancels.
     """
     for b in baselines:
@@ -359,13 +362,20 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
     if dataset is not None:
         _manifest(Path(dataset))
     model_names = _model_names(preds, names)
-    gt_files = find_volumes(gt)
+    gt_files = all_gt = find_volumes(gt)
     if dataset is None and (Path(gt) / "manifest.json").is_file():
         dataset = gt
+    if split is not None:
+        if dataset is None:
+            raise InputError(None, "--split needs a dataset (--gt or --dataset with manifest.json)")
+        keep = set(_split_ids(_manifest(Path(dataset)), split))
+        gt_files = {c: f for c, f in gt_files.items() if c in keep}
+        if not gt_files:
+            raise InputError(Path(gt), f"no ground-truth case of split {split!r}")
     pred_files = {n: find_volumes(p) for n, p in zip(model_names, preds)}
     failures: list[dict[str, str]] = []
     for n, files in pred_files.items():
-        for cid in sorted(set(files) - set(gt_files)):
+        for cid in sorted(set(files) - set(all_gt)):  # other splits' cases are not failures
             failures.append({"case": cid, "model": n, "reason": "no ground truth with this case id"})
     tmpl: Volume | None = None
     if "template" in baselines:
@@ -424,7 +434,7 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
                 failures.append({"case": cid, "model": name, "reason": _reason(err)})
     report(progress, 1.0, "done")
     settings = {"windows": list(windows), "regions": list(regions), "metrics": list(metrics),
-                "baselines": list(baselines), "gt": str(Path(gt).resolve()),
+                "baselines": list(baselines), "gt": str(Path(gt).resolve()), "split": split,
                 "preds": {n: str(Path(p).resolve()) for n, p in zip(model_names, preds)},
                 "dataset": None if dataset is None else str(Path(dataset).resolve()),
                 "template": (str(Path(template).resolve()) if isinstance(template, (str, os.PathLike))
