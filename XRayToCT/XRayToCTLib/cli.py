@@ -133,41 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head translation in mm (instead of a random pose)")
     p.set_defaults(func=_cmd_phantom)
 
-    p = sub.add_parser("prepare", help="build the cached dataset of CT/DRR cases",
-                       description="Build a dataset of cases in DIR: each case is a head CT "
-                       "preprocessed with the seed-001 protocol onto the canonical grid (SIZE^3 "
-                       "over 256 mm, centred on the LPS origin; HU clipped to +-1000) with its AP "
-                       "and lateral DRRs (rendered from the 1 mm volume at one fixed geometry) and "
-                       "the transform back to its source CT. Sources: a folder of CTs (--ct-dir), "
-                       "generated phantoms (--phantoms), or both; --augment adds augmented copies "
-                       "of each CT. Splits (train/val/test) are fixed by case id. Safe against a "
-                       "killed run: rerunning skips complete cases and rebuilds half-written ones "
-                       "(`xraytoct prepare --out DIR` alone resumes with DIR's settings).")
-    p.add_argument("--out", required=True, metavar="DIR", help="dataset folder")
-    p.add_argument("--ct-dir", metavar="DIR", help="folder of head CTs in HU (NIfTI, NRRD, "
-                   "MetaImage files, DICOM series folders)")
-    p.add_argument("--phantoms", type=int, default=0, metavar="N",
-                   help="number of generated phantom heads (default 0)")
-    p.add_argument("--size", type=int, default=128, help="target voxels per side (default 128)")
-    p.add_argument("--pixels", type=int, help="DRR pixels per side (default: --size)")
-    p.add_argument("--window", default="brain", choices=["brain", "full", "bone", "soft_tissue"],
-                   help="the training window the dataset is meant for, recorded in the manifest "
-                   "(targets are stored in HU; default brain)")
-    p.add_argument("--template", help="template CT to register CTs to (default: "
-                   "$XRAYTOCT_TEMPLATE, else the Rorden template in ../shared/data)")
-    p.add_argument("--no-register", action="store_true",
-                   help="do not register CTs: centre each on its head in patient space")
-    p.add_argument("--augment", type=int, default=0, metavar="N",
-                   help="augmented copies per CT (elastic, pose, intensity, noise; default 0)")
-    p.add_argument("--findings", default="random", metavar="random|none|a,b",
-                   help="phantom findings: random (default), none, or a comma-separated list")
-    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    p.add_argument("--drr-spacing", type=float, default=1.0, metavar="MM",
-                   help="voxel size of the volume DRRs are rendered from (default 1, the seed "
-                   "protocol; coarser, e.g. 4, only for quick trials)")
-    p.set_defaults(func=_cmd_prepare)
-
     p = sub.add_parser("reconstruct", help="synthetic CT (sCT) from radiographs or a CT's DRRs",
                        description="Reconstruct a SYNTHETIC CT (sCT, not for diagnosis) with a "
                        "model (a catalog name, see 'xraytoct models', or a .safetensors file). "
@@ -246,6 +211,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true",
                    help="store the weights in half precision (half the file size)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("prepare", help="build the cached dataset of CT/DRR cases",
+                       description="Build a dataset of cases in DIR: each case is a head CT "
+                       "preprocessed with the seed-001 protocol onto the canonical grid (SIZE^3 "
+                       "over 256 mm, centred on the LPS origin; HU clipped to +-1000) with its AP "
+                       "and lateral DRRs (rendered from the 1 mm volume at one fixed geometry) and "
+                       "the transform back to its source CT. Sources: a folder of CTs (--ct-dir), "
+                       "generated phantoms (--phantoms), or both; --augment adds augmented copies "
+                       "of each CT. Splits (train/val/test) are fixed by case id. Safe against a "
+                       "killed run: rerunning skips complete cases and rebuilds half-written ones "
+                       "(`xraytoct prepare --out DIR` alone resumes with DIR's settings).")
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset folder")
+    p.add_argument("--ct-dir", metavar="DIR", help="folder of head CTs in HU (NIfTI, NRRD, "
+                   "MetaImage files, DICOM series folders)")
+    p.add_argument("--phantoms", type=int, default=0, metavar="N",
+                   help="number of generated phantom heads (default 0)")
+    p.add_argument("--size", type=int, default=128, help="target voxels per side (default 128)")
+    p.add_argument("--pixels", type=int, help="DRR pixels per side (default: --size)")
+    p.add_argument("--window", default="brain", choices=["brain", "full", "bone", "soft_tissue"],
+                   help="the training window the dataset is meant for, recorded in the manifest "
+                   "(targets are stored in HU; default brain)")
+    p.add_argument("--template", help="template CT to register CTs to (default: "
+                   "$XRAYTOCT_TEMPLATE, else the Rorden template in ../shared/data)")
+    p.add_argument("--no-register", action="store_true",
+                   help="do not register CTs: centre each on its head in patient space")
+    p.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="augmented copies per CT (elastic, pose, intensity, noise; default 0)")
+    p.add_argument("--findings", default="random", metavar="random|none|a,b",
+                   help="phantom findings: random (default), none, or a comma-separated list")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    p.add_argument("--drr-spacing", type=float, default=1.0, metavar="MM",
+                   help="voxel size of the volume DRRs are rendered from (default 1, the seed "
+                   "protocol; coarser, e.g. 4, only for quick trials)")
+    p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("evaluate", help="evaluate sCT predictions against ground-truth CTs",
                        description="Pair prediction and ground-truth volumes by case id (file "
@@ -449,23 +449,6 @@ def _cmd_phantom(args) -> int:
     return 0
 
 
-def _cmd_prepare(args) -> int:
-    from .data import load_manifest, prepare_dataset
-    cb, close = _tqdm_progress("prepare")
-    try:
-        manifest = prepare_dataset(
-            args.out, ct_dir=args.ct_dir, phantoms=args.phantoms, size=args.size,
-            pixels=args.pixels, window=args.window, template=args.template,
-            register=not args.no_register, augment=args.augment, findings=args.findings,
-            workers=args.workers, seed=args.seed, drr_spacing=args.drr_spacing, progress=cb)
-    finally:
-        close()
-    m = load_manifest(manifest)
-    counts = ", ".join(f"{len(m['split'][s])} {s}" for s in ("train", "val", "test"))
-    print(f"{m['complete']} of {m['planned']} cases complete ({counts}) in {manifest}")
-    return 0
-
-
 def _cmd_reconstruct(args) -> int:
     from .inference import Reconstructor, check_output_path, write_result
     from .io import read_radiograph
@@ -564,6 +547,23 @@ def _cmd_export(args) -> int:
     out = export_run(args.run_dir, args.out, checkpoint=args.checkpoint, title=args.title,
                      fp16=args.fp16)
     print(f"wrote {out}")
+    return 0
+
+
+def _cmd_prepare(args) -> int:
+    from .data import load_manifest, prepare_dataset
+    cb, close = _tqdm_progress("prepare")
+    try:
+        manifest = prepare_dataset(
+            args.out, ct_dir=args.ct_dir, phantoms=args.phantoms, size=args.size,
+            pixels=args.pixels, window=args.window, template=args.template,
+            register=not args.no_register, augment=args.augment, findings=args.findings,
+            workers=args.workers, seed=args.seed, drr_spacing=args.drr_spacing, progress=cb)
+    finally:
+        close()
+    m = load_manifest(manifest)
+    counts = ", ".join(f"{len(m['split'][s])} {s}" for s in ("train", "val", "test"))
+    print(f"{m['complete']} of {m['planned']} cases complete ({counts}) in {manifest}")
     return 0
 
 
