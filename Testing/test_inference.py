@@ -3,7 +3,6 @@ projection-consistency score and its JSON, device fallback, and the CLI's one-li
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np

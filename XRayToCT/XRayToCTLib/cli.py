@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Callable, Sequence
@@ -315,16 +314,8 @@ def _read_ct(args, path: str):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .io import write_json
+    write_json(path, data)
 
 
 def _out_dir(path: str) -> Path:

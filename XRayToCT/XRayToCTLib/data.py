@@ -55,13 +55,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime
 import hashlib
-import inspect
 import json
 import multiprocessing
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -273,21 +271,12 @@ def _shifted(reg, offset: np.ndarray):
 
 def _make_phantom(seed: int, findings: str | list[str], spacing: float) -> tuple[Volume, Any]:
     """A phantom covering the field of view plus a margin, and its pose registration
-    (canonical -> phantom points; identity for a generator without a pose)."""
+    (canonical -> phantom points)."""
     from . import phantom as ph
-    from .preprocess import RigidRegistration
     n = int(round((FIELD_OF_VIEW_MM + 2 * PHANTOM_MARGIN_MM) / spacing))
-    accepted = inspect.signature(ph.head_phantom).parameters
-    kw: dict[str, Any] = {}
-    if "findings" in accepted:
-        kw["findings"] = None if findings == "none" else findings
-    if "pose" in accepted:
-        kw["pose"] = True
-    vol = ph.head_phantom(n, spacing, seed, **kw)
-    if hasattr(ph, "pose_registration"):
-        reg = ph.pose_registration(vol)
-    else:
-        reg = RigidRegistration((0.0,) * 6, (0.0, 0.0, 0.0), info={"pose": "none"})
+    vol = ph.head_phantom(n, spacing, seed, findings=None if findings == "none" else findings,
+                          pose=True)
+    reg = ph.pose_registration(vol)
     return vol, reg
 
 
@@ -444,16 +433,8 @@ def _complete_record(case_dir: Path, key: str) -> dict[str, Any] | None:
 # the dataset
 # ----------------------------------------------------------------------------------------
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(manifest, fh, indent=1, default=_json_default)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .io import write_text
+    write_text(path, json.dumps(manifest, indent=1, default=_json_default))
 
 
 def _resolve_settings(existing: dict | None, given: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from .progress import ProgressCallback, report, scaled
 
@@ -13,7 +12,7 @@ def run_demo(out: Path, *, seed: int = 0, size: int = 256, device: str = "auto",
              progress: ProgressCallback | None = None) -> list[Path]:
     from . import preprocess as pp
     from .drr import render_biplanar
-    from .io import write_radiograph, write_volume
+    from .io import write_volume
     from .phantom import head_phantom
     from .report import save_png, to_uint8, triptych
 

@@ -20,9 +20,7 @@ to the volume, batched over volumes, and runs on CPU or CUDA.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import subprocess
 import tempfile
@@ -33,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError, XRayToCTError
+from .errors import XRayToCTError
 from .geometry import ProjectionGeometry, Radiograph, Volume, default_biplanar
 
 MU_WATER_PER_MM = 0.022

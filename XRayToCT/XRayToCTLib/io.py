@@ -266,6 +266,39 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *,
+                 binary: bool = False) -> Path:
+    """Write one file atomically: ``write(fh)`` fills a temporary file in the same folder
+    (text, or bytes with ``binary``), which is flushed, synced, given the permissions of a
+    normally created file and renamed onto ``path``. A failure leaves no partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda fh: fh.write(text))
+
+
+def write_json(path: str | os.PathLike, data: Any, *, indent: int = 2) -> Path:
+    """Write JSON atomically (values JSON cannot hold are written with ``str``)."""
+    return write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
+
+
 # --------------------------------------------------------------------------------------
 # DICOM: detection and series scanning
 # --------------------------------------------------------------------------------------

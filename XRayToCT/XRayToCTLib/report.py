@@ -7,7 +7,6 @@ radiographs as stored (row 0 = top, see :mod:`XRayToCTLib.geometry`).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +24,9 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an 8-bit grey image atomically."""
     from PIL import Image
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .io import atomic_write
+    return atomic_write(path, lambda fh: Image.fromarray(np.ascontiguousarray(image)).save(
+        fh, format="PNG"), binary=True)
 
 
 def orthogonal_slices(volume: Volume, point=None) -> dict[str, np.ndarray]:
@@ -305,16 +297,5 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
     parts.append("<h3>Baselines</h3><pre>" + _esc(summary.get("baseline_definitions", "")) + "</pre>")
     parts.append("</body></html>")
     html_text = "\n".join(parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html_text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .io import write_text
+    return write_text(path, html_text)

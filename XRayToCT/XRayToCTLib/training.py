@@ -59,7 +59,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -275,18 +274,9 @@ def _choice(name: str, value: Any, options) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``path`` atomically in binary mode (:func:`~XRayToCTLib.io.atomic_write`)."""
+    from .io import atomic_write
+    atomic_write(path, write, binary=True)
 
 
 def soft_hu_to_mu(hu: torch.Tensor, gate_hu: float = 10.0) -> torch.Tensor:

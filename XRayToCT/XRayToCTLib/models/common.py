@@ -315,7 +315,6 @@ class ViewLifter(torch.nn.Module):
 
     def forward(self, maps: torch.Tensor, size: int, view: int | None = None) -> torch.Tensor:
         b, v, c, h, w = maps.shape
-        first = 0 if view is None else int(view)
         if v != (len(self.geometries) if view is None else 1):
             raise ValueError(f"expected {len(self.geometries) if view is None else 1} "
                              f"view(s), got {v}")
