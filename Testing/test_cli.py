@@ -146,14 +146,22 @@ def test_tilted_series_drr(tmp_path, capsys):
 
 
 def test_demo_end_to_end_small(tmp_path, capsys):
+    """README command 1 on a small phantom: DRRs -> bundled model -> sCT on the CT's grid ->
+    metrics -> report."""
     code, out, err = run(["demo", "--out", tmp_path / "demo", "--size", 64, "--device", "cpu"],
                          capsys)
     assert code == 0, err
     d = tmp_path / "demo"
-    for name in ("phantom_ct.nii.gz", "ct_256_1mm.nii.gz", "target_128.nii.gz", "ap.nrrd",
-                 "lateral.nrrd", "geometry.json", "drr_ap.png", "ct_brain_window.png"):
+    for name in ("ct/phantom_seed0.nii.gz", "sct/phantom_seed0.nii.gz", "sct/phantom_seed0.json",
+                 "sct/phantom_seed0_ap_drr.nrrd", "report/report.html", "report/metrics.csv",
+                 "drr_ap.png", "sct_brain_window.png", "README.txt"):
         assert (d / name).is_file(), name
-    assert read_volume(d / "target_128.nii.gz").size == (128, 128, 128)
+    assert f"report: {(d / 'report' / 'report.html').resolve()}" in out
+    ct, sct = read_volume(d / "ct/phantom_seed0.nii.gz"), read_volume(d / "sct/phantom_seed0.nii.gz")
+    assert sct.size == ct.size == (64, 64, 64)
+    assert np.allclose(sct.origin, ct.origin) and np.allclose(sct.spacing, ct.spacing)
+    rows = (d / "report/metrics.csv").read_text().splitlines()
+    assert rows[0] == "case,model,metric,window,region,value" and len(rows) > 10
 
 
 def test_console_script_and_training_script_share_the_parser(small_ct, tmp_path):

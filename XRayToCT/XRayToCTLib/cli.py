@@ -280,12 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="the main job on an embedded default (a phantom head)",
-                       description="Generate a phantom head CT, preprocess it, render its AP and "
-                       "lateral DRRs, and write files you can open (NIfTI, NRRD, PNG previews).")
+                       description="The whole chain on a generated phantom head (nothing is a "
+                       "patient): phantom CT -> AP and lateral DRRs -> synthetic CT (sCT) from the "
+                       "bundled model, put back on the CT's grid -> metrics against the CT -> "
+                       "OUT/report/report.html. Prints where the report is.")
     p.add_argument("--out", default="xraytoct-demo", help="output folder (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="phantom seed (default 0)")
-    p.add_argument("--size", type=int, default=256, help="phantom voxels per side at 1 mm "
-                   "(default 256, the seed protocol)")
+    p.add_argument("--size", type=int, default=256, help="phantom voxels per side over 256 mm "
+                   "(default 256: 1 mm, the seed protocol)")
+    p.add_argument("--model", help="catalog name or .safetensors file (default: the first "
+                   "bundled model, see `xraytoct models`)")
     _add_device(p)
     p.set_defaults(func=_cmd_demo)
     return parser
@@ -586,13 +590,13 @@ def _cmd_demo(args) -> int:
     from .demo import run_demo
     cb, close = _tqdm_progress("demo")
     try:
-        files = run_demo(Path(args.out), seed=args.seed, size=args.size, device=args.device,
-                         progress=cb)
+        paths = run_demo(Path(args.out), seed=args.seed, size=args.size, device=args.device,
+                         model=args.model, progress=cb)
     finally:
         close()
-    print(f"demo written to {Path(args.out).resolve()}:")
-    for f in files:
-        print(f"  {f.name}")
+    print(f"demo written to {Path(args.out).resolve()} (see README.txt there)")
+    print(f"sCT (synthetic): {paths['sct']}")
+    print(f"report: {Path(paths['report']).resolve()}")
     return 0
 
 

@@ -1,58 +1,84 @@
-"""The main job on an embedded default: a phantom head CT -> seed-001 preprocessing ->
-AP and lateral DRRs -> files to open (NIfTI, NRRD, JSON, PNG previews)."""
+"""The main job on an embedded default, end to end: a generated phantom head CT -> its AP and
+lateral DRRs (the model's geometry) -> a synthetic CT from the bundled model -> the sCT back on
+the CT's grid -> metrics against the CT -> an HTML report.
+
+Nothing here is a patient: the head is generated (:mod:`~XRayToCTLib.phantom`), and the
+reconstruction is a synthetic CT, labelled so in every file.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-
+from .errors import XRayToCTError
 from .progress import ProgressCallback, report, scaled
+
+README = """XRayToCT demo: a generated phantom head (nothing here is a patient)
+
+ct/{case}.nii.gz          the generated head CT (ground truth), HU, LPS geometry
+sct/{case}.nii.gz         the SYNTHETIC CT (sCT, not for diagnosis) reconstructed by the model
+                          "{model}" from the CT's AP and lateral DRRs, on the CT's own grid
+sct/{case}.json           the run: model, device, time, projection-consistency score (the sCT's
+                          DRRs against the input views: SSIM, PSNR), geometry
+sct/{case}_<view>_drr.nrrd           the DRRs the model saw (row 0 = superior; AP: patient's
+                                     left on the right; lateral: face on the right)
+sct/{case}_<view>_reprojection.nrrd  the sCT's DRRs at the same geometry
+report/report.html        metrics (brain window L40/W40 and full range; head and whole volume),
+                          statistics and axial/sagittal/coronal comparison figures
+report/metrics.csv, report/summary.json   the same numbers, machine-readable
+ct_brain_window.png, sct_brain_window.png, drr_ap.png, drr_lateral.png   quick previews
+"""
+
+
+def default_model() -> str:
+    """The first model of the bundled catalog (the catalog lists the biplanar X2CT-GAN first)."""
+    from .models import catalog
+    entries = catalog()
+    if not entries:
+        raise XRayToCTError("no bundled model: XRayToCT/Resources/Models/models.json is empty "
+                            "(pass --model FILE.safetensors)")
+    return str(entries[0]["name"])
 
 
 def run_demo(out: Path, *, seed: int = 0, size: int = 256, device: str = "auto",
-             progress: ProgressCallback | None = None) -> list[Path]:
-    from . import preprocess as pp
-    from .drr import render_biplanar
-    from .io import write_volume
+             model: str | None = None, progress: ProgressCallback | None = None) -> dict[str, Path]:
+    """Run the whole chain on a phantom of ``size``^3 voxels over 256 mm; returns the main
+    output paths (``report``, ``sct``, ``ct``, ``sidecar``)."""
+    from .evaluation import run_evaluation
+    from .inference import Reconstructor, sidecar_path, write_result
+    from .io import write_text, write_volume
     from .phantom import head_phantom
     from .report import save_png, to_uint8, triptych
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    case = f"phantom_seed{seed}"
+    name = model or default_model()
 
     report(progress, 0.0, "generating a phantom head CT")
-    ct = head_phantom(size, 256.0 / size, seed=seed)
-    files.append(write_volume(ct, out / "phantom_ct.nii.gz") or out / "phantom_ct.nii.gz")
+    # the canonical pose: the head is already where the template puts it, so the demo can skip
+    # the (slow) registration step of the seed-001 protocol; `xraytoct reconstruct --ct` does it
+    ct = head_phantom(size, 256.0 / size, seed=seed, pose=False)
+    (out / "ct").mkdir(exist_ok=True)
+    ct_path = write_volume(ct, out / "ct" / f"{case}.nii.gz")
 
-    report(progress, 0.35, "preprocessing (seed-001 protocol)")
-    # the phantom is generated in the template's canonical pose: no registration needed
-    res = pp.preprocess_ct(ct, None, register=False, progress=scaled(progress, 0.35, 0.6))
-    files.append(write_volume(res.volume, out / "ct_256_1mm.nii.gz") or out / "ct_256_1mm.nii.gz")
-    files.append(write_volume(res.target, out / "target_128.nii.gz") or out / "target_128.nii.gz")
+    report(progress, 0.15, f"loading the model {name}")
+    rec = Reconstructor(name, device=device)
+    result = rec.reconstruct_ct(ct, register=False, progress=scaled(progress, 0.2, 0.65))
+    (out / "sct").mkdir(exist_ok=True)
+    sct_path = out / "sct" / f"{case}.nii.gz"
+    write_result(result, sct_path)
 
-    report(progress, 0.6, "rendering AP and lateral DRRs")
-    drrs = render_biplanar(res.volume, device=device)
-    from .cli import _write_drrs
-    _write_drrs(drrs, out, {"ct": "ct_256_1mm.nii.gz", "backend": "torch"})
-    files += [out / "ap.nrrd", out / "lateral.nrrd", out / "geometry.json"]
+    report(progress, 0.65, "metrics against the phantom CT")
+    paths = run_evaluation(out / "report", [out / "sct"], out / "ct", names=[rec.spec.name],
+                           progress=scaled(progress, 0.65, 0.95))
 
-    report(progress, 0.85, "writing previews")
-    hi = max(float(r.array.max()) for r in drrs.values())
-    for view, rad in drrs.items():
-        files.append(save_png(to_uint8(rad.array, 0.0, hi), out / f"drr_{view}.png"))
-    files.append(save_png(triptych(res.volume, 0.0, 80.0), out / "ct_brain_window.png"))
-    files.append(save_png(triptych(res.volume, -450.0, 1550.0), out / "ct_bone_window.png"))
-    (out / "README.txt").write_text(
-        "XRayToCT demo (synthetic phantom head; nothing here is a patient)\n"
-        "phantom_ct.nii.gz    the generated head CT, HU, LPS geometry\n"
-        "ct_256_1mm.nii.gz    after the seed-001 preprocessing: 256^3 at 1 mm, [-1000, 1000] HU\n"
-        "target_128.nii.gz    the 128^3 training/evaluation target\n"
-        "ap.nrrd, lateral.nrrd  DRRs (line integral of attenuation / 10, Plastimatch units);\n"
-        "                     row 0 = superior; AP: patient's left on the right; lateral:\n"
-        "                     source on the patient's right, face on the right\n"
-        "geometry.json        the projection geometry of both views (LPS mm)\n"
-        "*.png                previews (axial | coronal | sagittal; brain window L40/W80 for\n"
-        "                     display, bone window L550/W2000)\n")
-    files.append(out / "README.txt")
+    report(progress, 0.95, "writing previews")
+    save_png(triptych(ct, 0.0, 80.0), out / "ct_brain_window.png")
+    save_png(triptych(result.sct, 0.0, 80.0), out / "sct_brain_window.png")
+    hi = max(float(r.array.max()) for r in result.drrs.values())
+    for view, rad in result.drrs.items():
+        save_png(to_uint8(rad.array, 0.0, hi), out / f"drr_{view}.png")
+    write_text(out / "README.txt", README.format(case=case, model=name))
     report(progress, 1.0, "done")
-    return files
+    return {"report": paths["report"], "sct": sct_path, "ct": ct_path,
+            "sidecar": sidecar_path(sct_path)}
