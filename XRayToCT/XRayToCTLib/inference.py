@@ -157,27 +157,6 @@ def _source_name(image: Any) -> str | None:
     return None
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, ProjectionGeometry):
-        return obj.to_dict()
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
 # ----------------------------------------------------------------------------------------
 # radiographs -> model input
 # ----------------------------------------------------------------------------------------
@@ -333,7 +312,7 @@ class ReconstructionResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no voxels): what the ``.json`` sidecar holds."""
-        return _jsonable({**self.info, "synthetic": True, "description": SYNTHETIC_DESCRIPTION,
+        return xio.to_jsonable({**self.info, "synthetic": True, "description": SYNTHETIC_DESCRIPTION,
                           "consistency": self.consistency,
                           "sct_geometry": self.sct.geometry_dict(),
                           "sct_model_space_geometry": self.sct_model_space.geometry_dict()})
@@ -648,11 +627,6 @@ def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
         written.append(f)
     side = sidecar_path(p)
     data = {**result.to_dict(), "files": files, **(extra or {})}
-    tmp = side.with_name(f".{side.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(_jsonable(data), indent=2, ensure_ascii=False))
-        os.replace(tmp, side)
-    finally:
-        tmp.unlink(missing_ok=True)
+    xio.write_text(side, json.dumps(xio.to_jsonable(data), indent=2, ensure_ascii=False))
     written.append(side)
     return written

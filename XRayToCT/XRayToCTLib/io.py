@@ -182,6 +182,29 @@ def _jsonable(metadata: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types: numpy scalars and arrays become numbers and lists,
+    non-finite floats ``None``, a ProjectionGeometry its dict, paths and anything else text."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, str) or obj is None:
+        return obj
+    if isinstance(obj, ProjectionGeometry):
+        return obj.to_dict()
+    return os.fspath(obj) if isinstance(obj, os.PathLike) else str(obj)
+
+
 _HEADER_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 
 

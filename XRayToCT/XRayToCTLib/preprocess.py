@@ -37,7 +37,7 @@ import SimpleITK as sitk
 
 from .errors import Cancelled, InputError
 from .geometry import Volume
-from .io import sitk_to_volume, volume_to_sitk
+from .io import sitk_to_volume, to_jsonable, volume_to_sitk
 from .progress import ProgressCallback, report, scaled
 
 __all__ = [
@@ -445,7 +445,7 @@ class RigidRegistration:
                 "metric": "mattes_mutual_information",
                 "metric_value": _json_float(self.metric_value),
                 "initial_metric_value": _json_float(self.initial_metric_value),
-                "info": _jsonable(self.info)}
+                "info": to_jsonable(self.info)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RigidRegistration":
@@ -488,20 +488,6 @@ def _unwrap(t: sitk.Transform) -> sitk.Transform:
 
 def _json_float(x: float) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return _json_float(float(obj))
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _as_registration(obj: TransformLike) -> RigidRegistration:
@@ -1142,7 +1128,7 @@ class PreprocessResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the voxels, JSON-friendly (enough to redo or undo the geometry)."""
-        return _jsonable({
+        return to_jsonable({
             "space": self.space, "grid": self.grid.geometry_dict(),
             "source_grid": self.source_grid.geometry_dict(),
             "registration": None if self.registration is None else self.registration.to_dict(),
