@@ -572,7 +572,7 @@ def _cmd_evaluate(args) -> int:
         kw["metrics"] = tuple(dict.fromkeys(args.metric))
     cb, close = _tqdm_progress("evaluate")
     try:
-        paths = run_evaluation(_out_dir(args.out), args.pred, args.gt, progress=cb, **kw)
+        paths = run_evaluation(Path(args.out), args.pred, args.gt, progress=cb, **kw)
     except ValueError as err:  # an unknown metric name, say
         raise InputError(None, str(err)) from err
     finally:

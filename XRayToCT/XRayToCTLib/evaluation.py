@@ -581,7 +581,6 @@ def run_evaluation(out_dir: str | os.PathLike, preds: Sequence[str | os.PathLike
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     template = kwargs.get("template")
     if "template" in kwargs.get("baselines", ()) and not isinstance(template, Volume):
         if template is not None:
@@ -595,6 +594,7 @@ def run_evaluation(out_dir: str | os.PathLike, preds: Sequence[str | os.PathLike
         result.settings["template"] = str(Path(template).resolve())
     elif kwargs.get("template") is not None and template is None:
         result.settings["template"] = "mean of the dataset's training targets"
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs have been read
     paths = {"csv": write_csv(result.rows, out / "metrics.csv")}
     summary = write_summary(result, out / "summary.json")
     paths["summary"] = out / "summary.json"
