@@ -30,7 +30,7 @@ ct_brain_window.png, sct_brain_window.png, drr_ap.png, drr_lateral.png   quick p
 
 
 def default_model() -> str:
-    """The first model of the bundled catalog (the catalog lists the biplanar X2CT-GAN first)."""
+    """The first model of the bundled catalog (the catalog lists its best model first)."""
     from .models import catalog
     entries = catalog()
     if not entries:
