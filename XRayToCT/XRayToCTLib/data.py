@@ -68,6 +68,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import InputError, XRayToCTError
+from . import geometry
 from .geometry import ProjectionGeometry, Volume
 from .progress import ProgressCallback, report, scaled
 
@@ -99,17 +100,14 @@ def canonical_grid(size: int, spacing: float | None = None):
     """The canonical grid (a :class:`preprocess.Grid`): ``size^3`` voxels of ``spacing`` mm
     (default ``256 / size``), identity direction, centred on the LPS origin."""
     from .preprocess import Grid
-    n = _check_int(size, "size", 2)
-    sp = FIELD_OF_VIEW_MM / n if spacing is None else float(spacing)
-    return Grid((n, n, n), (sp, sp, sp), (-(n - 1) * sp / 2.0,) * 3, np.eye(3))
+    return Grid.of(canonical_volume(size, spacing))
 
 
 def canonical_volume(size: int, spacing: float | None = None) -> Volume:
-    """A :class:`Volume` on :func:`canonical_grid` whose array is a read-only view of zeros
-    (no memory), for APIs that want a grid as a Volume (``drr.DRRRenderer``)."""
-    g = canonical_grid(size, spacing)
-    return Volume(np.broadcast_to(np.float32(0.0), g.shape), g.spacing, g.origin, np.eye(3),
-                  {"kind": "canonical grid (voxel values unused)"})
+    """:func:`geometry.canonical_grid` as a :class:`Volume` (read-only zeros), for APIs that
+    want a grid as a Volume (``drr.DRRRenderer``); ``spacing`` defaults to ``256 / size``."""
+    n = _check_int(size, "size", 2)
+    return geometry.canonical_grid(n, FIELD_OF_VIEW_MM / n if spacing is None else float(spacing))
 
 
 def dataset_geometries(size: int, pixels: int | None = None) -> dict[str, ProjectionGeometry]:

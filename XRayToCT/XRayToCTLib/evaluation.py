@@ -39,6 +39,7 @@ import torch
 
 from . import metrics as M
 from .errors import Cancelled, InputError, XRayToCTError
+from .drr import MU_WATER_PER_MM
 from .geometry import ProjectionGeometry, Radiograph, Volume
 from .progress import ProgressCallback, report
 
@@ -49,7 +50,6 @@ __all__ = ["VOLUME_SUFFIXES", "CSV_COLUMNS", "BASELINES", "case_id", "find_volum
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 CSV_COLUMNS = ("case", "model", "metric", "window", "region", "value")
 BASELINES = ("template", "backprojection")
-MU_WATER_PER_MM = 0.022
 AIR_HU = -1000.0
 
 

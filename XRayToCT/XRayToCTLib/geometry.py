@@ -332,6 +332,15 @@ DEFAULT_DETECTOR_MM = 400.0
 DEFAULT_PIXELS = 128
 
 
+def canonical_grid(size: int, spacing: float) -> Volume:
+    """The canonical grid of datasets and models: ``size^3`` voxels of ``spacing`` mm, identity
+    direction, centred on the LPS origin. Its array is a read-only view of zeros (no memory):
+    only the geometry is meant (for the DRR renderer, a model's output grid, resampling)."""
+    n, sp = int(size), float(spacing)
+    return Volume(np.broadcast_to(np.float32(0.0), (n, n, n)), (sp,) * 3, (-(n - 1) * sp / 2.0,) * 3,
+                  np.eye(3), {"space": "LPS", "kind": "canonical grid (voxel values unused)"})
+
+
 def default_biplanar(isocenter: Sequence[float] = (0.0, 0.0, 0.0), pixels: int = DEFAULT_PIXELS,
                      sad: float = DEFAULT_SAD, sid: float = DEFAULT_SID,
                      detector_mm: float = DEFAULT_DETECTOR_MM) -> dict[str, ProjectionGeometry]:

@@ -105,7 +105,7 @@ def canonical_grid(spec: Any) -> pp.Grid:
     """The model's canonical output grid: ``spec.output_size`` voxels per side of
     ``spec.output_spacing`` mm, identity direction, centred at the LPS origin. The model's
     view geometries (``spec.geometry``) are expressed in this frame."""
-    return pp.Grid.centered((0.0, 0.0, 0.0), spec.output_size, spec.output_spacing)
+    return pp.Grid.of(spec.grid())
 
 
 def view_geometry(spec: Any, view: str) -> ProjectionGeometry:

@@ -561,9 +561,16 @@ def _ell(g: "_Grid", lab, c, r, name: str, where=None, cond=None, inner: float |
         return
     sl, x, y, z = b
     d = _ellipsoid_sdf(x, y, z, c, r)
+    _paint_sdf(lab, sl, d, (x, y, z), name, where, cond, inner, inner_name)
+
+
+def _paint_sdf(lab, sl, d, xyz, name: str, where, cond, inner: float | None,
+               inner_name: str | None) -> None:
+    """Paint where the signed distance ``d`` < 0 (and ``cond(x, y, z)``); with ``inner``,
+    also paint ``inner_name`` where it is deeper than ``inner`` mm."""
     m = d < 0
     if cond is not None:
-        m &= cond(x, y, z)
+        m &= cond(*xyz)
     _paint(lab, sl, m, name, where)
     if inner is not None:
         _paint(lab, sl, m & (d < -inner), inner_name)
@@ -582,12 +589,7 @@ def _tube(g: "_Grid", lab, pts, radii, name: str, where=None, cond=None,
         d = _tube_sdf(x, y, z * zscale, [(q[0], q[1], q[2] * zscale) for q in p], radii)
     else:
         d = _tube_sdf(x, y, z, p, radii)
-    m = d < 0
-    if cond is not None:
-        m &= cond(x, y, z)
-    _paint(lab, sl, m, name, where)
-    if inner is not None:
-        _paint(lab, sl, m & (d < -inner), inner_name)
+    _paint_sdf(lab, sl, d, (x, y, z), name, where, cond, inner, inner_name)
 
 
 def _cells(a: _Anatomy, x, y, z, scale: float = 1.0):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry import ProjectionGeometry, Volume, default_biplanar
+from ..geometry import ProjectionGeometry, Volume, canonical_grid, default_biplanar
 
 DEFAULT_FIELD_MM = 256.0
 """Side of the canonical output grid in mm (the seed protocol's 256^3 mm crop)."""
@@ -97,13 +97,6 @@ class ModelSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def canonical_grid(size: int, spacing: float) -> Volume:
-    """``size^3`` voxels of ``spacing`` mm centred on the LPS origin, identity direction."""
-    origin = -(size - 1) * spacing / 2.0
-    return Volume(np.zeros((size, size, size), dtype=np.uint8), (spacing,) * 3, (origin,) * 3,
-                  np.eye(3), {"space": "LPS", "grid": "model canonical grid"})
 
 
 def default_geometry(views: Sequence[str], pixels: int) -> dict[str, dict[str, Any]]:
