@@ -465,6 +465,8 @@ def _resolve_settings(existing: dict | None, given: dict[str, Any]) -> dict[str,
     s["template_sha256"] = None
     if s["ct_dir"] is not None:
         s["ct_dir"] = str(Path(s["ct_dir"]).expanduser().resolve())
+        if not Path(s["ct_dir"]).exists():  # the user's first mistake first
+            raise InputError(s["ct_dir"], "CT folder not found")
         if s["register"]:
             t = s["template"] if s["template"] is not None else default_template_path()
             if t is None:

@@ -132,7 +132,9 @@ class TrainConfig:
         amp: mixed precision (``torch.autocast``): ``auto`` (bf16 on CUDA when supported,
             else fp16 with a gradient scaler; off on CPU), ``off``, ``bf16`` (CUDA or CPU),
             ``fp16`` (CUDA only, with a gradient scaler). The DRR projection and the losses
-            are computed in float32 either way.
+            are computed in float32 either way. bf16 on the CPU is experimental: the X2CT-GAN
+            was seen to reach a NaN loss in some runs there (the engine then stops with an
+            error saying so).
         compile: wrap the generator in ``torch.compile`` (CUDA; off by default: not measured).
         workers: DataLoader worker processes.
         val_every: validate every N epochs (and after the last epoch); 0 = never.
