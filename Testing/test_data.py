@@ -272,7 +272,7 @@ def test_real_ct_case_with_an_augmented_copy(tmp_path):
     arec = json.loads((out / "cases" / "ct-cthead-aug01" / "case.json").read_text())
     assert {"pose", "elastic", "intensity", "noise"} <= set(arec["augmentation"])
     # the copy is the CT seen through the recorded augmentation, composed in canonical space
-    tx, spatial = augment_transform(data.canonical_volume(64, 4.0), arec["seed"],
+    tx, spatial = augment_transform(data.canonical_grid(64, 4.0), arec["seed"],
                                     center=(0.0, 0.0, 0.0))
     assert spatial["pose"] == arec["augmentation"]["pose"]
     expected = pp.resample_to_grid(target, target, tx)

@@ -73,7 +73,7 @@ from .geometry import ProjectionGeometry, Volume
 from .progress import ProgressCallback, report, scaled
 
 __all__ = ["MANIFEST_VERSION", "FIELD_OF_VIEW_MM", "VIEWS", "canonical_grid",
-           "canonical_volume", "dataset_geometries", "case_seed", "split_of",
+           "dataset_geometries", "case_seed", "split_of",
            "prepare_dataset", "load_manifest", "CaseDataset"]
 
 MANIFEST_VERSION = 1
@@ -96,18 +96,11 @@ def _check_int(value: Any, name: str, lo: int) -> int:
     return int(value)
 
 
-def canonical_grid(size: int, spacing: float | None = None):
-    """The canonical grid (a :class:`preprocess.Grid`): ``size^3`` voxels of ``spacing`` mm
-    (default ``256 / size``), identity direction, centred on the LPS origin."""
-    from .preprocess import Grid
-    return Grid.of(canonical_volume(size, spacing))
-
-
-def canonical_volume(size: int, spacing: float | None = None) -> Volume:
-    """:func:`geometry.canonical_grid` as a :class:`Volume` (read-only zeros), for APIs that
-    want a grid as a Volume (``drr.DRRRenderer``); ``spacing`` defaults to ``256 / size``."""
+def canonical_grid(size: int, spacing: float | None = None) -> geometry.Grid:
+    """:func:`geometry.canonical_grid` of ``size^3`` voxels of ``spacing`` mm (default
+    ``256 / size``)."""
     n = _check_int(size, "size", 2)
-    return geometry.canonical_grid(n, FIELD_OF_VIEW_MM / n if spacing is None else float(spacing))
+    return geometry.canonical_grid(n, FIELD_OF_VIEW_MM if spacing is None else n * float(spacing))
 
 
 def dataset_geometries(size: int, pixels: int | None = None) -> dict[str, ProjectionGeometry]:
@@ -115,7 +108,7 @@ def dataset_geometries(size: int, pixels: int | None = None) -> dict[str, Projec
     grid, isocentre (0, 0, 0), ``pixels`` (default ``size``) per detector side."""
     from .drr import biplanar_geometry
     p = _check_int(size if pixels is None else pixels, "pixels", 2)
-    return biplanar_geometry(canonical_volume(size), pixels=p, isocenter=(0.0, 0.0, 0.0))
+    return biplanar_geometry(canonical_grid(size), pixels=p, isocenter=(0.0, 0.0, 0.0))
 
 
 def case_seed(dataset_seed: int, case_id: str) -> int:
@@ -321,7 +314,7 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
     report(progress, 0.6, f"{cid}: resampling")
     clip = pp.DEFAULT_CLIP
     if case["kind"] == "ct-augmented":
-        aug_tx, record = augmentation_transform(canonical_volume(fine.size[0], dsp), case["seed"],
+        aug_tx, record = augmentation_transform(canonical_grid(fine.size[0], dsp), case["seed"],
                                                 center=(0.0, 0.0, 0.0))
         composite = sitk.CompositeTransform([reg.sitk_transform(), aug_tx])  # reg(aug(q))
         volume = pp.resample_to_grid(src, fine, composite)

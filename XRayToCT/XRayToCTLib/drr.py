@@ -117,7 +117,7 @@ class DRRRenderer(torch.nn.Module):
         if len(shapes) != 1:
             raise ValueError(f"all views must have the same detector pixels, got {shapes}")
         self.geometries = list(geometries)
-        self.grid_shape = tuple(volume_grid.array.shape)  # (D, H, W)
+        self.grid_shape = tuple(volume_grid.shape)  # (D, H, W)
         self.chunk_rays = chunk_rays
         if interpolation not in ("bilinear", "nearest"):
             raise ValueError(f"interpolation must be bilinear or nearest, got {interpolation!r}")

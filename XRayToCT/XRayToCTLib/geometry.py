@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .constants import FIELD_OF_VIEW_MM
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 """Linear map between LPS and RAS coordinates (it is its own inverse)."""
 
@@ -45,52 +47,117 @@ def lps_to_ras_points(points: np.ndarray) -> np.ndarray:
     return np.asarray(points, dtype=float) @ LPS_TO_RAS.T
 
 
-@dataclasses.dataclass
-class Volume:
-    """A 3D image with its full geometry, in LPS.
+def _triple(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
+    """One number repeated three times, or three numbers."""
+    arr = np.asarray(value, dtype=float).reshape(-1)
+    if arr.size == 1:
+        arr = np.repeat(arr, 3)
+    return _as3(arr, name)
+
+
+class Grid:
+    """The geometry of a voxel grid, without voxels: numpy only, in LPS millimetres.
 
     Args:
-        array: voxel values indexed ``[k, j, i]``.
+        size: voxels along i, j, k (ITK order).
         spacing: voxel size along i, j, k in mm (all > 0).
         origin: LPS position of voxel ``(0, 0, 0)`` in mm.
         direction: 3x3 matrix, columns = LPS unit directions of the i, j, k axes.
-        metadata: free-form key/value pairs (source file, DICOM tags, window, ...).
+
+    Voxel ``(i, j, k)`` sits at ``origin + direction @ (spacing * (i, j, k))``; an array on
+    the grid is indexed ``[k, j, i]`` (:attr:`shape`). This class is the one place that
+    converts between indices and millimetres: every other module asks a Grid.
+    A :class:`Volume` is a Grid plus an array, so a Volume is accepted wherever a Grid is.
     """
 
-    array: np.ndarray
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(3))
-    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    def __init__(self, size: Sequence[int], spacing: float | Sequence[float] = (1.0, 1.0, 1.0),
+                 origin: Sequence[float] = (0.0, 0.0, 0.0), direction: Any = None) -> None:
+        self._set_size(size)
+        self._set_geometry(spacing, origin, direction)
 
-    def __post_init__(self) -> None:
-        self.array = np.asarray(self.array)
-        if self.array.ndim != 3:
-            raise ValueError(f"a Volume needs a 3D array, got shape {self.array.shape}")
-        self.spacing = _as3(self.spacing, "spacing")
+    # -- validation (shared with Volume) -------------------------------------------------
+    def _set_size(self, size: Sequence[int]) -> None:
+        s = tuple(int(x) for x in np.asarray(size).reshape(-1))
+        if len(s) != 3 or min(s) < 1:
+            raise ValueError(f"grid size must be three positive integers, got {size!r}")
+        self._size = s
+
+    def _set_geometry(self, spacing: Any, origin: Any, direction: Any) -> None:
+        self.spacing = _triple(spacing, "spacing")
         if min(self.spacing) <= 0:
             raise ValueError(f"spacing must be positive, got {self.spacing}")
-        self.origin = _as3(self.origin, "origin")
-        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        self.origin = _as3(origin, "origin")
+        d = np.eye(3) if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
         if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
             raise ValueError("direction must be an orthonormal 3x3 matrix")
         self.direction = d
 
-    # -- shape -----------------------------------------------------------------------
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def of(cls, obj: "Grid | dict[str, Any]") -> "Grid":
+        """The grid of a Grid or a Volume (a plain :class:`Grid`, no voxels), or of a
+        :meth:`geometry_dict`."""
+        if isinstance(obj, Grid):
+            return Grid(obj.size, obj.spacing, obj.origin, obj.direction.copy())
+        if isinstance(obj, dict):
+            return cls.from_dict(obj)
+        raise TypeError(f"cannot take a grid from {type(obj).__name__}")
+
+    @classmethod
+    def centered(cls, center: Sequence[float], size: int | Sequence[int] = 256,
+                 spacing: float | Sequence[float] = 1.0, direction: Any = None) -> "Grid":
+        """``size`` voxels of ``spacing`` mm whose geometric centre is ``center`` (LPS);
+        identity direction unless given."""
+        n = np.asarray(_triple(size, "size"), dtype=float)
+        sp = np.asarray(_triple(spacing, "spacing"), dtype=float)
+        d = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
+        origin = np.asarray(center, dtype=float) - d @ (sp * (n - 1.0) / 2.0)
+        return Grid(tuple(int(x) for x in n), tuple(sp), tuple(origin), d)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Grid":
+        """Inverse of :meth:`geometry_dict`."""
+        return Grid(tuple(d["size"]), tuple(d["spacing"]), tuple(d["origin"]),
+                    np.asarray(d.get("direction", np.eye(3)), dtype=float))
+
+    # -- shape ---------------------------------------------------------------------------
     @property
     def size(self) -> tuple[int, int, int]:
         """Number of voxels along i, j, k (ITK order)."""
-        k, j, i = self.array.shape
-        return (i, j, k)
+        return self._size
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape ``(k, j, i)`` of a volume on this grid."""
+        i, j, k = self.size
+        return (k, j, i)
+
+    @property
+    def grid(self) -> "Grid":
+        """The geometry alone (for a Volume: without its voxels)."""
+        return Grid.of(self)
+
+    def volume(self, fill: float = 0.0, dtype: Any = np.float32,
+               metadata: dict | None = None) -> "Volume":
+        """A Volume on this grid filled with ``fill``."""
+        return Volume(np.full(self.shape, fill, dtype=dtype), self.spacing, self.origin,
+                      self.direction.copy(), dict(metadata or {}))
 
     def with_array(self, array: np.ndarray, **metadata: Any) -> "Volume":
-        """A volume on the same grid with other voxel values."""
-        if np.shape(array) != self.array.shape:
-            raise ValueError(f"shape {np.shape(array)} differs from the grid {self.array.shape}")
-        return Volume(array, self.spacing, self.origin, self.direction.copy(),
-                      {**self.metadata, **metadata})
+        """A Volume of ``array`` (shaped :attr:`shape`) on this grid."""
+        if np.shape(array) != self.shape:
+            raise ValueError(f"shape {np.shape(array)} differs from the grid {self.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction.copy(), dict(metadata))
 
-    # -- index <-> physical ----------------------------------------------------------
+    def same_as(self, other: "Grid | dict[str, Any]", atol: float = 1e-4) -> bool:
+        """True when both grids have the same size and (to ``atol`` mm) geometry."""
+        o = other if isinstance(other, Grid) else Grid.of(other)
+        return (tuple(self.size) == tuple(o.size)
+                and np.allclose(self.spacing, o.spacing, atol=atol)
+                and np.allclose(self.origin, o.origin, atol=atol)
+                and np.allclose(self.direction, o.direction, atol=atol))
+
+    # -- index <-> physical --------------------------------------------------------------
     def index_to_lps(self) -> np.ndarray:
         """4x4 matrix taking homogeneous ``(i, j, k, 1)`` to LPS millimetres."""
         m = np.eye(4)
@@ -108,6 +175,108 @@ class Volume:
         m[:3, :] = LPS_TO_RAS @ m[:3, :]
         return m
 
+    def physical_points(self, ijk: np.ndarray) -> np.ndarray:
+        """LPS positions of ``(N, 3)`` continuous indices ``(i, j, k)``."""
+        m = self.index_to_lps()
+        return np.asarray(ijk, dtype=float) @ m[:3, :3].T + m[:3, 3]
+
+    def continuous_index(self, points: np.ndarray) -> np.ndarray:
+        """Continuous ``(i, j, k)`` indices of ``(N, 3)`` LPS points."""
+        m = self.index_to_lps()
+        return (np.asarray(points, dtype=float) - m[:3, 3]) @ np.linalg.inv(m[:3, :3]).T
+
+    def voxel_points(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """LPS positions ``(n, 3)`` (float64) of the voxels ``start:stop`` in flat ``[k, j, i]``
+        (C) order: row ``r`` is the centre of ``array.reshape(-1)[start + r]``."""
+        k, j, i = self.shape
+        flat = np.arange(start, k * j * i if stop is None else stop, dtype=np.int64)
+        kk, rem = np.divmod(flat, i * j)
+        jj, ii = np.divmod(rem, i)
+        return self.physical_points(np.stack([ii, jj, kk], axis=-1).astype(float))
+
+    @property
+    def center(self) -> np.ndarray:
+        """LPS position of the geometric centre of the voxel grid."""
+        return self.physical_points(((np.asarray(self.size, dtype=float) - 1.0) / 2.0)[None])[0]
+
+    @property
+    def field_mm(self) -> tuple[float, float, float]:
+        """Extent of the grid along i, j, k in mm (outer voxel edges)."""
+        return tuple(float(n * s) for n, s in zip(self.size, self.spacing))  # type: ignore
+
+    def corners(self) -> np.ndarray:
+        """LPS positions of the 8 outer corners of the grid (voxel edges, not centres)."""
+        lo = np.full(3, -0.5)
+        hi = np.asarray(self.size, dtype=float) - 0.5
+        c = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                      for z in (lo[2], hi[2])])
+        return self.physical_points(c)
+
+    def translated(self, shift: Sequence[float]) -> "Grid":
+        """The same grid moved by ``shift`` mm (LPS)."""
+        return Grid(self.size, self.spacing, tuple(np.asarray(self.origin) + _as3(shift, "shift")),
+                    self.direction.copy())
+
+    def geometry_dict(self) -> dict[str, Any]:
+        """JSON-friendly geometry (:meth:`from_dict` reads it back)."""
+        return {"size": list(self.size), "spacing": list(self.spacing),
+                "origin": list(self.origin), "direction": self.direction.tolist(),
+                "space": "LPS"}
+
+    to_dict = geometry_dict
+
+    def __repr__(self) -> str:
+        return (f"Grid(size={self.size}, spacing={self.spacing}, origin={self.origin}, "
+                f"direction={self.direction.round(6).tolist()})")
+
+
+class Volume(Grid):
+    """A 3D image with its full geometry, in LPS: a :class:`Grid` plus an array.
+
+    Args:
+        array: voxel values indexed ``[k, j, i]``.
+        spacing: voxel size along i, j, k in mm (all > 0).
+        origin: LPS position of voxel ``(0, 0, 0)`` in mm.
+        direction: 3x3 matrix, columns = LPS unit directions of the i, j, k axes.
+        metadata: free-form key/value pairs (source file, DICOM tags, window, ...).
+    """
+
+    def __init__(self, array: np.ndarray, spacing: float | Sequence[float] = (1.0, 1.0, 1.0),
+                 origin: Sequence[float] = (0.0, 0.0, 0.0), direction: Any = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.array = array
+        self._set_geometry(spacing, origin, direction)
+        self.metadata = {} if metadata is None else metadata
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._array
+
+    @array.setter
+    def array(self, value: np.ndarray) -> None:
+        arr = np.asarray(value)
+        if arr.ndim != 3:
+            raise ValueError(f"a Volume needs a 3D array, got shape {arr.shape}")
+        self._array = arr
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        """Number of voxels along i, j, k (ITK order)."""
+        k, j, i = self._array.shape
+        return (i, j, k)
+
+    def with_array(self, array: np.ndarray, **metadata: Any) -> "Volume":
+        """A volume on the same grid with other voxel values."""
+        if np.shape(array) != self.array.shape:
+            raise ValueError(f"shape {np.shape(array)} differs from the grid {self.array.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction.copy(),
+                      {**self.metadata, **metadata})
+
+    def translated(self, shift: Sequence[float], **metadata: Any) -> "Volume":  # type: ignore[override]
+        """The same voxels with the grid moved by ``shift`` mm (LPS)."""
+        g = Grid.translated(self, shift)
+        return Volume(self.array, g.spacing, g.origin, g.direction, {**self.metadata, **metadata})
+
     @classmethod
     def from_ijk_to_ras(cls, array: np.ndarray, ijk_to_ras: np.ndarray,
                         metadata: dict[str, Any] | None = None) -> "Volume":
@@ -120,33 +289,9 @@ class Volume:
         return cls(array, tuple(spacing), tuple(LPS_TO_RAS @ m[:3, 3]), lin / spacing,
                    dict(metadata or {}))
 
-    def physical_points(self, ijk: np.ndarray) -> np.ndarray:
-        """LPS positions of ``(N, 3)`` continuous indices ``(i, j, k)``."""
-        ijk = np.asarray(ijk, dtype=float)
-        return ijk @ (self.direction @ np.diag(self.spacing)).T + np.asarray(self.origin)
-
-    def continuous_index(self, points: np.ndarray) -> np.ndarray:
-        """Continuous ``(i, j, k)`` indices of ``(N, 3)`` LPS points."""
-        lin = self.direction @ np.diag(self.spacing)
-        return (np.asarray(points, dtype=float) - np.asarray(self.origin)) @ np.linalg.inv(lin).T
-
-    @property
-    def center(self) -> np.ndarray:
-        """LPS position of the geometric centre of the voxel grid."""
-        return self.physical_points(((np.asarray(self.size, dtype=float) - 1.0) / 2.0)[None])[0]
-
-    def corners(self) -> np.ndarray:
-        """LPS positions of the 8 outer corners of the grid (voxel edges, not centres)."""
-        lo = np.full(3, -0.5)
-        hi = np.asarray(self.size, dtype=float) - 0.5
-        c = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
-                      for z in (lo[2], hi[2])])
-        return self.physical_points(c)
-
-    def geometry_dict(self) -> dict[str, Any]:
-        return {"size": list(self.size), "spacing": list(self.spacing),
-                "origin": list(self.origin), "direction": self.direction.tolist(),
-                "space": "LPS"}
+    def __repr__(self) -> str:
+        return (f"Volume(shape={self.array.shape}, dtype={self.array.dtype}, "
+                f"spacing={self.spacing}, origin={self.origin})")
 
 
 def _unit(v: Sequence[float], name: str) -> np.ndarray:
@@ -332,13 +477,19 @@ DEFAULT_DETECTOR_MM = 400.0
 DEFAULT_PIXELS = 128
 
 
-def canonical_grid(size: int, spacing: float) -> Volume:
-    """The canonical grid of datasets and models: ``size^3`` voxels of ``spacing`` mm, identity
-    direction, centred on the LPS origin. Its array is a read-only view of zeros (no memory):
-    only the geometry is meant (for the DRR renderer, a model's output grid, resampling)."""
-    n, sp = int(size), float(spacing)
-    return Volume(np.broadcast_to(np.float32(0.0), (n, n, n)), (sp,) * 3, (-(n - 1) * sp / 2.0,) * 3,
-                  np.eye(3), {"space": "LPS", "kind": "canonical grid (voxel values unused)"})
+def canonical_grid(size: int, field_mm: float = FIELD_OF_VIEW_MM) -> Grid:
+    """The one canonical frame of datasets and models: ``size^3`` voxels covering a cube of
+    ``field_mm`` mm (spacing ``field_mm / size``), identity direction, centred on the LPS
+    origin (the centre of the grid is point (0, 0, 0)). Every model's output grid, every
+    dataset case and every view geometry of a model are expressed in this frame;
+    :func:`~XRayToCTLib.preprocess.to_canonical` is the only road into it."""
+    n = int(size)
+    if n < 1 or n != size:
+        raise ValueError(f"canonical grid size must be a positive integer, got {size!r}")
+    fov = float(field_mm)
+    if not (fov > 0 and math.isfinite(fov)):
+        raise ValueError(f"field of view must be a positive number of mm, got {field_mm!r}")
+    return Grid.centered((0.0, 0.0, 0.0), n, fov / n)
 
 
 def default_biplanar(isocenter: Sequence[float] = (0.0, 0.0, 0.0), pixels: int = DEFAULT_PIXELS,
@@ -361,6 +512,146 @@ def rotation_matrix(angles_deg: Sequence[float]) -> np.ndarray:
     ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
     rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
     return rz @ ry @ rx
+
+
+def rotation_angles(rotation: np.ndarray) -> tuple[float, float, float]:
+    """Angles ``(x, y, z)`` in radians with ``rotation_matrix(degrees(angles)) == rotation``
+    (the inverse of :func:`rotation_matrix`, ITK's Euler3D ZYX convention)."""
+    r = np.asarray(rotation, dtype=float).reshape(3, 3)
+    ay = math.asin(max(-1.0, min(1.0, -r[2, 0])))
+    if abs(math.cos(ay)) > 1e-9:
+        ax = math.atan2(r[2, 1], r[2, 2])
+        az = math.atan2(r[1, 0], r[0, 0])
+    else:  # gimbal lock: put everything in z
+        ax = 0.0
+        az = math.atan2(-r[0, 1], r[1, 1])
+    return (ax, ay, az)
+
+
+RIGID_CONVENTION = ("x -> R (x - center) + center + translation, R = Rz Ry Rx (ITK "
+                    "Euler3DTransform, ComputeZYX on); maps points of the fixed frame (the "
+                    "canonical or template frame) to points of the moving frame (the CT); its "
+                    "inverse maps CT points to that frame")
+
+
+@dataclasses.dataclass
+class RigidTransform:
+    """A rigid (6-DOF) transform of LPS points, numpy only.
+
+    ``x -> R (x - center) + center + translation`` with ``R = Rz @ Ry @ Rx``, exactly
+    :func:`rotation_matrix` of the angles in degrees and ITK's ``Euler3DTransform`` with
+    ``ComputeZYX`` on. In this project a transform follows ITK's resampling convention: it
+    maps points of the frame a volume is resampled *into* (the canonical frame, a template)
+    to points of the volume it is resampled *from* (the CT).
+
+    Args:
+        parameters: ``(angle_x, angle_y, angle_z, tx, ty, tz)``, radians and mm.
+        center: LPS centre of rotation.
+        info: how it was obtained (free-form, JSON-friendly).
+    """
+
+    parameters: tuple[float, float, float, float, float, float] = (0.0,) * 6
+    center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        p = np.asarray(self.parameters, dtype=float).reshape(-1)
+        if p.size != 6 or not np.all(np.isfinite(p)):
+            raise ValueError(f"a rigid transform needs 6 finite parameters, got {self.parameters}")
+        self.parameters = tuple(float(x) for x in p)  # type: ignore[assignment]
+        self.center = _as3(self.center, "center")
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def translation_by(cls, offset: Sequence[float], **info: Any) -> "RigidTransform":
+        """The pure translation ``x -> x + offset``."""
+        return cls((0.0, 0.0, 0.0, *_as3(offset, "offset")), (0.0, 0.0, 0.0), dict(info))
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray, center: Sequence[float] = (0.0, 0.0, 0.0),
+                    **info: Any) -> "RigidTransform":
+        """From a 4x4 homogeneous rigid matrix, expressed about ``center``."""
+        m = np.asarray(matrix, dtype=float).reshape(4, 4)
+        r = m[:3, :3]
+        if not np.allclose(r.T @ r, np.eye(3), atol=1e-5) or np.linalg.det(r) < 0:
+            raise ValueError("not a rigid (rotation + translation) matrix")
+        c = np.asarray(_as3(center, "center"))
+        t = m[:3, 3] - c + r @ c
+        return cls((*rotation_angles(r), *t.tolist()), tuple(c), dict(info))
+
+    # -- the map ---------------------------------------------------------------------------
+    @property
+    def rotation(self) -> np.ndarray:
+        """3x3 rotation matrix R."""
+        return rotation_matrix([math.degrees(a) for a in self.parameters[:3]])
+
+    @property
+    def angles_deg(self) -> tuple[float, float, float]:
+        return tuple(math.degrees(a) for a in self.parameters[:3])  # type: ignore[return-value]
+
+    @property
+    def translation(self) -> np.ndarray:
+        return np.asarray(self.parameters[3:], float)
+
+    @property
+    def rotation_angle_deg(self) -> float:
+        """The total rotation angle (degrees) of R."""
+        c = (np.trace(self.rotation) - 1.0) / 2.0
+        return math.degrees(math.acos(min(1.0, max(-1.0, c))))
+
+    def matrix(self) -> np.ndarray:
+        """4x4 homogeneous matrix of the map."""
+        r = self.rotation
+        c = np.asarray(self.center)
+        m = np.eye(4)
+        m[:3, :3] = r
+        m[:3, 3] = c + self.translation - r @ c
+        return m
+
+    def transform_points(self, points: np.ndarray) -> np.ndarray:
+        """Map ``(N, 3)`` LPS points (fixed frame -> moving frame)."""
+        m = self.matrix()
+        return np.asarray(points, float) @ m[:3, :3].T + m[:3, 3]
+
+    def inverse_transform_points(self, points: np.ndarray) -> np.ndarray:
+        """The inverse map of ``(N, 3)`` LPS points (moving frame -> fixed frame)."""
+        m = np.linalg.inv(self.matrix())
+        return np.asarray(points, float) @ m[:3, :3].T + m[:3, 3]
+
+    def after_translation(self, offset: Sequence[float], **info: Any) -> "RigidTransform":
+        """``x -> self(x + offset)``: this transform preceded by a translation (one Euler
+        transform about ``center - offset``; the type and fields other than ``info`` kept)."""
+        off = np.asarray(_as3(offset, "offset"))
+        p = list(self.parameters)
+        p[3:] = (self.translation + off).tolist()
+        return dataclasses.replace(self, parameters=tuple(p),
+                                   center=tuple(np.asarray(self.center) - off),
+                                   info={**self.info, **info})
+
+    def moved_geometry(self, geometry: "ProjectionGeometry") -> "ProjectionGeometry":
+        """A projection geometry of the fixed frame expressed in the moving frame (isocentre
+        mapped, normal and vup rotated): rays of the result through the moving frame are the
+        images of the original rays."""
+        r = self.rotation
+        return dataclasses.replace(
+            geometry, isocenter=tuple(self.transform_points(np.asarray(geometry.isocenter)[None])[0]),
+            normal=tuple(r @ np.asarray(geometry.normal)), vup=tuple(r @ np.asarray(geometry.vup)))
+
+    # -- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly description; :meth:`from_dict` rebuilds the exact transform."""
+        return {"type": "Euler3DTransform", "compute_zyx": True, "convention": RIGID_CONVENTION,
+                "parameters": list(self.parameters), "fixed_parameters": list(self.center),
+                "center": list(self.center), "angles_deg": list(self.angles_deg),
+                "translation_mm": self.translation.tolist(), "matrix": self.matrix().tolist(),
+                "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RigidTransform":
+        if d.get("type", "Euler3DTransform") != "Euler3DTransform" or not d.get("compute_zyx", True):
+            raise ValueError("only Euler3DTransform with ComputeZYX on is supported")
+        center = d.get("fixed_parameters", d.get("center"))
+        return cls(tuple(d["parameters"]), tuple(center[:3]), dict(d.get("info", {})))
 
 
 @dataclasses.dataclass

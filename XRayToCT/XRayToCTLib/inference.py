@@ -58,7 +58,7 @@ from . import metrics
 from . import preprocess as pp
 from .drr import DRRRenderer, hu_to_mu, render, resolve_device
 from .errors import InputError, XRayToCTError
-from .geometry import ProjectionGeometry, Radiograph, Volume
+from .geometry import Grid, ProjectionGeometry, Radiograph, Volume
 from .models import get_mapping, load_model, normalize_views
 from .progress import ProgressCallback, report, scaled
 
@@ -101,11 +101,11 @@ def run_with_cpu_fallback(fn: Callable[[torch.device], T], device: torch.device 
         return fn(cpu), cpu
 
 
-def canonical_grid(spec: Any) -> pp.Grid:
+def canonical_grid(spec: Any) -> Grid:
     """The model's canonical output grid: ``spec.output_size`` voxels per side of
     ``spec.output_spacing`` mm, identity direction, centred at the LPS origin. The model's
     view geometries (``spec.geometry``) are expressed in this frame."""
-    return pp.Grid.of(spec.grid())
+    return spec.grid()
 
 
 def view_geometry(spec: Any, view: str) -> ProjectionGeometry:

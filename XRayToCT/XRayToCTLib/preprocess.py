@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import Cancelled, InputError
-from .geometry import Volume
+from .geometry import Grid, Volume, _triple
 from .io import sitk_to_volume, to_jsonable, volume_to_sitk
 from .progress import ProgressCallback, report, scaled
 
@@ -76,7 +76,7 @@ WINDOWS: dict[str, tuple[float, float]] = {
 ``[level - width/2, level + width/2]`` linearly onto [0, 1]."""
 
 TransformLike = Union["RigidRegistration", "PreprocessResult", sitk.Transform, dict, None]
-GridLike = Union["Grid", Volume, sitk.Image, dict]
+GridLike = Union[Grid, sitk.Image, dict]
 
 _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor,
                   "bspline": sitk.sitkBSpline}
@@ -85,128 +85,17 @@ _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor
 # ----------------------------------------------------------------------------------------
 # grids
 # ----------------------------------------------------------------------------------------
-@dataclasses.dataclass(eq=False)
-class Grid:
-    """The geometry of a voxel grid without voxels (same conventions as
-    :class:`~XRayToCTLib.geometry.Volume`: ITK ``(i, j, k)`` order, LPS, direction columns).
-
-    A 256^3 grid is 64 MB of floats as a Volume; as a Grid it is a few numbers.
-    """
-
-    size: tuple[int, int, int]
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(3))
-
-    def __post_init__(self) -> None:
-        size = tuple(int(s) for s in np.asarray(self.size).reshape(-1))
-        if len(size) != 3 or min(size) < 1:
-            raise ValueError(f"grid size must be three positive integers, got {self.size!r}")
-        self.size = size  # type: ignore[assignment]
-        # Volume validates spacing, origin and direction; borrow it on a 1-voxel array
-        v = Volume(np.zeros((1, 1, 1), np.uint8), self.spacing, self.origin, self.direction)
-        self.spacing, self.origin, self.direction = v.spacing, v.origin, v.direction
-
-    # -- construction ------------------------------------------------------------------
-    @classmethod
-    def of(cls, obj: GridLike) -> "Grid":
-        """The grid of a Grid, a Volume, a SimpleITK image or a ``geometry_dict()``."""
-        if isinstance(obj, Grid):
-            return obj
-        if isinstance(obj, Volume):
-            return cls(obj.size, obj.spacing, obj.origin, obj.direction.copy())
-        if isinstance(obj, sitk.Image):
-            return cls(obj.GetSize(), obj.GetSpacing(), obj.GetOrigin(),
-                       np.asarray(obj.GetDirection(), dtype=float).reshape(3, 3))
-        if isinstance(obj, dict):
-            return cls.from_dict(obj)
-        raise TypeError(f"cannot take a grid from {type(obj).__name__}")
-
-    @classmethod
-    def centered(cls, center: Sequence[float], size: int | Sequence[int] = 256,
-                 spacing: float | Sequence[float] = 1.0,
-                 direction: np.ndarray | None = None) -> "Grid":
-        """A grid of ``size`` voxels of ``spacing`` mm whose geometric centre is ``center``
-        (LPS); identity direction unless given."""
-        n = np.asarray(_triple(size, "size"), dtype=float)
-        sp = np.asarray(_triple(spacing, "spacing"), dtype=float)
-        d = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
-        origin = np.asarray(center, dtype=float) - d @ (sp * (n - 1.0) / 2.0)
-        return cls(tuple(int(x) for x in n), tuple(sp), tuple(origin), d)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Grid":
-        return cls(tuple(d["size"]), tuple(d["spacing"]), tuple(d["origin"]),
-                   np.asarray(d.get("direction", np.eye(3)), dtype=float))
-
-    # -- geometry ----------------------------------------------------------------------
-    def index_to_lps(self) -> np.ndarray:
-        """4x4 matrix taking homogeneous ``(i, j, k, 1)`` to LPS millimetres."""
-        m = np.eye(4)
-        m[:3, :3] = self.direction @ np.diag(self.spacing)
-        m[:3, 3] = self.origin
-        return m
-
-    def physical_points(self, ijk: np.ndarray) -> np.ndarray:
-        """LPS positions of ``(N, 3)`` continuous indices ``(i, j, k)``."""
-        m = self.index_to_lps()
-        return np.asarray(ijk, dtype=float) @ m[:3, :3].T + m[:3, 3]
-
-    def continuous_index(self, points: np.ndarray) -> np.ndarray:
-        """Continuous ``(i, j, k)`` of ``(N, 3)`` LPS points."""
-        m = self.index_to_lps()
-        return (np.asarray(points, dtype=float) - m[:3, 3]) @ np.linalg.inv(m[:3, :3]).T
-
-    @property
-    def center(self) -> np.ndarray:
-        """LPS position of the geometric centre of the grid."""
-        return self.physical_points(((np.asarray(self.size, float) - 1.0) / 2.0)[None])[0]
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Array shape ``(k, j, i)`` of a volume on this grid."""
-        return (self.size[2], self.size[1], self.size[0])
-
-    def corners(self) -> np.ndarray:
-        """LPS positions of the 8 outer corners (voxel edges, not centres)."""
-        lo, hi = -0.5, np.asarray(self.size, float) - 0.5
-        c = np.array([[x, y, z] for x in (lo, hi[0]) for y in (lo, hi[1]) for z in (lo, hi[2])])
-        return self.physical_points(c)
-
-    def geometry_dict(self) -> dict[str, Any]:
-        """JSON-friendly geometry, the same keys as ``Volume.geometry_dict()``."""
-        return {"size": list(self.size), "spacing": list(self.spacing),
-                "origin": list(self.origin), "direction": self.direction.tolist(),
-                "space": "LPS"}
-
-    to_dict = geometry_dict
-
-    def volume(self, fill: float = AIR_HU, dtype: Any = np.float32,
-               metadata: dict | None = None) -> Volume:
-        """A Volume on this grid filled with ``fill``."""
-        return Volume(np.full(self.shape, fill, dtype=dtype), self.spacing, self.origin,
-                      self.direction.copy(), dict(metadata or {}))
-
-    def same_as(self, other: GridLike, atol: float = 1e-4) -> bool:
-        """True when both grids have the same size and (to ``atol`` mm) geometry."""
-        o = Grid.of(other)
-        return (self.size == o.size and np.allclose(self.spacing, o.spacing, atol=atol)
-                and np.allclose(self.origin, o.origin, atol=atol)
-                and np.allclose(self.direction, o.direction, atol=atol))
-
-
-def _triple(value: float | Sequence[float], name: str) -> tuple:
-    arr = np.asarray(value).reshape(-1)
-    if arr.size == 1:
-        arr = np.repeat(arr, 3)
-    if arr.size != 3:
-        raise ValueError(f"{name} must be one number or three, got {value!r}")
-    return tuple(arr.tolist())
-
-
 # ----------------------------------------------------------------------------------------
 # small SimpleITK helpers
 # ----------------------------------------------------------------------------------------
+def _grid(obj: GridLike) -> Grid:
+    """The grid of a Grid / Volume, a SimpleITK image or a ``geometry_dict()``."""
+    if isinstance(obj, sitk.Image):
+        return Grid(obj.GetSize(), obj.GetSpacing(), obj.GetOrigin(),
+                    np.asarray(obj.GetDirection(), dtype=float).reshape(3, 3))
+    return Grid.of(obj)
+
+
 def _float_image(volume: Volume) -> sitk.Image:
     """float32 SimpleITK image of a Volume (same geometry)."""
     arr = np.asarray(volume.array)
@@ -278,7 +167,7 @@ def _mask_points(mask: sitk.Image) -> np.ndarray:
     kji = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
     if kji.size == 0:
         return np.zeros((0, 3))
-    return Grid.of(mask).physical_points(kji[:, ::-1].astype(float))
+    return _grid(mask).physical_points(kji[:, ::-1].astype(float))
 
 
 def _mask_centroid(mask: sitk.Image) -> np.ndarray:
@@ -286,7 +175,7 @@ def _mask_centroid(mask: sitk.Image) -> np.ndarray:
     if kji.size == 0:
         raise InputError(None, "no head found: no voxel is above the head threshold "
                                "(is the CT in Hounsfield units?)")
-    return Grid.of(mask).physical_points(kji[:, ::-1].mean(axis=0)[None])[0]
+    return _grid(mask).physical_points(kji[:, ::-1].mean(axis=0)[None])[0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -609,7 +498,7 @@ def initial_alignment(template: Volume | sitk.Image, moving: Volume | sitk.Image
     c_f = _mask_centroid(f_mask)
     c_m = _mask_centroid(m_mask)
     f_points = _mask_points(f_mask)
-    m_grid = Grid.of(m_img)
+    m_grid = _grid(m_img)
 
     method = _metric_method(bins)
     region = sitk.BinaryDilate(f_mask, [2] * 3)
@@ -820,7 +709,7 @@ def resample_to_grid(volume: Volume, reference_grid: GridLike, transform: Transf
     """
     if interpolator not in _INTERPOLATORS:
         raise ValueError(f"unknown interpolator {interpolator!r}; choose one of {sorted(_INTERPOLATORS)}")
-    g = Grid.of(reference_grid)
+    g = _grid(reference_grid)
     if interpolator == "nearest":
         arr = volume.array if volume.array.dtype != bool else volume.array.astype(np.uint8)
         img = volume_to_sitk(Volume(arr, volume.spacing, volume.origin, volume.direction))
@@ -1169,7 +1058,7 @@ def preprocess_ct(ct: Volume, template: Volume | str | os.PathLike | None = None
     template ("pass --template FILE or --no-register").
     """
     report(progress, 0.0, "preprocessing")
-    source_grid = Grid.of(ct)
+    source_grid = _grid(ct)
     registration: RigidRegistration | None = None
     info: dict[str, Any] = {}
     if register:
@@ -1182,18 +1071,18 @@ def preprocess_ct(ct: Volume, template: Volume | str | os.PathLike | None = None
         if registration is None:
             registration = register_rigid(ct, tmpl, progress=scaled(progress, 0.0, 0.7),
                                           **dict(registration_options or {}))
-        out_grid = Grid.of(grid) if grid is not None else template_grid(tmpl, size, spacing, center)
+        out_grid = _grid(grid) if grid is not None else template_grid(tmpl, size, spacing, center)
         report(progress, 0.7, "resampling onto the template grid")
         volume = to_template_space(ct, out_grid, registration, clip=clip)
         space = "template"
     else:
         if grid is not None:
-            out_grid = Grid.of(grid)
+            out_grid = _grid(grid)
             volume = resample_to_grid(ct, out_grid)
         else:
             report(progress, 0.3, "cropping / padding")
             volume = crop_or_pad(ct, size, spacing, center)
-            out_grid = Grid.of(volume)
+            out_grid = _grid(volume)
         if clip is not None:
             volume = clip_hu(volume, *clip)
         volume.metadata.update({"space": "patient", "units": "HU"})

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 
-from ..geometry import Volume
+from ..geometry import Grid
 from .common import (ModelSpec, check_views, detector_to_grid, grid_points, make_spec,
                      output_activation, project_points_torch, projection_matrices,
                      split_config)
@@ -177,21 +177,21 @@ class CNNINR(nn.Module):
                              f"got {tuple(points_lps.shape)}")
         return self.decode(self.encode(views, view_names), points_lps, view_names)
 
-    def render(self, views: torch.Tensor, grid: Volume, chunk: int | None = None,
+    def render(self, views: torch.Tensor, grid: Grid, chunk: int | None = None,
                view_names: Sequence[str] | None = None) -> torch.Tensor:
-        """The sCT on any grid (size, spacing, origin, direction; LPS): ``[B, 1, *grid.array
-        .shape]`` (``[k, j, i]``), evaluated ``chunk`` points at a time."""
+        """The sCT on any grid (size, spacing, origin, direction; LPS): ``[B, 1, *grid.shape]``
+        (``[k, j, i]``), evaluated ``chunk`` points at a time."""
         chunk = int(chunk or self.chunk)
         feats = self.encode(views, view_names)
         b = views.shape[0]
-        n = int(grid.array.size)
+        n = math.prod(grid.shape)
         dt = self.pe.weight.dtype
         out = torch.empty(b, n, dtype=dt, device=views.device)
         for s in range(0, n, chunk):
             pts = grid_points(grid, s, min(n, s + chunk), views.device, torch.float32)
             out[:, s:s + pts.shape[0]] = self.decode(
                 feats, pts[None].expand(b, -1, -1), view_names).to(dt)
-        return out.reshape(b, 1, *grid.array.shape)
+        return out.reshape(b, 1, *grid.shape)
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         return self.render(views, self.spec.grid())

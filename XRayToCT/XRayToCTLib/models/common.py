@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry import ProjectionGeometry, Volume, canonical_grid, default_biplanar
+from ..geometry import Grid, ProjectionGeometry, canonical_grid, default_biplanar
 
 DEFAULT_FIELD_MM = 256.0
 """Side of the canonical output grid in mm (the seed protocol's 256^3 mm crop)."""
@@ -82,11 +82,15 @@ class ModelSpec:
     def projections(self) -> list[ProjectionGeometry]:
         return [self.projection(v) for v in self.views]
 
-    def grid(self, size: int | None = None) -> Volume:
+    def grid(self, size: int | None = None) -> Grid:
         """The canonical output grid (values are zeros): ``size^3`` voxels (default ``S``)
         covering the same field of view, centred on the origin, identity direction."""
-        return canonical_grid(size or self.output_size,
-                              self.output_size * self.output_spacing / (size or self.output_size))
+        return canonical_grid(size or self.output_size, self.field_mm)
+
+    @property
+    def field_mm(self) -> float:
+        """Side of the cubic field of view in mm (``output_size * output_spacing``)."""
+        return self.output_size * self.output_spacing
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -223,19 +227,11 @@ def detector_to_grid(row_col: torch.Tensor, pixels: tuple[int, int]) -> torch.Te
     return torch.stack([x, y], dim=-1)
 
 
-def grid_points(grid: Volume, start: int = 0, stop: int | None = None,
+def grid_points(grid: Grid, start: int = 0, stop: int | None = None,
                 device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
     """LPS positions ``[n, 3]`` of the voxels ``start:stop`` of ``grid`` in flat ``[k, j, i]``
-    (C) order, computed in float64 and returned as ``dtype``."""
-    k, j, i = grid.array.shape
-    stop = k * j * i if stop is None else stop
-    flat = torch.arange(start, stop, dtype=torch.float64, device=device)
-    ii = torch.remainder(flat, i)
-    jj = torch.remainder(torch.div(flat, i, rounding_mode="floor"), j)
-    kk = torch.div(flat, i * j, rounding_mode="floor")
-    m = torch.from_numpy(grid.index_to_lps()).to(device)
-    ijk = torch.stack([ii, jj, kk], dim=-1)
-    return (ijk @ m[:3, :3].T + m[:3, 3]).to(dtype)
+    (C) order (:meth:`Grid.voxel_points`, float64), as a ``dtype`` tensor on ``device``."""
+    return torch.from_numpy(grid.voxel_points(start, stop)).to(device=device, dtype=dtype)
 
 
 class ViewLifter(torch.nn.Module):
