@@ -1,4 +1,5 @@
-"""Tests of XRayToCTLib.io: geometry-exact reading and writing of CTs and radiographs."""
+"""Tests of XRayToCTLib.io: geometry-exact reading and writing of CTs and radiographs
+(io.volumes, io.dicom_read, io.dicom_write, io.radiographs; io.files in test_io_files.py)."""
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from XRayToCTLib import io
+from XRayToCTLib.constants import SYNTHETIC_LABEL
 from XRayToCTLib.errors import InputError
+from XRayToCTLib.io import dicom_write
 from XRayToCTLib.geometry import Radiograph, Volume, default_biplanar, rotation_matrix
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,8 +220,8 @@ def test_dicom_series_tags(tmp_path):
     d = ds[0]
     assert d.SOPClassUID == CT_STORAGE and d.file_meta.MediaStorageSOPClassUID == CT_STORAGE
     assert list(d.ImageType)[:2] == ["DERIVED", "SECONDARY"] and "SYNTHETIC" in d.ImageType
-    assert "not for diagnosis" in d.SeriesDescription
-    assert "ynthetic" in d.DerivationDescription
+    assert "not for diagnosis" in d.SeriesDescription and d.SeriesDescription == SYNTHETIC_LABEL
+    assert SYNTHETIC_LABEL in d.DerivationDescription and d.ImageComments == SYNTHETIC_LABEL
     assert str(d.PatientName) == "Synthetic^Phantom"
     assert len({x.SOPInstanceUID for x in ds}) == len(ds)
     assert len({x.SeriesInstanceUID for x in ds}) == 1
@@ -703,7 +706,7 @@ def test_failed_volume_write_leaves_nothing(tmp_path, monkeypatch):
         Path(path).write_bytes(b"NRRD0004\npartial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(io.sitk, "WriteImage", broken)
+    monkeypatch.setattr(sitk, "WriteImage", broken)
     with pytest.raises(OSError):
         io.write_volume(vol.with_array(vol.array + 1), target)
     assert target.read_bytes() == before  # the old file is untouched
@@ -716,7 +719,7 @@ def test_failed_volume_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_failed_dicom_write_leaves_nothing(tmp_path, monkeypatch):
     vol = make_volume(np.eye(3), shape=(5, 6, 7))
-    real = io._write_slice
+    real = dicom_write._write_slice
     calls = []
 
     def broken(path, attrs, pixels):
@@ -725,7 +728,7 @@ def test_failed_dicom_write_leaves_nothing(tmp_path, monkeypatch):
         if len(calls) == 3:
             raise KeyboardInterrupt  # an interruption half-way
 
-    monkeypatch.setattr(io, "_write_slice", broken)
+    monkeypatch.setattr(dicom_write, "_write_slice", broken)
     with pytest.raises(KeyboardInterrupt):
         io.write_dicom_series(vol, tmp_path / "sct")
     assert list(tmp_path.iterdir()) == []

@@ -576,7 +576,7 @@ def check_output_path(out: str | os.PathLike) -> Path:
         if p.exists() and (not p.is_dir() or any(p.iterdir())):
             raise InputError(p, "the output folder for a DICOM series exists and is not empty")
     else:
-        xio._volume_format(p)
+        xio.volume_format(p)
     return p
 
 
@@ -586,12 +586,12 @@ def _write_sct_file(volume: Volume, path: Path) -> None:
     their header keys through io.write_volume."""
     hu = np.clip(np.round(volume.array), -32768, 32767).astype(np.int16)
     volume = dataclasses.replace(volume, array=hu)
-    if xio._volume_format(path) != "nifti":
+    if xio.volume_format(path) != "nifti":
         xio.write_volume(volume, path)
         return
     img = xio.volume_to_sitk(dataclasses.replace(volume, metadata={}))
     img.SetMetaData("ITK_FileNotes", _SYNTHETIC_ASCII)
-    xio._write_sitk(img, path, True)
+    xio.write_sitk_image(img, path)
 
 
 def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
@@ -627,6 +627,6 @@ def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
         written.append(f)
     side = sidecar_path(p)
     data = {**result.to_dict(), "files": files, **(extra or {})}
-    xio.write_text(side, json.dumps(xio.to_jsonable(data), indent=2, ensure_ascii=False))
+    xio.write_json(side, data, ensure_ascii=False)
     written.append(side)
     return written

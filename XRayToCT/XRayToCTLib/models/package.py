@@ -90,7 +90,7 @@ def save_package(model: torch.nn.Module, path: str | os.PathLike, *,
         dtype: ``torch.float32`` or ``torch.float16`` (half the size; cast back to fp32 at
             load, a relative rounding of about 5e-4 per weight).
     """
-    from ..io import _atomic_write
+    from ..io import atomic_write
     from safetensors.torch import save_file
 
     spec = getattr(model, "spec", None)
@@ -104,7 +104,8 @@ def save_package(model: torch.nn.Module, path: str | os.PathLike, *,
     tensors = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
                .contiguous().clone() for k, v in model.state_dict().items()}
     path = Path(path)
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), to_path=True,
+                 create_parent=False)
     return path
 
 

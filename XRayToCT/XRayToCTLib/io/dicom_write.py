@@ -1,0 +1,182 @@
+"""Writing a Volume as a DICOM CT Image Storage series: :func:`write_dicom_series`.
+
+One explicit-VR little-endian file per k-slice, int16 with a rescale chosen so that the HU
+round trip is within 0.5 HU; any orthonormal direction (oblique included) is kept. A
+synthetic CT is labelled so (ImageType ``SYNTHETIC``, SeriesDescription, ImageComments and
+DerivationDescription carry :data:`~XRayToCTLib.constants.SYNTHETIC_LABEL`). The series
+appears all at once: it is written by :func:`~XRayToCTLib.io.files.atomic_write`.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import generate_uid
+from pydicom.valuerep import format_number_as_ds
+
+from .. import __version__
+from ..constants import SYNTHETIC_LABEL, SYNTHETIC_NOTE
+from ..errors import InputError
+from ..geometry import Volume
+from ..progress import ProgressCallback, report
+from .dicom_read import DICOM_CARRY_TAGS
+from .files import atomic_write
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+
+
+def _ds(value: float) -> str:
+    """A number as a DICOM decimal string (at most 16 characters)."""
+    v = float(value)
+    if abs(v) < 1e-12:
+        v = 0.0
+    return format_number_as_ds(v)
+
+
+def _int16_rescale(array: np.ndarray) -> tuple[float, float]:
+    """(slope, intercept) so that round((hu - intercept) / slope) fits int16; slope 1
+    (errors <= 0.5 HU) whenever the range allows."""
+    lo, hi = float(array.min()), float(array.max())
+    if -32768 <= math.floor(lo) and math.ceil(hi) <= 32767:
+        return 1.0, 0.0
+    if math.ceil(hi) - math.floor(lo) <= 65535:
+        return 1.0, float(math.floor(lo) + 32768)
+    slope = (hi - lo) / 65535.0
+    return slope, lo + 32768.0 * slope
+
+
+def _base_dataset(volume: Volume, source_info: dict[str, Any], series_description: str,
+                  synthetic: bool) -> dict[str, Any]:
+    """Attributes shared by every slice of the new series."""
+    now = datetime.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    attrs: dict[str, Any] = {
+        "SpecificCharacterSet": "ISO_IR 192",
+        "PatientName": "Synthetic^Phantom", "PatientID": "XRAYTOCT-SYNTHETIC",
+        "PatientBirthDate": "", "PatientSex": "O",
+        "StudyInstanceUID": generate_uid(), "StudyDate": date, "StudyTime": time,
+        "StudyID": "1", "AccessionNumber": "", "ReferringPhysicianName": "",
+        "StudyDescription": "XRayToCT",
+        "FrameOfReferenceUID": generate_uid(), "PositionReferenceIndicator": "",
+    }
+    for tag in DICOM_CARRY_TAGS:
+        if tag == "SpecificCharacterSet":
+            continue
+        if source_info.get(tag) not in (None, ""):
+            attrs[tag] = str(source_info[tag])
+    image_type = ["DERIVED", "SECONDARY", "AXIAL"] + (["SYNTHETIC"] if synthetic else [])
+    derivation = f"{SYNTHETIC_LABEL}: {SYNTHETIC_NOTE}" if synthetic else "Derived by XRayToCT"
+    window = volume.metadata.get("window") if isinstance(volume.metadata, dict) else None
+    try:
+        wc, ww = (float(window[0]), float(window[1])) if window else (40.0, 400.0)
+    except (TypeError, ValueError, IndexError):
+        wc, ww = 40.0, 400.0
+    attrs.update({
+        "SOPClassUID": CT_IMAGE_STORAGE, "Modality": "CT",
+        "ImageType": image_type, "SeriesInstanceUID": generate_uid(),
+        "SeriesNumber": "1001", "SeriesDescription": series_description[:64],
+        "SeriesDate": date, "SeriesTime": time, "ContentDate": date, "ContentTime": time,
+        "InstanceCreationDate": date, "InstanceCreationTime": time,
+        "Manufacturer": "XRayToCT", "ManufacturerModelName": "XRayToCT",
+        "SoftwareVersions": str(__version__),
+        "DerivationDescription": derivation[:1024],
+        "ImageComments": SYNTHETIC_LABEL if synthetic else "XRayToCT",
+        "BurnedInAnnotation": "NO", "PatientPosition": "",
+        "KVP": "", "AcquisitionNumber": "1",
+        "SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2",
+        "BitsAllocated": 16, "BitsStored": 16, "HighBit": 15, "PixelRepresentation": 1,
+        "WindowCenter": _ds(wc), "WindowWidth": _ds(ww),
+        "RescaleType": "HU",
+    })
+    return attrs
+
+
+def _write_slice(path: Path, attrs: dict[str, Any], pixels: np.ndarray) -> None:
+    """One CT Image Storage file (explicit VR little endian)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = attrs["SOPClassUID"]
+    meta.MediaStorageSOPInstanceUID = attrs["SOPInstanceUID"]
+    meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(pixels.astype("<i2")).tobytes()
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(str(path), enforce_file_format=True)
+    else:  # pragma: no cover - pydicom 2.x
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(str(path), write_like_original=False)
+
+
+def write_dicom_series(volume: Volume, folder: str | os.PathLike, *, source: Any = None,
+                       series_description: str = SYNTHETIC_LABEL,
+                       synthetic: bool = True,
+                       progress: ProgressCallback | None = None) -> list[Path]:
+    """Write a Volume as a DICOM CT Image Storage series, one file per k-slice.
+
+    Args:
+        volume: the CT in HU; any orthonormal direction (oblique included) is kept: each
+            slice's ImageOrientationPatient is the i and j axes, its ImagePositionPatient
+            the LPS position of its voxel (0, 0).
+        folder: output folder; it must not exist or be empty. The series is written into
+            a temporary folder beside it that is renamed to ``folder`` at the end.
+        source: a Volume or Radiograph whose ``metadata["dicom"]`` gives the patient,
+            study and frame-of-reference tags to carry over (pass it only when the volume
+            is in that study's frame of reference); without one, anonymous placeholders
+            (PatientName ``Synthetic^Phantom``) and new study/frame UIDs are used.
+        series_description: SeriesDescription (64 characters at most).
+        synthetic: label the images synthetic (ImageType ``DERIVED\\SECONDARY\\AXIAL\\SYNTHETIC``;
+            DerivationDescription and ImageComments carry :data:`SYNTHETIC_LABEL`).
+
+    Pixels are int16 with RescaleSlope 1 and a RescaleIntercept chosen so the values fit
+    (HU round trip within 0.5 HU); only a range wider than 65535 HU needs a larger slope.
+    Returns the paths of the written files, in slice order.
+    """
+    dest = Path(folder)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InputError(dest, "the output folder exists and is not empty")
+    if not dest.parent.is_dir():
+        raise InputError(dest, f"the folder {dest.parent} does not exist")
+    array = np.asarray(volume.array, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError("the volume holds NaN or infinite values; cannot write DICOM")
+    info = {}
+    if source is not None and isinstance(getattr(source, "metadata", None), dict):
+        info = source.metadata.get("dicom") or {}
+    attrs = _base_dataset(volume, info if isinstance(info, dict) else {},
+                          series_description, synthetic)
+    slope, intercept = _int16_rescale(array)
+    d = volume.direction
+    sx, sy, sz = volume.spacing
+    attrs.update({
+        "Rows": int(array.shape[1]), "Columns": int(array.shape[2]),
+        "PixelSpacing": [_ds(sy), _ds(sx)],
+        "ImageOrientationPatient": [_ds(x) for x in np.concatenate([d[:, 0], d[:, 1]])],
+        "SliceThickness": _ds(sz), "SpacingBetweenSlices": _ds(sz),
+        "RescaleSlope": _ds(slope), "RescaleIntercept": _ds(intercept),
+    })
+    normal = np.cross(d[:, 0], d[:, 1])
+    names = [f"slice_{k + 1:04d}.dcm" for k in range(array.shape[0])]
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir()
+        for k, name in enumerate(names):
+            ipp = np.asarray(volume.origin) + d[:, 2] * (sz * k)
+            stored = np.rint((array[k] - intercept) / slope)
+            np.clip(stored, -32768, 32767, out=stored)
+            attrs.update({"SOPInstanceUID": generate_uid(), "InstanceNumber": str(k + 1),
+                          "ImagePositionPatient": [_ds(x) for x in ipp],
+                          "SliceLocation": _ds(float(ipp @ normal))})
+            _write_slice(tmp / name, attrs, stored.astype(np.int16))
+            report(progress, (k + 1) / len(names), "writing DICOM slices")
+
+    atomic_write(dest, write, to_path=True, create_parent=False)
+    return [dest / n for n in names]

@@ -1,0 +1,243 @@
+"""Radiographs in files: :func:`read_radiograph` and :func:`write_radiograph`.
+
+Conventions: bone is bright. DICOM values get the modality rescale; MONOCHROME1 images are
+inverted about their nominal range (``metadata["photometric"]`` keeps the original
+interpretation). Colour images become grey with ITU-R BT.601 luma (alpha ignored). A file
+written by :func:`write_radiograph` (NRRD, MetaImage) gets its ProjectionGeometry, pixel
+spacing and metadata back from :func:`read_radiograph`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image, ImageOps
+
+from ..errors import InputError
+from ..geometry import ProjectionGeometry, Radiograph
+from .dicom_read import decode_pixels, dicom_floats, dicom_info, has_dicom_magic
+from .files import (DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, extension, json_text,
+                    one_line, require_exists)
+from .volumes import header_strings, read_sitk_image, restore_metadata, volume_format, write_sitk_image
+
+try:
+    from pydicom.pixels import convert_color_space
+except ImportError:  # pydicom 2
+    from pydicom.pixel_data_handlers.util import convert_color_space
+
+_LUMA_601 = np.array([0.299, 0.587, 0.114])
+
+
+# --------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------
+def _to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an ``(..., 3 or 4)`` array (alpha ignored)."""
+    return (np.asarray(rgb[..., :3], dtype=np.float64) @ _LUMA_601).astype(np.float32)
+
+
+_VIEW_POSITIONS = {"AP": "ap", "PA": "pa", "LL": "lateral", "RL": "lateral_left",
+                   "LATERAL": "lateral", "LAT": "lateral"}
+
+
+def _read_radiograph_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
+    arr, ds = decode_pixels(path)
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if nframes > 1 or arr.ndim == 4 or (arr.ndim == 3 and samples == 1):
+        raise InputError(path, f"a multi-frame DICOM ({nframes} frames): a volume or a cine "
+                               f"loop, not one radiograph")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    meta: dict[str, Any] = {"photometric": photometric}
+    if samples > 1:
+        if photometric.startswith("YBR") and arr.ndim == 3:
+            arr = convert_color_space(arr, photometric, "RGB")
+        img = _to_grey(arr)
+    else:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        img = (arr.astype(np.float64) * slope + intercept)
+        if photometric == "MONOCHROME1":
+            bits = int(ds.get("BitsStored", 16) or 16)
+            signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+            lo, hi = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1))
+            nominal = sorted((lo * slope + intercept, hi * slope + intercept))
+            img = nominal[0] + nominal[1] - img
+            meta["inverted"] = True
+        img = img.astype(np.float32)
+    spacing = None
+    for tag in ("ImagerPixelSpacing", "PixelSpacing"):
+        ps = dicom_floats(ds.get(tag, []) or [], 2)
+        if ps is not None and min(ps) > 0:
+            spacing = (float(ps[0]), float(ps[1]))
+            meta["pixel_spacing_source"] = tag
+            break
+    meta["dicom"] = dicom_info(ds)
+    for tag in ("DistanceSourceToDetector", "DistanceSourceToPatient",
+                "EstimatedRadiographicMagnificationFactor"):
+        if tag in ds:
+            try:
+                meta[tag] = float(ds[tag].value)
+            except (TypeError, ValueError):
+                pass
+    view = _VIEW_POSITIONS.get(str(ds.get("ViewPosition", "") or "").upper())
+    if view:
+        meta["view"] = view
+    return img, spacing, meta
+
+
+def _read_radiograph_bitmap(path: Path, fmt: str) -> tuple[np.ndarray, None, dict]:
+    try:
+        with Image.open(path) as im:
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                raise InputError(path, f"a {frames}-page image (a stack), not one radiograph")
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            mode = im.mode
+            meta: dict[str, Any] = {"mode": mode}
+            if "dpi" in im.info:
+                meta["dpi"] = [float(x) for x in im.info["dpi"]]
+            if mode == "P" or mode == "PA":
+                im = im.convert("RGBA")
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(path, f"unreadable {fmt.upper()} image: {one_line(exc)}") from None
+    if arr.ndim == 3:
+        if arr.shape[2] in (3, 4):
+            arr = _to_grey(arr)
+            meta["converted_to_grey"] = "ITU-R BT.601 luma"
+        elif arr.shape[2] in (1, 2):  # L or LA
+            arr = arr[..., 0]
+        else:
+            raise InputError(path, f"unsupported image with {arr.shape[2]} channels")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    meta["stored_dtype"] = str(arr.dtype)
+    return arr.astype(np.float32), None, meta
+
+
+def _read_radiograph_sitk(path: Path, fmt: str) -> tuple[np.ndarray, tuple[float, float], dict, sitk.Image]:
+    img = read_sitk_image(path, fmt)
+    if img.GetDimension() not in (2, 3):
+        raise InputError(path, f"a {img.GetDimension()}D image, not a radiograph")
+    array = sitk.GetArrayFromImage(img)
+    spacing = list(img.GetSpacing())[::-1]  # array axis order
+    if img.GetNumberOfComponentsPerPixel() in (3, 4):
+        array = _to_grey(array)
+    elif img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"a {img.GetNumberOfComponentsPerPixel()}-component image, "
+                               f"not a radiograph")
+    if array.ndim == 3:
+        keep = [a for a in range(3) if array.shape[a] != 1]
+        if len(keep) != 2:
+            raise InputError(path, f"a 3D volume of size {img.GetSize()}, not a radiograph "
+                                   f"(a radiograph is one 2D image)")
+        array = array.reshape([array.shape[a] for a in keep])
+        spacing = [spacing[a] for a in keep]
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise InputError(path, "the image holds NaN or infinite values")
+    return array.astype(np.float32), (float(spacing[0]), float(spacing[1])), {}, img
+
+
+def read_radiograph(path: str | os.PathLike, *, view: str | None = None) -> Radiograph:
+    """Read one radiograph as a float32 :class:`Radiograph`.
+
+    Args:
+        path: DICOM (DX, CR, RF, secondary capture, or any single-frame 2D DICOM), PNG,
+            TIFF, JPEG, or a 2D NRRD/NIfTI/MetaImage (a 3D one with a single slice too).
+        view: ``"ap"``, ``"lateral"``...; stored in ``metadata["view"]`` (DICOM files
+            otherwise get it from ViewPosition: AP, PA, LL -> lateral, RL -> lateral_left).
+
+    Conventions: bone is bright. DICOM values get the modality rescale; MONOCHROME1 images
+    are inverted about their nominal range (``metadata["photometric"]`` keeps the original
+    interpretation). Colour images become grey with ITU-R BT.601 luma (alpha ignored).
+    Pixel spacing: DICOM ImagerPixelSpacing (detector plane), else PixelSpacing; NRRD etc.
+    from the header; bitmaps have none (``None``; their dpi, if any, is in metadata).
+    A file written by :func:`write_radiograph` gets its ProjectionGeometry and metadata back.
+
+    Raises:
+        InputError: missing/unreadable/truncated file, unknown type, a 3D volume or a
+            multi-frame/multi-page image, NaN values.
+    """
+    p = Path(path)
+    require_exists(p)
+    if p.is_dir():
+        raise InputError(p, "a folder, not a radiograph file")
+    ext = extension(p)
+    geometry = None
+    if ext in VOLUME_EXTENSIONS:
+        array, spacing, meta, img = _read_radiograph_sitk(p, VOLUME_EXTENSIONS[ext])
+        meta.update(restore_metadata(img))
+        fmt = VOLUME_EXTENSIONS[ext]
+        if img.HasMetaDataKey("xraytoct_pixel_spacing"):
+            try:
+                ps = json.loads(img.GetMetaData("xraytoct_pixel_spacing"))
+                spacing = None if ps is None else (float(ps[0]), float(ps[1]))
+            except (ValueError, TypeError, IndexError):
+                pass
+        if img.HasMetaDataKey("xraytoct_geometry"):
+            try:
+                geometry = ProjectionGeometry.from_dict(json.loads(img.GetMetaData("xraytoct_geometry")))
+            except (ValueError, TypeError) as exc:
+                raise InputError(p, f"bad xraytoct_geometry in the header: {one_line(exc)}") from None
+            if tuple(array.shape) != geometry.pixels:
+                raise InputError(p, f"image shape {array.shape} differs from the stored "
+                                    f"geometry's detector {geometry.pixels}")
+    elif ext in IMAGE_EXTENSIONS:
+        fmt = IMAGE_EXTENSIONS[ext]
+        array, spacing, meta = _read_radiograph_bitmap(p, fmt)
+    elif ext in DICOM_EXTENSIONS or has_dicom_magic(p):
+        fmt = "dicom"
+        array, spacing, meta = _read_radiograph_dicom(p)
+    else:
+        raise InputError(p, f"unknown file type {ext or '(no extension)'!r}: expected DICOM, "
+                            f"{', '.join(IMAGE_EXTENSIONS)} or {', '.join(VOLUME_EXTENSIONS)}")
+    if array.ndim != 2 or min(array.shape) < 2:
+        raise InputError(p, f"not a 2D image (shape {array.shape})")
+    meta.update({"source": str(p), "format": fmt})
+    if view is not None:
+        meta["view"] = view
+    try:
+        return Radiograph(array, spacing, geometry, meta)
+    except ValueError as exc:
+        raise InputError(p, one_line(exc)) from None
+
+
+# --------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------
+def write_radiograph(radiograph: Radiograph, path: str | os.PathLike, *,
+                     compress: bool = True) -> Path:
+    """Write a Radiograph as a 2D NRRD (or MetaImage / NIfTI), atomically.
+
+    Spacing is ``(column, row)`` pixel spacing (1, 1 when unknown). NRRD and MetaImage get
+    the keys ``xraytoct_geometry`` (JSON of ``geometry.to_dict()``), ``xraytoct_metadata``
+    (JSON) and ``xraytoct_pixel_spacing``, which :func:`read_radiograph` restores; NIfTI
+    keeps pixels and spacing only. Returns the path."""
+    p = Path(path)
+    fmt = volume_format(p)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(
+        radiograph.array.astype(np.uint8) if radiograph.array.dtype == bool else radiograph.array))
+    ps = radiograph.pixel_spacing
+    img.SetSpacing((ps[1], ps[0]) if ps is not None else (1.0, 1.0))
+    if fmt != "nifti":
+        for key, value in header_strings(radiograph.metadata).items():
+            img.SetMetaData(key, value)
+        img.SetMetaData("xraytoct_metadata", json_text(radiograph.metadata))
+        img.SetMetaData("xraytoct_pixel_spacing", json_text(ps))
+        if radiograph.geometry is not None:
+            img.SetMetaData("xraytoct_geometry", json_text(radiograph.geometry.to_dict()))
+    write_sitk_image(img, p, compress)
+    return p
