@@ -1,4 +1,5 @@
-"""Tests of XRayToCTLib.metrics: equality with skimage, definitions, edge cases."""
+"""Tests of XRayToCTLib.metrics (equality with skimage, definitions, edge cases) and of
+XRayToCTLib.hu (windows, the head mask's variants)."""
 from __future__ import annotations
 
 import math
@@ -6,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from scipy import ndimage
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio
 from skimage.metrics import structural_similarity as sk_ssim
 
+from XRayToCTLib import hu
 from XRayToCTLib import metrics as M
+from XRayToCTLib.constants import HEAD_THRESHOLD_HU
 from XRayToCTLib.errors import InputError
 from XRayToCTLib.geometry import Volume
 
@@ -147,6 +151,98 @@ def test_head_mask_largest_component_with_holes_filled():
     assert np.array_equal(M.head_mask(Volume(hu)), m)
 
 
+def read_cthead() -> Volume:
+    if not CTHEAD.exists():
+        pytest.skip(f"shared test data not found at {CTHEAD} (a fresh clone has no ../shared/data)")
+    from XRayToCTLib.io import read_volume
+    return read_volume(CTHEAD, rescale=(1.0, -1024.0))
+
+
+def reference_full_mask(a: np.ndarray, fill: bool) -> np.ndarray:
+    """The evaluation's head mask as first written: > -500 HU, largest face-connected
+    component, holes filled by scipy."""
+    lab, _ = ndimage.label(a > HEAD_THRESHOLD_HU)
+    counts = np.bincount(lab.ravel())
+    counts[0] = 0
+    m = lab == int(np.argmax(counts))
+    return ndimage.binary_fill_holes(m) if fill else m
+
+
+def reference_coarse_centroid(vol: Volume, threshold: float | None, spacing: float = 2.0):
+    """The preprocessing's head centre as first written (SimpleITK): anti-aliased resampling
+    to no finer than ``spacing`` mm, ``>= threshold`` (Otsu when None), a 1-voxel opening kept
+    when not empty, the largest component; its centroid (LPS) and the mask's grid."""
+    img = sitk.GetImageFromArray(np.asarray(vol.array, np.float32))
+    img.SetSpacing(vol.spacing)
+    img.SetOrigin(vol.origin)
+    img.SetDirection(tuple(np.asarray(vol.direction, float).reshape(-1)))
+    old = np.asarray(img.GetSpacing(), float)
+    new = np.maximum(old, spacing)
+    if not np.allclose(new, old, rtol=1e-6):
+        ext = (np.asarray(img.GetSize(), float) - 1) * old
+        size = np.floor(ext / new + 1e-6).astype(int) + 1
+        d = np.asarray(img.GetDirection(), float).reshape(3, 3)
+        origin = np.asarray(img.GetOrigin(), float) + d @ ((ext - (size - 1) * new) / 2)
+        sig = np.sqrt((np.maximum(new / old, 1) ** 2 - 1) / 12) * old
+        sm = sitk.DiscreteGaussian(img, [float(s * s) for s in sig], 64, 0.01, True)
+        img = sitk.Resample(sm, [int(n) for n in size], sitk.Transform(), sitk.sitkLinear,
+                            tuple(origin), tuple(new), img.GetDirection(),
+                            float(np.min(vol.array)), sitk.sitkFloat32)
+    if threshold is None:
+        f = sitk.OtsuThresholdImageFilter()
+        f.SetNumberOfHistogramBins(128)
+        f.Execute(img)
+        threshold = f.GetThreshold()
+    mask = sitk.BinaryThreshold(img, float(threshold), 1e30, 1, 0)
+    opened = sitk.BinaryMorphologicalOpening(mask, [1] * 3)
+    if sitk.GetArrayViewFromImage(opened).any():
+        mask = opened
+    mask = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True) == 1
+    kji = np.argwhere(sitk.GetArrayFromImage(mask) > 0).mean(axis=0)
+    return np.asarray(img.TransformContinuousIndexToPhysicalPoint(kji[::-1].tolist())), img
+
+
+def test_hu_head_mask_variants_reproduce_both_former_masks():
+    # the evaluation's variant (the default): full resolution, holes filled or (fill_holes=False) not
+    hu_arr = head()
+    hu_arr[18:22, 18:22, 18:22] = -1000.0  # an enclosed air pocket
+    hu_arr[1:3, 1:3, 1:3] = 500.0  # a separate blob
+    ct = read_cthead()
+    for a in (hu_arr, ct.array):
+        assert np.array_equal(hu.head_mask(a), reference_full_mask(a, True))
+        assert np.array_equal(hu.head_mask(a, fill_holes=False), reference_full_mask(a, False))
+    assert M.head_mask is hu.head_mask
+    assert not hu.head_mask(hu_arr, fill_holes=False)[18:22, 18:22, 18:22].any()
+    # the preprocessing's variant: at 2 mm, a 1-voxel opening, holes kept; same centroid
+    k, j, i = np.indices((60, 50, 40))
+    blob = np.where(((k - 30) / 25) ** 2 + ((j - 24) / 20) ** 2 + ((i - 21) / 16) ** 2 < 1, 40.0, -1000.0)
+    blob[:, 45:47, :] = 100.0  # a thin "table" touching the head: the opening removes it
+    c, s = math.cos(0.3), math.sin(0.3)
+    tilted = Volume(blob.astype(np.float32), (0.9, 1.1, 1.3), (10.0, -20.0, 5.0),
+                    np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]))
+    for vol, thr in ((ct, -500.0), (ct, None), (tilted, -500.0), (tilted, None)):
+        ref, ref_img = reference_coarse_centroid(vol, thr)
+        assert np.abs(hu.head_center(vol, thr) - ref).max() < 0.01
+        m = hu.head_mask(vol, thr, coarse_mm=2.0, opening=1, fill_holes=False)
+        assert isinstance(m, Volume) and m.array.dtype == np.uint8
+        assert m.array.shape == sitk.GetArrayViewFromImage(ref_img).shape
+        np.testing.assert_allclose(m.spacing, ref_img.GetSpacing())
+        np.testing.assert_allclose(m.origin, ref_img.GetOrigin(), atol=1e-9)
+    with pytest.raises(InputError, match="no head"):
+        hu.head_center(Volume(np.full((8, 8, 8), -1000.0, np.float32)))
+    with pytest.raises(ValueError, match="geometry"):
+        hu.head_mask(hu_arr, coarse_mm=2.0)
+
+
+def test_hu_windows():
+    assert hu.window_range("brain") == (20.0, 60.0) == M.window_range("brain")
+    assert hu.get_window((40, 400)) == (40.0, 400.0) == hu.WINDOWS["soft_tissue"]
+    np.testing.assert_allclose(hu.apply_window(np.array([-1000.0, 0.0, 1000.0]), "full"), [0, 0.5, 1])
+    np.testing.assert_allclose(hu.window_to_hu(np.array([0.0, 0.5, 1.0]), "brain"), [20, 40, 60])
+    with pytest.raises(ValueError, match="unknown window"):
+        hu.get_window("lung-ish")
+
+
 def test_compute_metrics_identical_constant_and_windowing():
     gt = head()
     same = M.compute_metrics(gt, gt, window="brain", region="head",
@@ -241,7 +337,7 @@ def test_lpips_and_fid_unavailable_without_weights(monkeypatch):
 def test_lpips_and_fid_with_local_weights(tmp_path, monkeypatch):
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    net = M._LPIPSAlex()
+    net = M.LPIPSAlex()
     for lin in net.lins:  # LPIPS's lin weights are non-negative
         lin.weight.data.abs_()
     state = {k: v.contiguous() for k, v in net.state_dict().items() if k not in ("shift", "scale")}

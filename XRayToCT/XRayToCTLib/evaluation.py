@@ -395,8 +395,8 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
         report(progress, n_case / len(cases), f"case {cid}")
         try:
             gt_vol = _read_hu(gt_files[cid])
-            g = M._hu_tensor(gt_vol, "ground truth")
-            masks = M._masks_for(g, regions)
+            g = M.hu_tensor(gt_vol, "ground truth")
+            masks = M.region_masks(g, regions)
         except (XRayToCTError, ValueError, OSError) as err:
             for n in model_names + list(baselines):
                 failures.append({"case": cid, "model": n, "reason": f"ground truth: {_reason(err)}"})
@@ -422,7 +422,7 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
                 if cov < 1.0:
                     coverage[cid, name] = cov
                 for w in windows:
-                    vals = M._window_metrics(p, g, w, masks, list(metrics))
+                    vals = M.window_metrics(p, g, w, masks, list(metrics))
                     for m in metrics:
                         for r in regions:
                             rows.append({"case": cid, "model": name, "metric": m, "window": w,
