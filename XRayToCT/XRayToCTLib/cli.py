@@ -485,6 +485,7 @@ def _cmd_reconstruct(args) -> int:
 
 
 def _cmd_models(args) -> int:
+    from .io import json_text
     from .models import CATALOG_PATH, catalog
     from .models.package import sha256_file
     rows = []
@@ -496,7 +497,7 @@ def _cmd_models(args) -> int:
                      "file": str(path), "present": present,
                      "sha256_ok": present and sha256_file(path) == str(e["sha256"]).lower()})
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json_text(rows, indent=2))
         return 0
     if not rows:
         print(f"no models in the catalog ({CATALOG_PATH})")
@@ -504,7 +505,7 @@ def _cmd_models(args) -> int:
         state = "ok" if r["sha256_ok"] else ("SHA-256 MISMATCH" if r["present"] else "file missing")
         trained = r["trained_on"]
         if isinstance(trained, dict):
-            trained = trained.get("description") or json.dumps(trained, default=str)[:120]
+            trained = trained.get("description") or json_text(trained)[:120]
         print(f"{r['name']}: {r['title'] or ''}")
         print(f"    views {'+'.join(r['views'])}, output {r['output_size']}^3, trained on "
               f"{trained or 'unknown'}; file {r['file']} [{state}]")

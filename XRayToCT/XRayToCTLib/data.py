@@ -278,7 +278,7 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
     from . import preprocess as pp
     from .augment import augment_intensity, augmentation_transform
     from .drr import render
-    from .io import read_volume, write_radiograph, write_volume
+    from .io import read_volume, write_json, write_radiograph, write_volume
 
     import SimpleITK as sitk
 
@@ -365,10 +365,7 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
                   "transform": res.to_dict(),
                   "timing_s": {"source": t_source, "total": time.perf_counter() - t0},
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-        with open(tmp / _CASE_FILE, "w") as fh:
-            json.dump(record, fh, indent=1, default=_json_default)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_json(tmp / _CASE_FILE, record, indent=1)
         final = cases_dir / cid
         if final.exists():
             shutil.rmtree(final)
@@ -387,14 +384,6 @@ def _build_case_in_worker(*args: Any) -> dict[str, Any]:
         return _build_case(*args)
     except (InputError, OSError) as err:
         return {"error": str(err)}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return str(value)
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -424,8 +413,8 @@ def _complete_record(case_dir: Path, key: str) -> dict[str, Any] | None:
 # the dataset
 # ----------------------------------------------------------------------------------------
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    from .io import write_text
-    write_text(path, json.dumps(manifest, indent=1, default=_json_default))
+    from .io import write_json
+    write_json(path, manifest, indent=1)
 
 
 def _resolve_settings(existing: dict | None, given: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from . import metrics as M
 from .errors import Cancelled, InputError, XRayToCTError
 from .drr import MU_WATER_PER_MM
 from .geometry import ProjectionGeometry, Radiograph, Volume
+from .io import write_json, write_text
 from .progress import ProgressCallback, report
 
 __all__ = ["VOLUME_SUFFIXES", "CSV_COLUMNS", "BASELINES", "case_id", "find_volumes", "align",
@@ -463,34 +464,15 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
     w.writerow(CSV_COLUMNS)
     for r in rows:
         w.writerow([r["case"], r["model"], r["metric"], r["window"], r["region"], _fmt(r["value"])])
-    return _atomic_text(Path(path), buf.getvalue())
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    from .io import write_text
-    return write_text(path, text)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else ("inf" if obj == math.inf else
-                                               "-inf" if obj == -math.inf else None)
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.floating, np.integer)):
-        return _json_safe(obj.item())
-    return obj
+    return write_text(path, buf.getvalue())
 
 
 def write_summary(result: EvaluationResult, path: str | os.PathLike, *,
                   ci: str = "t") -> dict[str, Any]:
     """``summary.json``: the statistics of :func:`~XRayToCTLib.stats.summarize` per model,
     metric, window and region, the failures, the coverage notes, the settings and the metric
-    definitions (non-finite numbers as ``"inf"`` or ``null``). Returns the summary."""
+    definitions (non-finite numbers as ``null``: :func:`~XRayToCTLib.io.to_jsonable`). Returns
+    the summary."""
     from .stats import summarize
     summary = summarize(result.rows, baselines=result.baselines, ci=ci)
     summary.update({
@@ -502,7 +484,7 @@ def write_summary(result: EvaluationResult, path: str | os.PathLike, *,
         "definitions": (M.__doc__ or "").strip(),
         "baseline_definitions": (__doc__ or "").split("Baselines", 1)[-1].strip(),
     })
-    _atomic_text(Path(path), json.dumps(_json_safe(summary), indent=2))
+    write_json(path, summary)
     return summary
 
 

@@ -32,6 +32,7 @@ from vtk.util import numpy_support
 import slicer
 
 from .geometry import ProjectionGeometry, Radiograph, Volume
+from .io import json_text
 
 __all__ = [
     "ATTRIBUTE_VIEW", "ATTRIBUTE_GEOMETRY", "ATTRIBUTE_KIND", "ATTRIBUTE_SOURCE", "ATTRIBUTE_METADATA",
@@ -282,7 +283,7 @@ def update_node_from_radiograph(node, radiograph: Radiograph, view: str, source_
     node.SetAttribute(ATTRIBUTE_VIEW, view)
     node.SetAttribute(ATTRIBUTE_KIND, str(radiograph.metadata.get("kind", "radiograph")))
     node.SetAttribute(ATTRIBUTE_GEOMETRY, geometry.to_json() if geometry is not None else "")
-    node.SetAttribute(ATTRIBUTE_METADATA, json.dumps(radiograph.metadata, default=str))
+    node.SetAttribute(ATTRIBUTE_METADATA, json_text(radiograph.metadata))
     node.SetAttribute(ATTRIBUTE_SOURCE, source_node.GetID() if source_node is not None else "")
     return node
 
@@ -349,17 +350,6 @@ def sct_node_name(source_name: str) -> str:
     return f"{source_name} sCT (synthetic)"
 
 
-def _json(value: Any) -> str:
-    def default(v):
-        if isinstance(v, np.generic):
-            return v.item()
-        if isinstance(v, np.ndarray):
-            return v.tolist()
-        return str(v)
-
-    return json.dumps(value, default=default, sort_keys=True)
-
-
 def update_node_from_sct(node, sct: Volume, *, model: str, consistency: Mapping[str, Any] | None = None,
                          source_node=None, input_nodes: Iterable[Any] = (), info: Mapping[str, Any] | None = None):
     """Put a synthetic CT (HU) into ``node`` and label it synthetic.
@@ -373,10 +363,10 @@ def update_node_from_sct(node, sct: Volume, *, model: str, consistency: Mapping[
     node.SetAttribute(ATTRIBUTE_KIND, KIND_SCT)
     node.SetAttribute(ATTRIBUTE_SYNTHETIC, "true")
     node.SetAttribute(ATTRIBUTE_MODEL, str(model))
-    node.SetAttribute(ATTRIBUTE_CONSISTENCY, _json(dict(consistency or {})))
+    node.SetAttribute(ATTRIBUTE_CONSISTENCY, json_text(dict(consistency or {}), sort_keys=True))
     node.SetAttribute(ATTRIBUTE_SOURCE, source_node.GetID() if source_node is not None else "")
     node.SetAttribute(ATTRIBUTE_INPUTS, " ".join(n.GetID() for n in input_nodes if n is not None))
-    node.SetAttribute(ATTRIBUTE_INFO, _json(dict(info or {})))
+    node.SetAttribute(ATTRIBUTE_INFO, json_text(dict(info or {}), sort_keys=True))
     node.SetDescription(SYNTHETIC_DESCRIPTION)
     return node
 
