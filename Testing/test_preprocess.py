@@ -15,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from XRayToCTLib import preprocess as pp
+from XRayToCTLib import registration
 from XRayToCTLib.errors import Cancelled, InputError
 from XRayToCTLib.geometry import Volume, rotation_matrix
 from XRayToCTLib.io import sitk_to_volume, volume_to_sitk
@@ -458,10 +459,11 @@ def test_stored_transform_skips_registration(phantom_template, moved_ct):
 # ----------------------------------------------------------------------------------------
 def test_missing_template_is_a_clear_error(monkeypatch, moved_ct):
     monkeypatch.delenv(pp.TEMPLATE_ENV, raising=False)
-    monkeypatch.setattr(pp, "_repo_root", lambda: None)
+    monkeypatch.setattr(registration, "SHIPPED_TEMPLATE", Path("/nonexistent/scct.nii.gz"))
     assert pp.default_template_path() is None
-    with pytest.raises(InputError, match="--template FILE or --no-register"):
+    with pytest.raises(InputError, match="no template is available") as err:
         pp.preprocess_ct(moved_ct)
+    assert "--" not in str(err.value)  # the library names no CLI flag
     # no registration, no template needed
     res = pp.preprocess_ct(moved_ct, register=False, size=32, spacing=8.0, target_size=16)
     assert res.volume.size == (32, 32, 32) and res.target.size == (16, 16, 16)
@@ -489,9 +491,15 @@ def test_default_template_path_and_loading(monkeypatch, tmp_path, phantom_templa
     with pytest.raises(InputError, match="3D"):
         pp.load_template(two_d)
     monkeypatch.delenv(pp.TEMPLATE_ENV)
-    root = pp._repo_root()  # the folder with pyproject.toml above the installed module
-    expected = None if root is None else root.parent / "shared/data/templates/rorden_scct/scct.nii"
-    assert pp.default_template_path() == (expected if expected and expected.is_file() else None)
+    # without the variable: the Rorden template that ships in Resources/, the same voxels as
+    # the seed's template
+    assert pp.default_template_path() == registration.SHIPPED_TEMPLATE
+    shipped = pp.load_template(pp.default_template_path())
+    assert shipped.size == (91, 109, 91) and np.allclose(shipped.spacing, 2.0)
+    assert (registration.SHIPPED_TEMPLATE.parent / "LICENSE").is_file()
+    if TEMPLATE_FILE.is_file():
+        original = pp.load_template(TEMPLATE_FILE)
+        assert np.array_equal(shipped.array, original.array) and shipped.same_as(original)
 
 
 def test_cormack_units_round_trip():

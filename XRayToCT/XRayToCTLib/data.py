@@ -66,10 +66,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import SimpleITK as sitk
+import torch
+from torch.utils.data import Dataset as _TorchDataset
 
+from . import __version__, drr, geometry, phantom
+from . import preprocess as pp
+from .augment import augment_intensity, augmentation_transform
+from .constants import DRR_AIR_THRESHOLD_HU, FIELD_OF_VIEW_MM, HU_CLIP, MU_WATER_PER_MM
 from .errors import InputError, XRayToCTError
-from . import geometry
-from .geometry import ProjectionGeometry, Volume
+from .geometry import Grid, ProjectionGeometry, Volume
+from .hu import get_window
+from .io import VOLUME_EXTENSIONS, is_dicom_dir, read_volume, write_json, write_radiograph, write_volume
 from .progress import ProgressCallback, report, scaled
 
 __all__ = ["MANIFEST_VERSION", "FIELD_OF_VIEW_MM", "VIEWS", "canonical_grid",
@@ -77,8 +85,6 @@ __all__ = ["MANIFEST_VERSION", "FIELD_OF_VIEW_MM", "VIEWS", "canonical_grid",
            "prepare_dataset", "load_manifest", "CaseDataset"]
 
 MANIFEST_VERSION = 1
-FIELD_OF_VIEW_MM = 256.0
-"""Side of the cubic field of view of every case (the seed protocol's 256 mm at 1 mm)."""
 VIEWS = ("ap", "lateral")
 PHANTOM_MARGIN_MM = 16.0
 """Phantoms are generated this much larger on each side than the field of view, so that
@@ -106,9 +112,8 @@ def canonical_grid(size: int, spacing: float | None = None) -> geometry.Grid:
 def dataset_geometries(size: int, pixels: int | None = None) -> dict[str, ProjectionGeometry]:
     """AP and lateral geometry of a dataset: :func:`drr.biplanar_geometry` of the canonical
     grid, isocentre (0, 0, 0), ``pixels`` (default ``size``) per detector side."""
-    from .drr import biplanar_geometry
     p = _check_int(size if pixels is None else pixels, "pixels", 2)
-    return biplanar_geometry(canonical_grid(size), pixels=p, isocenter=(0.0, 0.0, 0.0))
+    return drr.biplanar_geometry(canonical_grid(size), pixels=p, isocenter=(0.0, 0.0, 0.0))
 
 
 def case_seed(dataset_seed: int, case_id: str) -> int:
@@ -163,7 +168,6 @@ def _file_digest(path: Path) -> str:
 
 def _ct_sources(ct_dir: Path) -> list[tuple[str, Path]]:
     """``(case id, path)`` of every CT in ``ct_dir`` (volume files and DICOM folders)."""
-    from .io import VOLUME_EXTENSIONS, is_dicom_dir
     if not ct_dir.exists():
         raise InputError(ct_dir, "CT folder not found")
     if not ct_dir.is_dir():
@@ -229,67 +233,47 @@ def _settings_key(settings: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------
 # building one case (runs in a worker process or in-process)
 # ----------------------------------------------------------------------------------------
-_TEMPLATES: dict[str, tuple[Volume, np.ndarray]] = {}
+_TEMPLATES: dict[str, Volume] = {}
 
 
-def _template(path: str) -> tuple[Volume, np.ndarray]:
-    """The template and its grid centre (LPS), cached per process."""
-    from . import preprocess as pp
+def _template(path: str) -> Volume:
+    """The template, read once per process."""
     if path not in _TEMPLATES:
-        tmpl = pp.load_template(path)
-        _TEMPLATES[path] = (tmpl, pp.template_grid(tmpl).center)
+        _TEMPLATES[path] = pp.load_template(path)
     return _TEMPLATES[path]
 
 
 def _worker_init() -> None:
     """Pool initializer: one thread per worker for torch and ITK (workers run side by side)."""
-    import SimpleITK as sitk
-    import torch
     torch.set_num_threads(1)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
-def _shifted(reg, offset: np.ndarray):
-    """``reg`` (template -> CT points) preceded by the translation ``p -> p + offset``
-    (canonical -> template): one Euler transform about ``center - offset``."""
-    from .preprocess import RigidRegistration
-    p = list(reg.parameters)
-    p[3:] = (np.asarray(reg.translation) + offset).tolist()
-    info = {**reg.info, "canonical_offset_mm": np.asarray(offset, float).tolist()}
-    return RigidRegistration(tuple(p), tuple(np.asarray(reg.center) - offset),
-                             reg.metric_value, reg.initial_metric_value, info)
 
 
 def _make_phantom(seed: int, findings: str | list[str], spacing: float) -> tuple[Volume, Any]:
     """A phantom covering the field of view plus a margin, and its pose registration
     (canonical -> phantom points)."""
-    from . import phantom as ph
     n = int(round((FIELD_OF_VIEW_MM + 2 * PHANTOM_MARGIN_MM) / spacing))
-    vol = ph.head_phantom(n, spacing, seed, findings=None if findings == "none" else findings,
-                          pose=True)
-    reg = ph.pose_registration(vol)
-    return vol, reg
+    vol = phantom.head_phantom(n, spacing, seed, findings=None if findings == "none" else findings,
+                               pose=True)
+    return vol, phantom.pose_registration(vol)
 
 
 def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
                 parent_registration: dict | None = None,
                 progress: ProgressCallback | None = None) -> dict[str, Any]:
-    """Build one case into a temporary folder and rename it into place; return its record."""
-    from . import preprocess as pp
-    from .augment import augment_intensity, augmentation_transform
-    from .drr import render
-    from .io import read_volume, write_json, write_radiograph, write_volume
+    """Build one case into a temporary folder and rename it into place; return its record.
 
-    import SimpleITK as sitk
-
+    The CT (or phantom) enters the canonical frame through :func:`preprocess.to_canonical`,
+    exactly as at inference (:meth:`inference.Reconstructor.reconstruct_ct`)."""
     t0 = time.perf_counter()
     cid = case["id"]
     size, pixels, dsp = settings["size"], settings["pixels"], settings["drr_spacing"]
     fine = canonical_grid(int(round(FIELD_OF_VIEW_MM / dsp)), dsp)
     meta: dict[str, Any] = {}
     report(progress, 0.0, f"{cid}: source")
+    known = None  # a known canonical -> source transform (no search)
     if case["kind"] == "phantom":
-        src, reg = _make_phantom(case["seed"], settings["findings"], dsp)
+        src, known = _make_phantom(case["seed"], settings["findings"], dsp)
         meta["phantom"] = {k: src.metadata.get(k) for k in
                            ("seed", "findings", "ventricle_scale", "pose", "source")
                            if k in src.metadata}
@@ -297,55 +281,43 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
     else:
         src = read_volume(case["source"])
         if parent_registration is not None:
-            reg = pp.RigidRegistration.from_dict(parent_registration)
-        elif settings["register"]:
-            tmpl, centre = _template(settings["template"])
-            report(progress, 0.05, f"{cid}: registering to the template")
-            raw = pp.register_rigid(src, tmpl, progress=scaled(progress, 0.05, 0.6))
-            reg = _shifted(raw, centre)
-        else:
-            centre = pp.head_center(src)
-            reg = pp.RigidRegistration((0.0, 0.0, 0.0, *centre), (0.0, 0.0, 0.0),
-                                       info={"canonical_offset_mm": centre.tolist(),
-                                             "method": "head centroid (no registration)"})
+            known = pp.RigidRegistration.from_dict(parent_registration)
         meta["findings"] = []
-    t_source = time.perf_counter() - t0
-
-    report(progress, 0.6, f"{cid}: resampling")
-    clip = pp.DEFAULT_CLIP
+    warp, record_aug = None, None
     if case["kind"] == "ct-augmented":
-        aug_tx, record = augmentation_transform(canonical_grid(fine.size[0], dsp), case["seed"],
-                                                center=(0.0, 0.0, 0.0))
-        composite = sitk.CompositeTransform([reg.sitk_transform(), aug_tx])  # reg(aug(q))
-        volume = pp.resample_to_grid(src, fine, composite)
+        warp, record_aug = augmentation_transform(fine, case["seed"], center=(0.0, 0.0, 0.0))
+    report(progress, 0.05, f"{cid}: into the canonical frame")
+    volume, reg = pp.to_canonical(
+        src, fine, register=bool(settings["register"]), transform=known, warp=warp,
+        template=_template(settings["template"]) if settings["register"] and known is None else None,
+        progress=scaled(progress, 0.05, 0.7))
+    t_source = time.perf_counter() - t0
+    if record_aug is not None:
         volume, irecord = augment_intensity(volume, case["seed"])
-        volume = pp.clip_hu(volume, *clip)
-        volume.metadata.update({"space": "template", "units": "HU"})
-        target = pp.resample_to_size(volume, size)
-        res = pp.PreprocessResult(volume, target, reg, fine, pp.Grid.of(src), "template",
-                                  None, clip, {"augmented": True})
-        meta["augmentation"] = {"seed": case["seed"], "strength": 1.0, **record, **irecord,
+        volume = pp.clip_hu(volume, *pp.DEFAULT_CLIP)
+        meta["augmentation"] = {"seed": case["seed"], "strength": 1.0, **record_aug, **irecord,
                                 "applied": "in canonical space: canonical point q takes the "
                                            "source CT at registration(pose^-1 / B-spline(q)), "
                                            "then intensity and noise, then the clip"}
-    else:
-        res = pp.preprocess_ct(src, register=True, transform=reg, grid=fine, clip=clip,
-                               target_size=size)
-    res.info.update({"canonical": "grid centred on the LPS origin; registration maps "
-                                  "canonical points to source-CT points",
-                     "registered": bool(settings["register"]) if case["kind"] != "phantom"
-                     else "known phantom pose"})
+    report(progress, 0.7, f"{cid}: target")
+    target = pp.resample_to_size(volume, size)
     grid = canonical_grid(size)
-    if not grid.same_as(res.target, atol=1e-6):
-        raise XRayToCTError(f"{cid}: target grid {res.target.geometry_dict()} is not the "
+    if not grid.same_as(target, atol=1e-6):
+        raise XRayToCTError(f"{cid}: target grid {target.geometry_dict()} is not the "
                             "canonical grid (internal error)")
-    target = Volume(res.target.array.astype(np.float32, copy=False), grid.spacing, grid.origin,
-                    np.eye(3), {"units": "HU", "case": cid})
+    target = grid.with_array(target.array.astype(np.float32, copy=False), units="HU", case=cid)
+    transform = {"space": "canonical", "grid": fine.geometry_dict(),
+                 "source_grid": Grid.of(src).geometry_dict(), "registration": reg.to_dict(),
+                 "clip": list(pp.DEFAULT_CLIP), "target": {**target.geometry_dict(), "units": "HU"},
+                 "info": {"canonical": "grid centred on the LPS origin; registration maps "
+                                       "canonical points to source-CT points",
+                          "registered": bool(settings["register"]) if case["kind"] != "phantom"
+                          else "known phantom pose",
+                          "augmented": record_aug is not None}}
     del src
 
     report(progress, 0.75, f"{cid}: rendering DRRs")
-    geoms = dataset_geometries(size, pixels)
-    images = render(res.volume, [geoms[v] for v in VIEWS], device="cpu")
+    images = _case_drr(size, pixels).render(volume, device="cpu")
 
     cases_dir = Path(out) / "cases"
     tmp = cases_dir / f".tmp-{cid}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -353,16 +325,16 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
     try:
         write_volume(target, tmp / _CT_FILE)
         report(progress, 0.9, f"{cid}: writing DRRs")
-        for view, img in zip(VIEWS, images):
-            img.metadata["case"] = cid
-            write_radiograph(img, tmp / f"{view}.nrrd")
+        for view in VIEWS:
+            images[view].metadata["case"] = cid
+            write_radiograph(images[view], tmp / f"{view}.nrrd")
         files = {"ct": _CT_FILE, **{v: f"{v}.nrrd" for v in VIEWS}, "case": _CASE_FILE}
         record = {"id": cid, "kind": case["kind"], "group": case["group"],
                   "split": case["split"], "seed": case["seed"], "source": case["source"],
                   "parent": case["parent"], "status": "complete",
                   "settings_key": settings["settings_key"], "files": files,
                   "findings": meta.pop("findings"), **meta,
-                  "transform": res.to_dict(),
+                  "transform": transform,
                   "timing_s": {"source": t_source, "total": time.perf_counter() - t0},
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         write_json(tmp / _CASE_FILE, record, indent=1)
@@ -375,6 +347,18 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
         raise
     report(progress, 1.0, f"{cid}: done")
     return _summary(record)
+
+
+_DRRS: dict[tuple[int, int], drr.DRR] = {}
+
+
+def _case_drr(size: int, pixels: int) -> "drr.DRR":
+    """The dataset's DRR object (its geometries), built once per process and reused for every
+    case (its ray plans are cached)."""
+    key = (int(size), int(pixels))
+    if key not in _DRRS:
+        _DRRS[key] = drr.DRR(dataset_geometries(size, pixels))
+    return _DRRS[key]
 
 
 def _build_case_in_worker(*args: Any) -> dict[str, Any]:
@@ -413,13 +397,11 @@ def _complete_record(case_dir: Path, key: str) -> dict[str, Any] | None:
 # the dataset
 # ----------------------------------------------------------------------------------------
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    from .io import write_json
     write_json(path, manifest, indent=1)
 
 
 def _resolve_settings(existing: dict | None, given: dict[str, Any]) -> dict[str, Any]:
     """Validated settings; with no sources given, those of the existing manifest."""
-    from .preprocess import default_template_path, get_window
     if given["ct_dir"] is None and not given["phantoms"]:
         if existing is None:
             raise InputError(None, "nothing to prepare: give --ct-dir DIR and/or --phantoms N")
@@ -450,7 +432,7 @@ def _resolve_settings(existing: dict | None, given: dict[str, Any]) -> dict[str,
         if not Path(s["ct_dir"]).exists():  # the user's first mistake first
             raise InputError(s["ct_dir"], "CT folder not found")
         if s["register"]:
-            t = s["template"] if s["template"] is not None else default_template_path()
+            t = s["template"] if s["template"] is not None else pp.default_template_path()
             if t is None:
                 raise InputError(None, "registration to a head CT template needs one: pass "
                                        "--template FILE or --no-register (or set "
@@ -638,9 +620,6 @@ def _now() -> str:
 
 def _manifest(settings: dict[str, Any], plan: list[dict], done: dict[str, dict],
               failed: dict[str, str], state: dict[str, Any]) -> dict[str, Any]:
-    from . import __version__
-    from .drr import AIR_THRESHOLD_HU, MU_WATER_PER_MM
-    from .preprocess import DEFAULT_CLIP, get_window
     size, pixels = settings["size"], settings["pixels"]
     geoms = dataset_geometries(size, pixels)
     cases = {c["id"]: done[c["id"]] for c in plan if c["id"] in done}
@@ -654,13 +633,13 @@ def _manifest(settings: dict[str, Any], plan: list[dict], done: dict[str, dict],
         "window": settings["window"], "window_level_width": [level, width],
         "grid": canonical_grid(size).geometry_dict(),
         "geometry": {v: geoms[v].to_dict() for v in VIEWS},
-        "ct": {"file": _CT_FILE, "units": "HU", "clip": list(DEFAULT_CLIP), "dtype": "float32",
+        "ct": {"file": _CT_FILE, "units": "HU", "clip": list(HU_CLIP), "dtype": "float32",
                "array_order": "k, j, i (SimpleITK), LPS"},
         "drr": {"files": {v: f"{v}.nrrd" for v in VIEWS},
                 "units": "line integral of mu (1/mm) x mm / 10, Plastimatch units",
                 "hu_conversion": f"mu = {MU_WATER_PER_MM}*(1+HU/1000) per mm, 0 at or below "
-                                 f"{AIR_THRESHOLD_HU:g} HU",
-                "renderer": "drr.render (torch, Joseph, trilinear)",
+                                 f"{DRR_AIR_THRESHOLD_HU:g} HU",
+                "renderer": "drr.DRR (torch, Joseph, trilinear)",
                 "rendered_from": f"the preprocessed volume at {settings['drr_spacing']:g} mm "
                                  "(256 mm field), not the target"},
         "settings": stored, "settings_key": settings["settings_key"],
@@ -704,12 +683,6 @@ def load_manifest(root: str | os.PathLike) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------
 # the PyTorch dataset
 # ----------------------------------------------------------------------------------------
-try:
-    from torch.utils.data import Dataset as _TorchDataset
-except ImportError:  # pragma: no cover (torch is a dependency)
-    _TorchDataset = object  # type: ignore[misc, assignment]
-
-
 class CaseDataset(_TorchDataset):
     """The complete cases of a prepared dataset, as tensors.
 
@@ -782,8 +755,6 @@ class CaseDataset(_TorchDataset):
             return json.load(fh)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        import SimpleITK as sitk
-        import torch
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):

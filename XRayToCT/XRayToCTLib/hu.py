@@ -34,7 +34,7 @@ from .geometry import Volume
 
 __all__ = [
     "WINDOWS", "get_window", "window_range", "apply_window", "window_to_hu", "head_mask",
-    "head_center", "coarsen", "otsu_threshold",
+    "head_center", "coarsen", "otsu_threshold", "antialias_sigma", "smooth_image", "float_image",
 ]
 
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -114,12 +114,29 @@ def _as_volume(image: Volume | sitk.Image) -> Volume:
                   np.asarray(image.GetDirection(), dtype=float).reshape(3, 3))
 
 
-def _float_image(volume: Volume) -> sitk.Image:
+def float_image(volume: Volume) -> sitk.Image:
+    """float32 SimpleITK image of a Volume (same geometry, no metadata)."""
     img = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=np.float32))
     img.SetSpacing(tuple(float(s) for s in volume.spacing))
     img.SetOrigin(tuple(float(o) for o in volume.origin))
     img.SetDirection(tuple(float(x) for x in np.asarray(volume.direction).reshape(-1)))
     return img
+
+
+def antialias_sigma(factor: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Gaussian sigma (mm) before downsampling by ``factor`` (per axis, >1 means coarser):
+    the variance of a ``factor``-voxel box filter, ``sqrt((f^2 - 1) / 12)`` input voxels, so
+    that smoothing + linear resampling blurs like block averaging; 0 where ``f <= 1``."""
+    f = np.maximum(np.asarray(factor, float), 1.0)
+    return np.sqrt((f * f - 1.0) / 12.0) * np.asarray(spacing, float)
+
+
+def smooth_image(image: sitk.Image, sigma_mm: Sequence[float]) -> sitk.Image:
+    """``image`` smoothed with a Gaussian of ``sigma_mm`` per axis (unchanged where 0)."""
+    sig = np.asarray(sigma_mm, float)
+    if not np.any(sig > 1e-6):
+        return image
+    return sitk.DiscreteGaussian(image, [float(s * s) for s in sig], 64, 0.01, True)
 
 
 def coarsen(image: sitk.Image | Volume, spacing: float, default: float | None = None
@@ -131,7 +148,7 @@ def coarsen(image: sitk.Image | Volume, spacing: float, default: float | None = 
     when None). Returns the same kind as given (a Volume keeps no metadata); an image that is
     already coarse enough is returned as it is."""
     as_volume = isinstance(image, Volume)
-    img = _float_image(image) if as_volume else image
+    img = float_image(image) if as_volume else image
     if img.GetPixelID() != sitk.sitkFloat32:
         img = sitk.Cast(img, sitk.sitkFloat32)
     old = np.asarray(img.GetSpacing(), float)
@@ -146,10 +163,7 @@ def coarsen(image: sitk.Image | Volume, spacing: float, default: float | None = 
     d = np.asarray(img.GetDirection(), float).reshape(3, 3)
     shift = (extent - (new_size - 1) * new) / 2.0
     origin = np.asarray(img.GetOrigin(), float) + d @ shift
-    factor = np.maximum(new / old, 1.0)
-    sigma = np.sqrt((factor * factor - 1.0) / 12.0) * old  # mm
-    if np.any(sigma > 1e-6):
-        img = sitk.DiscreteGaussian(img, [float(s * s) for s in sigma], 64, 0.01, True)
+    img = smooth_image(img, antialias_sigma(new / old, old))
     out = sitk.Resample(img, [int(n) for n in new_size], sitk.Transform(), sitk.sitkLinear,
                         tuple(origin), tuple(new), img.GetDirection(), float(default),
                         sitk.sitkFloat32)

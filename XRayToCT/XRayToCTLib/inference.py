@@ -2,16 +2,18 @@
 
 The chain (see ``ARCHITECTURE.md``, "data flow of the main job"):
 
-* **from a CT** (:meth:`Reconstructor.reconstruct_ct`): the seed-001 preprocessing
-  (:func:`~XRayToCTLib.preprocess.preprocess_ct`: rigid registration to the head template, or
-  a crop in patient space without it) onto a 1 mm grid that covers the model's field of
-  view; that grid is translated so that its centre is the LPS origin (the model's
-  **canonical grid**, ``S^3`` voxels of ``output_spacing`` mm centred at the origin, identity
-  direction), the translation is kept; DRRs are rendered from the 1 mm volume at the
-  model's geometry (:func:`~XRayToCTLib.drr.render`); the model runs; its output is
-  converted to HU (the model's intensity mapping), translated back to template space and
-  resampled through the inverse of the preprocessing transform onto the CT's own grid
-  (:func:`~XRayToCTLib.preprocess.to_patient_space`), so that it overlays the CT.
+* **one request** (:func:`reconstruct`, :meth:`Reconstructor.reconstruct`): a CT *or*
+  radiographs, and the registration policy (``register="auto"``: register to the head
+  template when one is available, else place the head by its centre and say so). The CLI and
+  the Slicer module both call it, so their choices and errors are the same.
+* **from a CT** (:meth:`Reconstructor.reconstruct_ct`): the CT enters the model's canonical
+  frame through :func:`~XRayToCTLib.preprocess.to_canonical` (exactly as dataset cases do)
+  on a grid of ``drr_spacing`` mm (the spacing the model's training DRRs were rendered at)
+  covering the model's field of view; the run's one :class:`~XRayToCTLib.drr.DRR` renders its
+  DRRs at the model's geometry; the model runs; its output is converted to HU (the model's
+  intensity mapping) and leaves the canonical frame through
+  :func:`~XRayToCTLib.preprocess.from_canonical` onto the CT's own grid, so that it overlays
+  the CT.
 * **from radiographs** (:meth:`Reconstructor.reconstruct_views`): each image is brought to
   the model's detector (:func:`prepare_view`) and input convention
   (``models.normalize_views``); the sCT is returned on the canonical grid (template space
@@ -30,13 +32,13 @@ Input convention for radiographs (documented assumptions):
   square and the image's longer side as spanning the whole detector (the shorter side is
   padded about the centre), then it is resized. Padding uses the image's minimum (air).
 
-Every sCT carries a **projection-consistency score** (:func:`projection_consistency`): the
+Every sCT carries a **projection-consistency score** (:meth:`~XRayToCTLib.drr.DRR.consistency`): the
 sCT's DRRs at the model's geometry against the input views, both normalised with
 ``models.normalize_views``; SSIM and PSNR per view. It needs no ground truth: a low score
 says the sCT does not explain its own inputs.
 
 An sCT is synthetic everywhere it goes: ``metadata["synthetic"] = True`` and
-``metadata["description"] = "SYNTHETIC CT (sCT) — not for diagnosis"``; written files carry the
+``metadata["description"] = constants.SYNTHETIC_LABEL``; written files carry the
 label (NIfTI ``descrip``, NRRD/MHA header, DICOM ImageType ``SYNTHETIC``, the JSON sidecar).
 """
 from __future__ import annotations
@@ -54,24 +56,25 @@ import torch
 from monai.transforms import Resize, ResizeWithPadOrCrop
 
 from . import io as xio
-from . import metrics
 from . import preprocess as pp
-from .drr import DRRRenderer, hu_to_mu, render, resolve_device
+from .constants import SYNTHETIC_LABEL
+from .drr import DRR, normalize_views, resolve_device
 from .errors import InputError, XRayToCTError
-from .geometry import Grid, ProjectionGeometry, Radiograph, Volume
-from .models import get_mapping, load_model, normalize_views
+from .geometry import Grid, ProjectionGeometry, Radiograph, Volume, canonical_grid
+from .models import get_mapping, load_model
 from .progress import ProgressCallback, report, scaled
+from .registration import resolve_template
 
 __all__ = [
-    "SYNTHETIC_DESCRIPTION", "ReconstructionResult", "Reconstructor", "canonical_grid",
-    "prepare_view", "projection_consistency", "view_geometry", "geometry_in_patient_space",
+    "ReconstructionResult", "Reconstructor", "reconstruct", "prepare_view", "view_geometry",
     "run_with_cpu_fallback", "sidecar_path", "check_output_path", "write_result",
+    "REGISTER_CHOICES",
 ]
 
-SYNTHETIC_DESCRIPTION = "SYNTHETIC CT (sCT) \u2014 not for diagnosis"
-"""The label every sCT carries (``metadata["description"]``)."""
-
-_SYNTHETIC_ASCII = "SYNTHETIC CT (sCT) - not for diagnosis"  # for ASCII-only headers
+REGISTER_CHOICES = ("auto", True, False)
+"""``register`` of :func:`reconstruct`: ``"auto"`` registers a CT to the head template when
+one is available (else places it by its head centre, with a warning in ``info["warnings"]``),
+``True`` requires the template, ``False`` never registers."""
 
 T = TypeVar("T")
 
@@ -101,13 +104,6 @@ def run_with_cpu_fallback(fn: Callable[[torch.device], T], device: torch.device 
         return fn(cpu), cpu
 
 
-def canonical_grid(spec: Any) -> Grid:
-    """The model's canonical output grid: ``spec.output_size`` voxels per side of
-    ``spec.output_spacing`` mm, identity direction, centred at the LPS origin. The model's
-    view geometries (``spec.geometry``) are expressed in this frame."""
-    return spec.grid()
-
-
 def view_geometry(spec: Any, view: str) -> ProjectionGeometry:
     """The :class:`ProjectionGeometry` of one of the model's views (``spec.geometry`` holds
     them as ``to_dict()`` dicts in the canonical frame)."""
@@ -115,37 +111,9 @@ def view_geometry(spec: Any, view: str) -> ProjectionGeometry:
     return g if isinstance(g, ProjectionGeometry) else ProjectionGeometry.from_dict(g)
 
 
-def _fov_voxels_1mm(spec: Any) -> tuple[int, int, int]:
-    """Voxels per axis of a 1 mm grid covering the canonical field of view."""
-    g = canonical_grid(spec)
-    return tuple(max(1, int(round(n * s))) for n, s in zip(g.size, g.spacing))  # type: ignore
-
-
-def _translated(volume: Volume, shift: Sequence[float], **metadata: Any) -> Volume:
-    """The same voxels with the grid moved by ``shift`` mm (LPS)."""
-    return Volume(volume.array, volume.spacing, tuple(np.asarray(volume.origin) + shift),
-                  volume.direction.copy(), {**volume.metadata, **metadata})
-
-
-def geometry_in_patient_space(geometry: ProjectionGeometry, center: Sequence[float],
-                              result: pp.PreprocessResult) -> ProjectionGeometry:
-    """A model-frame (canonical) view geometry expressed in the input CT's LPS space: moved by
-    ``center`` into the preprocessed grid's space, then through the preprocessing transform
-    (template -> CT points; identity without registration). Rays through the CT with the
-    returned geometry are the rays the model's DRRs were rendered along."""
-    iso = np.asarray(geometry.isocenter, dtype=float) + np.asarray(center, dtype=float)
-    reg = result.registration
-    if reg is None:
-        return dataclasses.replace(geometry, isocenter=tuple(iso))
-    r = reg.rotation
-    return dataclasses.replace(geometry, isocenter=tuple(reg.transform_points(iso[None])[0]),
-                               normal=tuple(r @ np.asarray(geometry.normal)),
-                               vup=tuple(r @ np.asarray(geometry.vup)))
-
-
 def _label_synthetic(volume: Volume, **metadata: Any) -> Volume:
-    volume.metadata.update({"synthetic": True, "description": SYNTHETIC_DESCRIPTION,
-                            "label": _SYNTHETIC_ASCII, "modality": "CT", "units": "HU",
+    volume.metadata.update({"synthetic": True, "description": SYNTHETIC_LABEL,
+                            "label": SYNTHETIC_LABEL, "modality": "CT", "units": "HU",
                             **metadata})
     return volume
 
@@ -228,58 +196,6 @@ def _as_view_stack(views: Any, names: Sequence[str]) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------
-# projection consistency
-# ----------------------------------------------------------------------------------------
-def projection_consistency(sct: Volume, views_normalised: Any, spec: Any, *,
-                           device: str | torch.device = "cpu",
-                           return_reprojections: bool = False) -> Any:
-    """How well an sCT explains its own inputs, without ground truth.
-
-    The sCT (HU, on the model's canonical grid or any grid in that frame) is re-projected
-    with the DRR renderer at the model's geometry (``spec.geometry``), the DRRs are
-    normalised with ``models.normalize_views`` exactly as the model's inputs were, and each
-    view is compared with the input: SSIM (2D, Gaussian window sigma 1.5 px) and PSNR in
-    dB, computed by :mod:`~XRayToCTLib.metrics` with ``data_range`` 1 (normalised views lie
-    in [0, 1]). PSNR is ``inf`` (``null`` in JSON) for identical images.
-
-    Args:
-        sct: the sCT in HU, in the canonical frame (centred at the LPS origin).
-        views_normalised: the model's inputs after normalisation: ``[V, P, P]`` or
-            ``[1, V, P, P]`` (array or tensor, views in ``spec.views`` order) or a dict
-            view -> ``[P, P]``.
-        spec: the model's ``ModelSpec``.
-        device: where to render.
-        return_reprojections: also return the normalised re-projections ``[V, P, P]``.
-
-    Returns:
-        ``{"views": {view: {"ssim", "psnr"}}, "mean": {"ssim", "psnr"}, "definition": ...}``,
-        or ``(that, reprojections)`` with ``return_reprojections``.
-    """
-    names = list(spec.views)
-    inputs = _as_view_stack(views_normalised, names)
-    geoms = [view_geometry(spec, v) for v in names]
-    if tuple(inputs.shape[-2:]) != tuple(geoms[0].pixels):
-        raise ValueError(f"views are {tuple(inputs.shape[-2:])} pixels, the model's detector "
-                         f"is {geoms[0].pixels}")
-    dev = torch.device(device)
-    renderer = DRRRenderer(geoms, sct).to(dev)
-    with torch.no_grad():
-        hu = torch.from_numpy(np.ascontiguousarray(sct.array, dtype=np.float32)).to(dev)
-        drrs = renderer(hu_to_mu(hu)[None]).float().cpu()
-        reproj = normalize_views(drrs).float()
-    out: dict[str, Any] = {"views": {}}
-    for i, v in enumerate(names):
-        x, y = reproj[:, i:i + 1], inputs[:, i:i + 1]
-        out["views"][v] = {"ssim": float(metrics.ssim(x, y, data_range=1.0)[0]),
-                           "psnr": float(metrics.psnr(x, y, data_range=1.0)[0])}
-    out["mean"] = {k: float(np.mean([out["views"][v][k] for v in names])) for k in ("ssim", "psnr")}
-    out["definition"] = ("DRRs of the sCT at the model geometry vs the input views, both "
-                         "normalised with models.normalize_views to [0, 1]; 2D Gaussian-window "
-                         "SSIM and PSNR (dB) per view, data_range 1")
-    return (out, reproj[0].numpy()) if return_reprojections else out
-
-
-# ----------------------------------------------------------------------------------------
 # results
 # ----------------------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -295,9 +211,9 @@ class ReconstructionResult:
         drrs: the images the model saw, per view, before normalisation: the CT's DRRs, or
             the prepared radiographs. Their ``geometry`` is the model's view geometry in the
             sCT's frame: in the CT's LPS space for a CT input (the model geometry moved
-            through the preprocessing transform, :func:`geometry_in_patient_space`), the
+            through the canonical -> CT transform, :meth:`RigidTransform.moved_geometry`), the
             canonical frame for radiographs.
-        consistency: :func:`projection_consistency`'s scores.
+        consistency: :meth:`~XRayToCTLib.drr.DRR.consistency`'s scores.
         info: provenance (model, sha256, device, timings, inputs, geometry, transform).
         reprojections: the sCT's DRRs at the model geometry, normalised like the inputs
             (geometry in the same frame as ``drrs``).
@@ -312,7 +228,7 @@ class ReconstructionResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no voxels): what the ``.json`` sidecar holds."""
-        return xio.to_jsonable({**self.info, "synthetic": True, "description": SYNTHETIC_DESCRIPTION,
+        return xio.to_jsonable({**self.info, "synthetic": True, "description": SYNTHETIC_LABEL,
                           "consistency": self.consistency,
                           "sct_geometry": self.sct.geometry_dict(),
                           "sct_model_space_geometry": self.sct_model_space.geometry_dict()})
@@ -339,7 +255,8 @@ class Reconstructor:
         InputError: unknown model name, missing or corrupt package (sha256 mismatch).
     """
 
-    def __init__(self, model: str | os.PathLike | torch.nn.Module, device: str | torch.device = "auto"):
+    def __init__(self, model: str | os.PathLike | torch.nn.Module, device: str | torch.device = "auto",
+                 *, drr_spacing: float | None = None):
         self.device = resolve_device(device)
         self.package: dict[str, Any] = {}
         if isinstance(model, torch.nn.Module):
@@ -353,7 +270,13 @@ class Reconstructor:
         self.model.eval()
         self.spec = self.model.spec
         self.mapping = get_mapping(self.spec.intensity)
-        self.grid = canonical_grid(self.spec)
+        self.grid = self.spec.grid()
+        self.drr = DRR({v: view_geometry(self.spec, v) for v in self.spec.views})
+        """The run's one DRR object: the CT's DRRs and the sCT's reprojections."""
+        trained = ((self.package.get("training_data") or {}).get("settings") or {}).get("drr_spacing")
+        self.drr_spacing = float(drr_spacing or trained or 1.0)
+        """Voxel size (mm) of the canonical volume a CT's DRRs are rendered from: the
+        spacing the model's training DRRs were rendered at when its package records it."""
 
     # -- the model ---------------------------------------------------------------------
     def _forward_on(self, device: torch.device, x: torch.Tensor) -> torch.Tensor:
@@ -388,8 +311,7 @@ class Reconstructor:
     def _consistency(self, sct: Volume, x: torch.Tensor) -> tuple[dict, dict[str, Radiograph]]:
         names = list(self.spec.views)
         (scores, rep), self.device = run_with_cpu_fallback(
-            lambda d: projection_consistency(sct, x, self.spec, device=d,
-                                             return_reprojections=True),
+            lambda d: self.drr.to(d).consistency(sct, x, return_reprojections=True),
             self.device, "the projection-consistency check")
         images = {v: Radiograph(rep[i], None, view_geometry(self.spec, v),
                                 {"view": v, "kind": "sCT reprojection",
@@ -398,7 +320,7 @@ class Reconstructor:
         return scores, images
 
     def _info(self, kind: str, t0: float, timings: dict[str, float]) -> dict[str, Any]:
-        return {"synthetic": True, "description": SYNTHETIC_DESCRIPTION,
+        return {"synthetic": True, "description": SYNTHETIC_LABEL,
                 "model": {**self.package, "name": self.spec.name, "views": list(self.spec.views),
                           "image_size": self.spec.image_size, "output_size": self.spec.output_size,
                           "output_spacing": self.spec.output_spacing,
@@ -481,15 +403,16 @@ class Reconstructor:
 
     # -- a CT ------------------------------------------------------------------------
     def reconstruct_ct(self, ct: Volume, *, template: Volume | str | os.PathLike | None = None,
-                       register: bool = True,
+                       register: bool | str = "auto", transform: Any = None,
                        progress: ProgressCallback | None = None) -> ReconstructionResult:
         """An sCT from a CT's DRRs, put back on the CT's own grid.
 
         Args:
             ct: the CT in HU (any grid and direction).
             template: the registration template (Volume or file; ``None``: the default
-                template, see :func:`~XRayToCTLib.preprocess.default_template_path`).
-            register: register to the template (seed 001); False crops in patient space.
+                template, see :func:`~XRayToCTLib.registration.default_template_path`).
+            register: ``"auto"``, True or False (:data:`REGISTER_CHOICES`).
+            transform: a known canonical -> CT transform (skips the search).
             progress: ``(fraction, message)`` callback; returning False cancels.
 
         Returns:
@@ -498,19 +421,16 @@ class Reconstructor:
         """
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        n = _fov_voxels_1mm(self.spec)
-        res = pp.preprocess_ct(ct, template, register=register, size=n, spacing=1.0,
-                               target_size=None, progress=scaled(progress, 0.0, 0.5))
+        tmpl, register, warn = _registration_policy(register, template, transform)
+        grid1 = self.drr_grid()
+        vol1, tx = pp.to_canonical(ct, grid1, register=register, template=tmpl,
+                                   transform=transform, progress=scaled(progress, 0.0, 0.5))
         timings["preprocess"] = time.perf_counter() - t0
-        center = np.asarray(res.grid.center, dtype=float)  # template-space centre -> origin
-        vol1 = _translated(res.volume, -center, space="canonical")
         names = list(self.spec.views)
         report(progress, 0.5, "rendering DRRs")
         t = time.perf_counter()
-        geoms = [view_geometry(self.spec, v) for v in names]
-        images, self.device = run_with_cpu_fallback(
-            lambda d: render(vol1, geoms, device=d), self.device, "DRR rendering")
-        drrs = dict(zip(names, images))
+        drrs, self.device = run_with_cpu_fallback(
+            lambda d: self.drr.to(d).render(vol1), self.device, "DRR rendering")
         timings["drr"] = time.perf_counter() - t
         t = time.perf_counter()
         sct_c, x = self._run(_as_view_stack(drrs, names), scaled(progress, 0.55, 0.8))
@@ -521,28 +441,88 @@ class Reconstructor:
         timings["consistency"] = time.perf_counter() - t
         t = time.perf_counter()
         report(progress, 0.9, "placing the sCT on the CT grid")
-        sct_t = _translated(sct_c, center, space=res.space)
-        sct = pp.to_patient_space(sct_t, res)
+        sct = pp.from_canonical(sct_c, tx, ct)
         _label_synthetic(sct, model=self.spec.name, space="patient (the input CT's grid)")
         timings["placement"] = time.perf_counter() - t
         # the radiographs carry their geometry in the CT's space, where the rays went
-        patient_geoms = {v: geometry_in_patient_space(view_geometry(self.spec, v), center, res)
-                         for v in names}
+        patient_geoms = {v: tx.moved_geometry(view_geometry(self.spec, v)) for v in names}
         for images in (drrs, reproj):
             for v, rad in images.items():
                 rad.geometry = patient_geoms[v]
                 rad.metadata["frame"] = "the input CT's LPS space"
         info = self._info("ct", t0, timings)
         info["geometry"]["views_in_ct_space"] = {v: g.to_dict() for v, g in patient_geoms.items()}
+        info["geometry"]["drr_grid"] = grid1.geometry_dict()
         info.update({"inputs": {"ct": ct.metadata.get("source"), "ct_grid": ct.geometry_dict()},
-                     "register": bool(register), "space": "patient",
-                     "canonical_center_mm": center.tolist(),
-                     "canonical_to_preprocessed": "add canonical_center_mm to canonical "
-                                                  "coordinates to get preprocessed-grid "
-                                                  f"({res.space} space) coordinates",
-                     "preprocess": res.to_dict()})
+                     "register": bool(register), "space": "patient", "warnings": warn,
+                     "canonical_to_ct": tx.to_dict(),
+                     "canonical_to_ct_convention": "maps canonical LPS points (the model's "
+                                                   "frame) to the input CT's LPS points"})
         report(progress, 1.0, "done")
         return ReconstructionResult(sct, sct_c, drrs, scores, info, reproj)
+
+    def drr_grid(self) -> Grid:
+        """The canonical grid a CT is resampled onto before its DRRs are rendered: the model's
+        field of view at :attr:`drr_spacing` mm."""
+        n = max(1, int(round(self.spec.field_mm / self.drr_spacing)))
+        return canonical_grid(n, self.spec.field_mm)
+
+    # -- the one request ---------------------------------------------------------------
+    def reconstruct(self, *, ct: Volume | None = None,
+                    views: Mapping[str, Radiograph | np.ndarray] | None = None,
+                    register: bool | str = "auto",
+                    template: Volume | str | os.PathLike | None = None,
+                    invert: bool = False,
+                    progress: ProgressCallback | None = None) -> ReconstructionResult:
+        """An sCT from a CT **or** from radiographs: the one request every face makes.
+
+        Args:
+            ct: a CT in HU: the sCT is made from its DRRs and put back on its grid.
+            views: view name -> radiograph (the model's views): the sCT is on the canonical grid.
+            register: for a CT, ``"auto"`` (register when a head template is available; else
+                place the head by its centre and add a warning), True (the template is
+                required) or False (:data:`REGISTER_CHOICES`).
+            template: the template (Volume or file; ``None``: the default one).
+            invert: radiographs only: bone is dark in the images.
+            progress: ``(fraction, message)`` callback.
+
+        Raises:
+            InputError: both or neither input given, or an unusable input.
+        """
+        if ct is not None and views:
+            raise InputError(None, "both a CT and radiographs were given: reconstruct from one "
+                                   "of them (the CT's own DRRs, or the radiographs)")
+        if ct is None and not views:
+            raise InputError(None, "nothing to reconstruct from: no CT and no radiographs")
+        if ct is not None:
+            return self.reconstruct_ct(ct, template=template, register=register, progress=progress)
+        return self.reconstruct_views(views, progress, invert=invert)
+
+
+def _registration_policy(register: bool | str, template: Any, transform: Any
+                         ) -> tuple[Volume | None, bool, list[str]]:
+    """``(template, register, warnings)`` for a CT input under :data:`REGISTER_CHOICES`."""
+    if register not in REGISTER_CHOICES:
+        raise ValueError(f"register must be one of {REGISTER_CHOICES}, got {register!r}")
+    if transform is not None or register is False:
+        return None, bool(register), []
+    tmpl = resolve_template(template, needed=register is True)
+    if tmpl is None:
+        return None, False, ["no head CT template is available, so the CT was not registered: "
+                             "it was placed by its head centre in its own axes, and a model "
+                             "trained on template-aligned heads may see it tilted"]
+    return tmpl, True, []
+
+
+def reconstruct(model: str | os.PathLike | torch.nn.Module, *, ct: Volume | None = None,
+                views: Mapping[str, Radiograph | np.ndarray] | None = None,
+                register: bool | str = "auto", template: Volume | str | os.PathLike | None = None,
+                invert: bool = False, device: str | torch.device = "auto",
+                progress: ProgressCallback | None = None) -> ReconstructionResult:
+    """Load ``model`` and run :meth:`Reconstructor.reconstruct` (see there)."""
+    return Reconstructor(model, device).reconstruct(ct=ct, views=views, register=register,
+                                                    template=template, invert=invert,
+                                                    progress=progress)
 
 
 def _load(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -585,12 +565,12 @@ def _write_sct_file(volume: Volume, path: Path) -> None:
     a sixth of the float32 time); NIfTI gets the label in its ``descrip`` field, NRRD/MHA
     their header keys through io.write_volume."""
     hu = np.clip(np.round(volume.array), -32768, 32767).astype(np.int16)
-    volume = dataclasses.replace(volume, array=hu)
+    volume = volume.with_array(hu)
     if xio.volume_format(path) != "nifti":
         xio.write_volume(volume, path)
         return
-    img = xio.volume_to_sitk(dataclasses.replace(volume, metadata={}))
-    img.SetMetaData("ITK_FileNotes", _SYNTHETIC_ASCII)
+    img = xio.volume_to_sitk(Volume(hu, volume.spacing, volume.origin, volume.direction))
+    img.SetMetaData("ITK_FileNotes", SYNTHETIC_LABEL)
     xio.write_sitk_image(img, path)
 
 
