@@ -40,7 +40,8 @@ except ImportError as _importError:
         "'xraytoct' command; for batch runs use XRayToCTTraining/XRayToCTTraining.py.") from _importError
 
 from XRayToCTLib import mrml
-from XRayToCTLib.errors import Cancelled, XRayToCTError
+from XRayToCTLib.constants import TEMPLATE_ENV
+from XRayToCTLib.errors import Cancelled, InputError, TemplateUnavailable, XRayToCTError
 
 #: Where PyTorch computes: ``auto`` is a CUDA GPU when PyTorch sees one, else the CPU.
 DEVICES = ("auto", "cuda", "cpu")
@@ -833,27 +834,39 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         if not modelName:
             raise XRayToCTError(_("No model is selected: pick one in the model list or load a model file."))
         useCt = self._usesCt(apVolumeNode, lateralVolumeNode, ctVolumeNode)
-        if useCt:
-            ct = mrml.volume_from_node(ctVolumeNode)
-            if register is None:
-                register = self._importLibrary("preprocess").default_template_path() is not None
-            views = None
-        else:
+        # the library's one request decides (the same choices and errors as the command line):
+        # a CT whose radiograph selectors are empty or hold its own DRRs is the input; real
+        # radiographs are the input otherwise, and a CT selected beside them is refused
+        ct = mrml.volume_from_node(ctVolumeNode) if ctVolumeNode is not None else None
+        views = None
+        if not useCt:
             views = {view: mrml.radiograph_from_node(node, view)
                      for view, node in (("ap", apVolumeNode), ("lateral", lateralVolumeNode)) if node is not None}
             if not views:
                 raise XRayToCTError(_("Select the radiographs (AP and lateral), or a CT."))
+        register = "auto" if register is None else register
         sourceNode = ctVolumeNode if useCt else (apVolumeNode or lateralVolumeNode)
         sourceName = sourceNode.GetName()
         scene = sourceNode.GetScene() or slicer.mrmlScene
 
         def work(progress):
             reconstructor = self.reconstructor(modelName, device)
-            if useCt:
-                return reconstructor.reconstruct_ct(ct, register=bool(register), progress=progress)
-            wanted = {view: views[view] for view in reconstructor.spec.views if view in views}
-            return reconstructor.reconstruct_views(wanted if len(wanted) == len(reconstructor.spec.views) else views,
-                                                   progress=progress)
+            wanted = views
+            if views:
+                wanted = {view: views[view] for view in reconstructor.spec.views if view in views}
+                wanted = wanted if len(wanted) == len(reconstructor.spec.views) else views
+            try:
+                return reconstructor.reconstruct(ct=ct, views=wanted, register=register, progress=progress)
+            except TemplateUnavailable as err:
+                raise XRayToCTError(_("{problem}. Reinstall the extension (it ships a head CT "
+                                      "template), set {env}, or reconstruct without "
+                                      "registration.").format(problem=err, env=TEMPLATE_ENV)) from None
+            except InputError as err:
+                if ct is not None and views:
+                    raise XRayToCTError(_("{problem}. Clear the CT selector to reconstruct from the "
+                                          "radiographs, or clear the radiograph selectors to "
+                                          "reconstruct from the CT's DRRs.").format(problem=err)) from None
+                raise
 
         def finish(result):
             node = outputVolumeNode

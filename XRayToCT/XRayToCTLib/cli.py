@@ -2,6 +2,10 @@
 
 Exit status: 0 success; 2 bad input or usage (one line ``error: ...`` on stderr, no
 traceback); 1 an internal failure (set ``XRAYTOCT_DEBUG=1`` for the traceback).
+
+The library's errors describe the problem; this face adds the hint in its own terms (the
+options to pass). The heavy modules (torch, SimpleITK, the models) are imported inside the
+subcommands on purpose, so that ``--help`` and argument mistakes answer at once.
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import Cancelled, InputError, XRayToCTError
+from .constants import TEMPLATE_ENV
+from .errors import Cancelled, InputError, TemplateUnavailable, XRayToCTError
 from .progress import ProgressCallback
 
 PROG = "xraytoct"
@@ -85,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ct", metavar="CT", help="CT file or DICOM folder")
     p.add_argument("--out", required=True, help="output volume (.nii.gz, .nrrd, .mha)")
     p.add_argument("--template", help="template CT to register to (default: $XRAYTOCT_TEMPLATE, "
-                   "else the Rorden template in ../shared/data when present)")
+                   "else the Rorden template that ships with XRayToCT)")
     p.add_argument("--no-register", action="store_true",
                    help="skip registration (the CT is already in template space)")
     p.add_argument("--window", choices=["brain", "full", "bone"],
@@ -157,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output sCT (.nii.gz, .nii, .nrrd, .mha) or a "
                    "folder for a DICOM series")
     p.add_argument("--template", help="registration template for --ct (default: "
-                   "$XRAYTOCT_TEMPLATE, else the Rorden template in ../shared/data)")
+                   "$XRAYTOCT_TEMPLATE, else the Rorden template that ships with XRayToCT)")
     p.add_argument("--no-register", action="store_true",
                    help="--ct: crop around the head in patient space instead of registering")
     p.add_argument("--invert", action="store_true",
@@ -232,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the training window the dataset is meant for, recorded in the manifest "
                    "(targets are stored in HU; default brain)")
     p.add_argument("--template", help="template CT to register CTs to (default: "
-                   "$XRAYTOCT_TEMPLATE, else the Rorden template in ../shared/data)")
+                   "$XRAYTOCT_TEMPLATE, else the Rorden template that ships with XRayToCT)")
     p.add_argument("--no-register", action="store_true",
                    help="do not register CTs: centre each on its head in patient space")
     p.add_argument("--augment", type=int, default=0, metavar="N",
@@ -367,16 +372,9 @@ def _cmd_preprocess(args) -> int:
     from . import preprocess as pp
     from .io import write_volume
     ct = _read_ct(args, args.ct)
-    template = None
-    if not args.no_register:
-        path = args.template or pp.default_template_path()
-        if path is None:
-            raise InputError(None, "no registration template: pass --template FILE, set "
-                             "XRAYTOCT_TEMPLATE, or pass --no-register")
-        template = pp.load_template(path)
     cb, close = _tqdm_progress("preprocess")
     try:
-        res = pp.preprocess_ct(ct, template, register=not args.no_register, size=args.size,
+        res = pp.preprocess_ct(ct, args.template, register=not args.no_register, size=args.size,
                                target_size=args.target_size, window=args.window, progress=cb)
     finally:
         close()
@@ -405,11 +403,13 @@ def _write_drrs(images: dict, out: Path, extra: dict | None = None) -> None:
 
 
 def _cmd_drr(args) -> int:
-    from .drr import render_biplanar
-    from .geometry import ProjectionGeometry  # noqa: F401 (validated inside)
+    from .drr import DRR, biplanar_geometry
+    from .drr_plastimatch import render_views
     ct = _read_ct(args, args.ct)
     try:
-        images = render_biplanar(ct, backend=args.backend, device=args.device, **_geometry_kw(args))
+        geoms = biplanar_geometry(ct, **_geometry_kw(args))
+        images = (DRR(geoms).render(ct, device=args.device) if args.backend == "torch"
+                  else render_views(ct, geoms))
     except ValueError as err:  # geometry out of range
         raise InputError(None, f"invalid DRR geometry: {err}") from err
     out = _out_dir(args.out_dir)
@@ -448,7 +448,7 @@ def _cmd_reconstruct(args) -> int:
     from .inference import Reconstructor, check_output_path, write_result
     from .io import read_radiograph
     radiographs = {v: getattr(args, v) for v in ("ap", "lateral") if getattr(args, v)}
-    if args.ct and radiographs:
+    if args.ct and radiographs:  # checked before any file is read (the library says it too)
         raise InputError(None, "give either --ct or radiographs (--ap/--lateral), not both")
     if not args.ct and not radiographs:
         raise InputError(None, "nothing to reconstruct from: give --ap AP [--lateral LAT] or --ct CT")
@@ -458,21 +458,14 @@ def _cmd_reconstruct(args) -> int:
     rec = Reconstructor(args.model, device=args.device)
     cb, close = _tqdm_progress("reconstruct")
     try:
-        if ct is not None:
-            template = None
-            if not args.no_register:
-                from . import preprocess as pp
-                path = args.template or pp.default_template_path()
-                if path is None:
-                    raise InputError(None, "no registration template: pass --template FILE, set "
-                                     "XRAYTOCT_TEMPLATE, or pass --no-register")
-                template = pp.load_template(path)
-            result = rec.reconstruct_ct(ct, template=template, register=not args.no_register,
-                                        progress=cb)
-        else:
-            result = rec.reconstruct_views(images, progress=cb, invert=args.invert)
+        result = rec.reconstruct(ct=ct, views=images, progress=cb, invert=args.invert,
+                                 template=args.template,
+                                 register=False if args.no_register else
+                                 (True if args.template else "auto"))
     finally:
         close()
+    for w in result.info.get("warnings") or []:
+        print(f"warning: {w}", file=sys.stderr)
     files = write_result(result, out, source=ct,
                          extra={"input_files": {k: str(Path(v).resolve()) for k, v in
                                                {**radiographs, "ct": args.ct}.items() if v}})
@@ -610,6 +603,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
+    except TemplateUnavailable as err:
+        print(f"error: {err}; pass --template FILE, set {TEMPLATE_ENV}, or pass --no-register",
+              file=sys.stderr)
+        return 2
     except (InputError, Cancelled) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

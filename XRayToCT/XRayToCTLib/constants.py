@@ -31,3 +31,6 @@ every header format can hold it)."""
 SYNTHETIC_NOTE = ("computed by XRayToCT from radiographs: not a measurement of the patient; "
                   "research use only, not for diagnosis or treatment")
 """The longer explanation that goes with :data:`SYNTHETIC_LABEL` where there is room."""
+
+TEMPLATE_ENV = "XRAYTOCT_TEMPLATE"
+"""Environment variable naming a head CT template file to use instead of the shipped one."""

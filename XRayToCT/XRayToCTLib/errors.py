@@ -19,5 +19,15 @@ class InputError(XRayToCTError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+class TemplateUnavailable(InputError):
+    """Registration to a head CT template was required but no template is available.
+
+    The library says what is missing; each face adds how to fix it in its own terms (the
+    command line's options, the Slicer module's controls)."""
+
+    def __init__(self, problem: str):
+        super().__init__(None, problem)
+
+
 class Cancelled(XRayToCTError):
     """Raised when a progress callback asks to stop."""

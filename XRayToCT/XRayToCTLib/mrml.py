@@ -31,6 +31,7 @@ from vtk.util import numpy_support
 
 import slicer
 
+from .constants import AIR_HU, SYNTHETIC_LABEL, SYNTHETIC_NOTE
 from .geometry import ProjectionGeometry, Radiograph, Volume
 from .io import json_text
 
@@ -64,8 +65,8 @@ KIND_DRR = "DRR"
 KIND_SCT = "sCT"
 KIND_DIFFERENCE = "sCT difference"
 
-SYNTHETIC_DESCRIPTION = ("Synthetic CT (sCT) computed by XRayToCT from radiographs: not a measurement "
-                         "of the patient; research use only, not for diagnosis or treatment.")
+SYNTHETIC_DESCRIPTION = f"{SYNTHETIC_LABEL}: {SYNTHETIC_NOTE}."
+"""A synthetic CT node's description: the one sCT label and its explanation."""
 
 #: Layout id of the compare layout (registered with the layout node; a free number above
 #: Slicer's built-in layouts, which stop below 1000).
@@ -207,7 +208,7 @@ def add_volume_node(scene, volume: Volume, name: str, *, window_level: tuple[flo
     return update_node_from_volume(node, volume, window_level=window_level)
 
 
-def on_grid_of(volume: Volume, reference: Volume, default: float = -1000.0) -> Volume:
+def on_grid_of(volume: Volume, reference: Volume, default: float = AIR_HU) -> Volume:
     """``volume`` resampled (linear) onto ``reference``'s grid through world space; returned
     as is when the grids already agree."""
     same = (volume.array.shape == reference.array.shape
@@ -334,10 +335,10 @@ def synthesize_drrs(ct_node, *, geometries: Mapping[str, ProjectionGeometry] | N
 
     volume = volume_from_node(ct_node)
     if geometries is None:
-        radiographs = drr.render_biplanar(volume, pixels=int(pixels), device=device)
+        views = drr.biplanar_geometry(volume, pixels=int(pixels))
     else:
-        centred = [g.centered_on(volume.center) for g in geometries.values()]
-        radiographs = dict(zip(geometries, drr.render(volume, centred, device=device)))
+        views = {v: g.centered_on(volume.center) for v, g in geometries.items()}
+    radiographs = drr.DRR(views).render(volume, device=device)
     return update_drr_nodes(ct_node, radiographs, output_nodes)
 
 

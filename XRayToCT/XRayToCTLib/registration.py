@@ -23,8 +23,8 @@ from typing import Any, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .constants import HEAD_THRESHOLD_HU
-from .errors import Cancelled, InputError
+from .constants import HEAD_THRESHOLD_HU, TEMPLATE_ENV
+from .errors import Cancelled, InputError, TemplateUnavailable
 from .geometry import Grid, RigidTransform, Volume
 from .hu import coarsen, float_image, head_center, head_mask
 from .io import sitk_to_volume, to_jsonable, volume_to_sitk
@@ -37,8 +37,6 @@ __all__ = [
     "resolve_template", "SHIPPED_TEMPLATE",
 ]
 
-TEMPLATE_ENV = "XRAYTOCT_TEMPLATE"
-"""Environment variable naming the head CT template file (see :func:`default_template_path`)."""
 
 TransformLike = Union[RigidTransform, sitk.Transform, dict, None, Any]
 GridLike = Union[Grid, sitk.Image, dict]
@@ -541,9 +539,9 @@ def resolve_template(template: Volume | str | os.PathLike | None, needed: bool) 
         template = default_template_path()
         if template is None:
             if needed:
-                raise InputError(None, "registration to a head CT template was requested but no "
-                                       "template is available (none was given, none ships with "
-                                       f"this installation and {TEMPLATE_ENV} is not set)")
+                raise TemplateUnavailable("registration to a head CT template was requested but "
+                                          "no template is available (none was given, none ships "
+                                          f"with this installation and {TEMPLATE_ENV} is not set)")
             return None
     return load_template(template)
 
