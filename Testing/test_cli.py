@@ -65,7 +65,7 @@ def test_drr_writes_both_views_and_geometry(small_ct, tmp_path, capsys):
 
 
 def test_drr_plastimatch_backend_matches_torch(small_ct, tmp_path, capsys):
-    from XRayToCTLib.drr import plastimatch_executable
+    from XRayToCTLib.drr_plastimatch import plastimatch_executable
     if plastimatch_executable() is None:
         pytest.skip("plastimatch is not installed")
     for backend in ("torch", "plastimatch"):

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from XRayToCTLib import evaluation as E
 from XRayToCTLib.cli import main
-from XRayToCTLib.drr import render_biplanar
+from XRayToCTLib.drr import DRR, biplanar_geometry
 from XRayToCTLib.errors import InputError
 from XRayToCTLib.geometry import Volume
 from XRayToCTLib.io import write_radiograph, write_volume
@@ -20,6 +20,11 @@ from XRayToCTLib.phantom import head_phantom
 N = 4
 SIZE = 32
 SPACING = 256.0 / SIZE
+
+
+def render_biplanar(volume, *, pixels, device="cpu"):
+    """AP and lateral DRRs of ``volume`` at the default geometry."""
+    return DRR(biplanar_geometry(volume, pixels=pixels)).render(volume, device=device)
 
 
 @pytest.fixture(scope="module")

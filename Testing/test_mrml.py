@@ -157,7 +157,8 @@ def test_synthesize_drrs_at_given_geometry(scene):
     # the model's detector, moved to the CT's centre
     assert back.geometry.pixels == (16, 16) and back.geometry.detector_size == (380.0, 380.0)
     np.testing.assert_allclose(back.geometry.isocenter, phantom.center, atol=1e-9)
-    expected = drr.render(phantom, [model_geometry["ap"].centered_on(phantom.center)], device="cpu")[0]
+    expected = drr.DRR({"ap": model_geometry["ap"].centered_on(phantom.center)}).render(
+        phantom, device="cpu")["ap"]
     np.testing.assert_allclose(back.array, expected.array, rtol=1e-5, atol=1e-6)
     assert mrml.is_drr_of(node, ct) and node.GetName() == "CT DRR AP"
     # rendering again reuses the node

@@ -755,7 +755,7 @@ def test_logic_synthesize_drrs(xraytoct, scene):
     logic = xraytoct.XRayToCTLogic()
     nodes = logic.synthesizeDrrs(ct, pixels=32, device="cpu")
     assert set(nodes) == {"ap", "lateral"}
-    expected = drr.render_biplanar(phantom, pixels=32, device="cpu")
+    expected = drr.DRR(drr.biplanar_geometry(phantom, pixels=32)).render(phantom, device="cpu")
     for view, node in nodes.items():
         assert node.GetScene() is scene and node.IsA("vtkMRMLScalarVolumeNode")
         array = slicer.util.arrayFromVolume(node)

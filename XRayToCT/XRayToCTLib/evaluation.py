@@ -39,7 +39,8 @@ import torch
 
 from . import metrics as M
 from .errors import Cancelled, InputError, XRayToCTError
-from .drr import MU_WATER_PER_MM
+from .constants import MU_WATER_PER_MM
+from .drr import DRR
 from .geometry import ProjectionGeometry, Radiograph, Volume
 from .io import write_json, write_text
 from .progress import ProgressCallback, report
@@ -258,7 +259,6 @@ def backprojection_baseline(views: Mapping[str, Radiograph] | Sequence[Radiograp
                             grid: Volume) -> np.ndarray:
     """Plain unfiltered back-projection of DRRs onto ``grid`` (its voxel values unused), in HU
     ``[k, j, i]`` float32; see the module doc for the definition."""
-    from .drr import DRRRenderer
     rads = list(views.values()) if isinstance(views, Mapping) else list(views)
     if not rads or any(r.geometry is None for r in rads):
         raise InputError(None, "back-projection needs radiographs with their projection geometry")
@@ -267,7 +267,7 @@ def backprojection_baseline(views: Mapping[str, Radiograph] | Sequence[Radiograp
     with torch.no_grad():
         ones = torch.ones((1, 1, *shape), dtype=torch.float32)
         # the DRR of mu = 1/mm is the chord length / 10, the same units as the DRR pixels
-        chords = [DRRRenderer([g], grid)(ones)[0, 0] for g in geoms]
+        chords = [DRR([g], grid).project_mu(ones)[0, 0] for g in geoms]
     k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
     pts = grid.physical_points(np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1))
     total = np.zeros(pts.shape[0])
