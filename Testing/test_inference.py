@@ -12,8 +12,10 @@ import torch
 from XRayToCTLib import inference
 from XRayToCTLib import preprocess as pp
 from XRayToCTLib.cli import main
+from XRayToCTLib.constants import SYNTHETIC_LABEL
+from XRayToCTLib.drr import DRR
 from XRayToCTLib.errors import Cancelled, InputError
-from XRayToCTLib.geometry import Radiograph
+from XRayToCTLib.geometry import Radiograph, canonical_grid
 from XRayToCTLib.io import read_volume, write_radiograph, write_volume
 from XRayToCTLib.phantom import head_phantom
 
@@ -122,8 +124,8 @@ def test_reconstruct_ct_is_on_the_ct_grid_and_labelled(biplanar_file, ct):
     np.testing.assert_array_equal(res.sct.direction, ct.direction)
     assert np.all(np.isfinite(res.sct.array))
     assert res.sct.metadata["synthetic"] is True
-    assert res.sct.metadata["description"] == inference.SYNTHETIC_DESCRIPTION
-    grid = inference.canonical_grid(rec.spec)
+    assert res.sct.metadata["description"] == SYNTHETIC_LABEL
+    grid = rec.spec.grid()
     assert pp.Grid.of(res.sct_model_space).same_as(grid)
     assert np.allclose(grid.center, 0.0)
     assert set(res.drrs) == set(rec.spec.views)
@@ -142,9 +144,9 @@ def test_cancel_from_the_progress_callback(biplanar_file, ct):
 
 
 class _Perfect(torch.nn.Module):
-    """A "model" returning the preprocessed ground truth on the canonical grid, in model
-    intensity: what a perfect network would output. It reads the preprocessing result that
-    the reconstruction made (captured by the test), never the CT itself."""
+    """A "model" returning the ground truth in the canonical frame, in model intensity: what
+    a perfect network would output. It reads the canonical volume that the reconstruction
+    made (captured from preprocess.to_canonical by the test), never the CT itself."""
 
     def __init__(self, spec, captured: dict):
         super().__init__()
@@ -152,7 +154,7 @@ class _Perfect(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
-        vol = pp.resample_to_size(self.captured["result"].volume, self.spec.output_size)
+        vol = pp.resample_to_size(self.captured["volume"], self.spec.output_size)
         mapping = intensity.get_mapping(self.spec.intensity)
         y = torch.as_tensor(mapping.to_model(torch.from_numpy(vol.array))).float()
         return y[None, None] + 0.0 * self.anchor
@@ -164,24 +166,23 @@ def test_perfect_model_output_overlays_the_ct(register, ct, monkeypatch):
     whereas the same volume dropped on the CT grid without the inverse transform misses."""
     spec = small_model(size=64).spec
     captured: dict = {}
-    original = pp.preprocess_ct
+    original = pp.to_canonical
 
     def capture(*a, **k):
-        captured["result"] = original(*a, **k)
-        return captured["result"]
+        captured["volume"], captured["transform"] = original(*a, **k)
+        return captured["volume"], captured["transform"]
 
-    monkeypatch.setattr(pp, "preprocess_ct", capture)
+    monkeypatch.setattr(pp, "to_canonical", capture)
     rec = inference.Reconstructor(_Perfect(spec, captured), device="cpu")
     template = head_phantom(64, 4.0, seed=5) if register else None
     res = rec.reconstruct_ct(ct, template=template, register=register)
     if register:
-        assert captured["result"].registration.rotation_angle_deg > 10.0  # a real pose
+        assert captured["transform"].rotation_angle_deg > 10.0  # a real pose
     bone = ct.array > 300.0
     assert dice(bone, res.sct.array > 300.0) > 0.8
     # the DRRs carry their geometry in the CT's space: the CT rendered there gives them back
-    from XRayToCTLib.drr import render
     for v, d in res.drrs.items():
-        again = render(ct, [d.geometry])[0].array
+        again = DRR([d.geometry]).render(ct)[v].array
         assert np.abs(again - d.array).mean() < 0.02 * d.array.max(), v
     naive = pp.resample_to_grid(res.sct_model_space, ct)
     assert dice(bone, naive.array > 300.0) < 0.6
@@ -191,20 +192,52 @@ def test_perfect_model_output_overlays_the_ct(register, ct, monkeypatch):
         assert res.consistency["views"][v]["psnr"] > 30.0
 
 
+@pytest.mark.parametrize("register", [False, True])
+def test_a_dataset_case_and_an_inference_run_give_the_model_identical_inputs(register, tmp_path):
+    """One road into the canonical frame: the DRRs ``xraytoct prepare`` stores for a CT and
+    the DRRs ``reconstruct_ct`` feeds the model for the same CT (a model built for that
+    dataset) are the same images, registered to a template or not."""
+    from XRayToCTLib import data
+    src = head_phantom(48, 5.0, seed=4, rotation_deg=(6.0, -4.0, 9.0), translation_mm=(5.0, -3.0, 8.0))
+    (tmp_path / "cts").mkdir()
+    write_volume(src, tmp_path / "cts" / "head.nrrd")
+    template = tmp_path / "template.nii.gz"
+    write_volume(head_phantom(48, 5.0, seed=5), template)
+    ds = tmp_path / "ds"
+    data.prepare_dataset(ds, ct_dir=tmp_path / "cts", size=32, pixels=32, drr_spacing=4.0,
+                         register=register, template=template if register else None,
+                         splits=(1.0, 0.0, 0.0), workers=1)
+    case = data.CaseDataset(ds, split=None)
+    geoms = case.geometries
+    model = models.build_model("cnn_inr", {
+        "image_size": 32, "output_size": 32, "output_spacing": 8.0,
+        "geometry": {v: g.to_dict() for v, g in geoms.items()}})
+    rec = inference.Reconstructor(model, device="cpu", drr_spacing=4.0)
+    ct = read_volume(tmp_path / "cts" / "head.nrrd")
+    res = rec.reconstruct_ct(ct, template=template if register else None, register=register)
+    item = case[0]
+    for v in ("ap", "lateral"):
+        stored = item[v][0].numpy()
+        np.testing.assert_allclose(res.drrs[v].array, stored, rtol=1e-5, atol=1e-5 * stored.max())
+    # the same transform (registration runs twice, in a one-thread worker and here: ~1e-6 apart)
+    stored_tx = case.case_record(0)["transform"]["registration"]
+    np.testing.assert_allclose(res.info["canonical_to_ct"]["matrix"], stored_tx["matrix"], atol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------
 # projection consistency
 # ----------------------------------------------------------------------------------------
 def test_projection_consistency_ranks_the_truth_first(biplanar_file, ct):
     spec = inference.Reconstructor(biplanar_file, device="cpu").spec
-    res = pp.preprocess_ct(ct, register=False, size=256, target_size=None)
-    truth = pp.resample_to_size(res.volume, spec.output_size)
-    truth = inference._translated(truth, -np.asarray(res.grid.center))
-    from XRayToCTLib.drr import render
-    views = np.stack([d.array for d in render(truth, [inference.view_geometry(spec, v) for v in spec.views])])
+    fine, _ = pp.to_canonical(ct, canonical_grid(256, spec.field_mm), register=False)
+    truth = pp.resample_to_size(fine, spec.output_size)
+    drr = DRR({v: inference.view_geometry(spec, v) for v in spec.views})
+    images = drr.render(truth)
+    views = np.stack([images[v].array for v in spec.views])
     x = models.normalize_views(torch.from_numpy(views)[None])
-    good = inference.projection_consistency(truth, x, spec)
+    good = drr.consistency(truth, x)
     shifted = truth.with_array(np.roll(truth.array, 6, axis=0))
-    bad = inference.projection_consistency(shifted, x, spec)
+    bad = drr.consistency(shifted, x)
     for v in spec.views:
         assert good["views"][v]["ssim"] > 0.99 and good["views"][v]["psnr"] > 40.0
         assert bad["views"][v]["ssim"] < good["views"][v]["ssim"]
@@ -245,10 +278,10 @@ def test_cli_reconstruct_from_ct_writes_sct_drrs_and_json(biplanar_file, ct_file
 def test_cli_reconstruct_from_png_and_nrrd_radiographs(biplanar_file, tmp_path, capsys):
     from PIL import Image
 
-    from XRayToCTLib.drr import render
     spec = inference.Reconstructor(biplanar_file, device="cpu").spec
     head = head_phantom(64, 4.0, seed=7)
-    ap, lat = render(head, [inference.view_geometry(spec, "ap"), inference.view_geometry(spec, "lateral")])
+    images = DRR({v: inference.view_geometry(spec, v) for v in ("ap", "lateral")}).render(head)
+    ap, lat = images["ap"], images["lateral"]
     png = tmp_path / "ap.png"
     Image.fromarray(np.round(255 * ap.array / ap.array.max()).astype(np.uint8)).save(png)
     nrrd = write_radiograph(lat, tmp_path / "lateral.nrrd")
@@ -258,8 +291,7 @@ def test_cli_reconstruct_from_png_and_nrrd_radiographs(biplanar_file, tmp_path, 
                         "--out", out, "--device", "cpu"], capsys)
     assert code == 0, err
     sct = read_volume(out, require_hu=False)
-    grid = inference.canonical_grid(spec)
-    assert pp.Grid.of(sct).same_as(grid)
+    assert sct.same_as(spec.grid())
     assert sct.metadata.get("synthetic") is True
     meta = json.loads((out.parent / "sct.json").read_text())
     assert meta["input_kind"] == "radiographs" and meta["space"] == "canonical"
@@ -269,10 +301,9 @@ def test_cli_reconstruct_from_png_and_nrrd_radiographs(biplanar_file, tmp_path, 
 
 
 def test_cli_single_view_model_and_view_count_errors(single_file, biplanar_file, tmp_path, capsys):
-    from XRayToCTLib.drr import render
     spec = inference.Reconstructor(single_file, device="cpu").spec
     assert tuple(spec.views) == ("ap",)
-    ap = write_radiograph(render(head_phantom(48, 5.0, seed=2), [inference.view_geometry(spec, "ap")])[0],
+    ap = write_radiograph(DRR([inference.view_geometry(spec, "ap")]).render(head_phantom(48, 5.0, seed=2))["ap"],
                           tmp_path / "ap.nrrd")
     code, _, err = run(["reconstruct", "--ap", ap, "--model", single_file, "--out",
                         tmp_path / "s.nii.gz", "--device", "cpu"], capsys)
@@ -431,7 +462,7 @@ def test_shipped_model_sct_overlays_a_posed_ct():
     if "cnn_inr_phantom64" not in [e["name"] for e in catalog()]:
         pytest.skip("cnn_inr_phantom64 is not in the bundled catalog")
     if default_template_path() is None:
-        pytest.skip("no head template (../shared/data/templates/rorden_scct) for registration")
+        pytest.skip("no head template for registration (the shipped one was removed)")
     ct = head_phantom(64, 4.0, seed=11, pose=True)
     res = inference.Reconstructor("cnn_inr_phantom64", device="cpu").reconstruct_ct(ct, register=True)
     assert res.sct.size == ct.size and np.allclose(res.sct.index_to_lps(), ct.index_to_lps())
