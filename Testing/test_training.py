@@ -23,6 +23,10 @@ from XRayToCTLib.cli import main
 from XRayToCTLib.drr import hu_to_mu
 from XRayToCTLib.errors import InputError
 from XRayToCTLib.training import TrainConfig, export_run, load_checkpoint, train
+from XRayToCTLib.training.distributed import Dist
+from XRayToCTLib.training.engine import Engine, views_tensor
+from XRayToCTLib.training.losses import (AdversarialLoss, ProjectionLoss, ReconstructionLoss,
+                                         sample_points)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -113,12 +117,49 @@ def test_shipped_configs_are_valid(path):
 
 
 def test_soft_mu_is_hu_to_mu_with_a_gradient():
+    """The projection loss's attenuation (the DRR's soft form)."""
     hu = torch.tensor([-1000.0, -900.0, -600.0, 0.0, 40.0, 1000.0], requires_grad=True)
-    mu = training.soft_hu_to_mu(hu, 10.0)
+    mu = hu_to_mu(hu, soft=True, gate_hu=10.0)
     assert torch.allclose(mu, hu_to_mu(hu.detach()), atol=1e-6)
     edge = torch.tensor([-800.0], requires_grad=True)
-    training.soft_hu_to_mu(edge, 10.0).sum().backward()
+    hu_to_mu(edge, soft=True, gate_hu=10.0).sum().backward()
     assert edge.grad.item() > 0  # the hard threshold has none
+
+
+def test_loss_pieces():
+    """Each loss on its own: reconstruction (l1/mse), projection against the rendered target,
+    least-squares adversarial terms of a patch discriminator."""
+    pred, target = torch.zeros(2, 1, 4, 4, 4), torch.full((2, 1, 4, 4, 4), 0.5)
+    assert float(ReconstructionLoss("l1")(pred, target)) == pytest.approx(0.5)
+    assert float(ReconstructionLoss("mse")(pred, target)) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="l1 or mse"):
+        ReconstructionLoss("huber")
+
+    class Identity:  # model intensity = HU
+        def to_hu(self, x):
+            return x
+
+    class Rendered:  # a stand-in DRR: the mean HU along one axis
+        def normalized(self, hu):
+            return hu.mean(dim=2)
+
+    proj = ProjectionLoss(Rendered(), Identity(), reference="target")
+    vol = torch.rand(2, 1, 4, 4, 4, requires_grad=True)
+    assert float(proj(vol, None, vol.detach()).detach()) == 0.0
+    loss = proj(vol, None, torch.zeros_like(vol))
+    loss.backward()
+    assert float(loss.detach()) > 0 and vol.grad is not None
+    views = torch.rand(2, 1, 4, 4)
+    to_input = ProjectionLoss(Rendered(), Identity(), "input")(vol.detach(), views, None)
+    assert float(to_input) == pytest.approx(
+        float(torch.nn.functional.l1_loss(vol.detach().mean(dim=2), views)))
+
+    adv = AdversarialLoss()
+    disc = lambda volume, views: [volume.mean(dim=(2, 3, 4), keepdim=True)]  # noqa: E731
+    real, fake = torch.ones(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)
+    v = torch.zeros(1, 2, 4, 4)
+    assert float(adv.discriminator_loss(disc, real, fake, v)) == pytest.approx(0.0)
+    assert float(adv.generator_loss(disc, fake, v)) == pytest.approx(1.0)  # (D - 1)^2
 
 
 # -- training --------------------------------------------------------------------------------
@@ -178,13 +219,13 @@ def test_cnn_inr_on_random_points(dataset, tmp_path):
     """Seed 001's scheme: MSE on random points (no full grid without projection/adversary)."""
     cfg = _config(dataset, tmp_path / "pts", model="cnn_inr", points_per_step=256,
                   lambda_proj=0.0).resolved()
-    engine = training._Engine(cfg, training._Dist("cpu"), None)
+    engine = Engine(cfg, Dist("cpu"), None)
     # the sampled points are LPS millimetres: a target equal to x_LPS gives back x
     s = engine.size
     x_lps = torch.tensor(engine.grid.origin[0] + engine.grid.spacing[0] * np.arange(s),
                          dtype=torch.float32)
     target = x_lps.expand(2, 1, s, s, s).contiguous()  # array [z, y, x]: x along the last axis
-    pts, values = engine._sample_points(target)
+    pts, values = sample_points(target, engine.grid, engine.points)
     assert pts.shape == (2, 256, 3) and values.shape == (2, 256)
     torch.testing.assert_close(values, pts[..., 0], rtol=0, atol=1e-3)
     lo, hi = engine.grid.corners().min(axis=0), engine.grid.corners().max(axis=0)
@@ -193,19 +234,22 @@ def test_cnn_inr_on_random_points(dataset, tmp_path):
     rows = _log(run)
     assert len(rows) == 2 and float(rows[0]["loss_proj"]) == 0.0 and rows[0]["loss_d"] == ""
     with pytest.raises(Exception, match="query"):
-        training._Engine(_config(dataset, tmp_path / "x", points_per_step=8).resolved(),
-                         training._Dist("cpu"), None)
+        Engine(_config(dataset, tmp_path / "x", points_per_step=8).resolved(), Dist("cpu"),
+               None)
 
 
 def test_projection_loss_uses_the_renderer_at_the_dataset_geometry(dataset, tmp_path):
-    """The loss is zero-ish for the ground truth itself, and large for a blank volume."""
+    """The loss is zero-ish for the ground truth itself, and large for a blank volume; it
+    renders with the run's one DRR object (soft attenuation, the dataset's geometries)."""
     cfg = _config(dataset, tmp_path / "p").resolved()
-    engine = training._Engine(cfg, training._Dist("cpu"), None)
+    engine = Engine(cfg, Dist("cpu"), None)
+    assert engine.projection.drr is engine.drr and engine.drr.attenuation == "soft"
+    assert engine.drr.gate_hu == cfg.proj_gate_hu and engine.drr.views == engine.views
     batch = next(iter(engine._loader(engine.train_ds, train=True)))
-    x = engine.normalize(training._views_tensor(batch, engine.views, "cpu"))
+    x = engine.normalize(views_tensor(batch, engine.views, "cpu"))
     gt = engine.mapping.to_model(engine._target(batch))
-    good = torch.nn.functional.l1_loss(engine._project(gt), x).item()
-    blank = torch.nn.functional.l1_loss(engine._project(torch.zeros_like(gt)), x).item()
+    good = engine.projection(gt, x, gt).item()
+    blank = engine.projection(torch.zeros_like(gt), x, gt).item()
     assert good < 0.1 < blank
     assert good < blank / 5
 

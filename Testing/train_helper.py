@@ -34,6 +34,8 @@ def _digest(module: torch.nn.Module) -> dict:
 
 def main(argv: list[str]) -> int:
     from XRayToCTLib import training
+    from XRayToCTLib.training.distributed import Dist
+    from XRayToCTLib.training.engine import Engine
 
     mode, cfg_path = argv[0], argv[1]
     cfg = training.TrainConfig.from_yaml(cfg_path)
@@ -49,10 +51,10 @@ def main(argv: list[str]) -> int:
     if mode == "ddp":
         out = Path(argv[2])
         cfg = cfg.resolved()
-        dist = training._Dist(cfg.device)
+        dist = Dist(cfg.device)
         try:
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
-            engine = training._Engine(cfg, dist, None)
+            engine = Engine(cfg, dist, None)
             engine.fit()
             rec = {"rank": dist.rank, "world": dist.world, "step": engine.step,
                    "epoch": engine.epoch, "generator": _digest(engine.model),

@@ -1,0 +1,208 @@
+"""The settings of a training run: :class:`TrainConfig`, its seed defaults, its validation
+and its YAML form; the names of the logged columns."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import InputError
+from ..io import write_text
+
+__all__ = ["TrainConfig", "LOG_COLUMNS", "LOSS_NAMES", "VAL_METRICS", "VAL_REGIONS",
+           "check_choice"]
+
+VAL_METRICS = ("ssim", "psnr", "cosine")
+VAL_REGIONS = ("whole", "head")
+LOSS_NAMES = ("loss_g", "loss_d", "loss_adv", "loss_rec", "loss_proj")
+LOG_COLUMNS = (["epoch", "step", *LOSS_NAMES]
+               + [f"val_{m}_{r}" for r in VAL_REGIONS for m in VAL_METRICS]
+               + ["time_s", "step_time_s", "lr"])
+"""Columns of ``log.csv``: one row per epoch; losses are epoch means over all ranks; val
+columns are empty on epochs without validation; ``time_s`` is the epoch's wall time in
+seconds (validation included), ``step_time_s`` the mean seconds per training step."""
+
+# seed defaults per model family (see the package docstring for the sources)
+_GAN_DEFAULTS = dict(lambda_adv=0.1, lambda_rec=10.0, lambda_proj=10.0, recon_loss="l1")
+_INR_DEFAULTS = dict(lambda_adv=0.0, lambda_rec=10.0, lambda_proj=10.0, recon_loss="mse")
+
+
+def _family_defaults(model: str) -> dict[str, Any]:
+    return _INR_DEFAULTS if "inr" in model else _GAN_DEFAULTS
+
+
+def check_choice(name: str, value: Any, options) -> None:
+    """One-line ``ValueError`` unless ``value`` is one of ``options``."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """All settings of a training run (the YAML config file holds the same keys).
+
+    ``None`` means "the model's seed default" and is resolved by :meth:`resolved`
+    (the run folder's ``config.yaml`` holds resolved values).
+
+    Attributes:
+        model: registry name (``x2ct_gan``, ``x2ct_gan_single``, ``cnn_inr``).
+        data: dataset folder made by ``xraytoct prepare`` (``manifest.json`` inside).
+        out: run folder.
+        model_config: the model's own settings (width etc., passed to ``build_model``;
+            ``image_size``/``output_size``/``output_spacing`` are set from the dataset).
+        discriminator_config: settings for ``build_discriminator``.
+        epochs: training epochs (seed 001: 170).
+        batch_size: cases per step and per process (seed 001: 1).
+        lr: Adam learning rate of the generator (seed 001: 3e-5).
+        lr_d: Adam learning rate of the discriminator (``None``: ``lr``).
+        betas: Adam betas (X2CT-GAN: 0.5, 0.99).
+        weight_decay: Adam weight decay (0).
+        lambda_adv, lambda_rec, lambda_proj: loss weights (GAN: 0.1, 10, 10; CNN–INR: 0, 10, 10).
+        recon_loss: ``"l1"`` (GAN default) or ``"mse"`` (CNN–INR default, seed 001).
+        projection_reference: ``"input"`` (the input DRRs), ``"target"`` (the ground truth
+            passed through the intensity mapping and rendered), ``"auto"`` (``target`` for the
+            mappings that are not invertible (``brain``), else ``input``).
+        proj_gate_hu: width in HU of the sigmoid that replaces the -800 HU air threshold.
+        points_per_step: models with ``query`` (``cnn_inr``) only: the reconstruction loss on
+            this many random points per case and step, inside the output grid, against the
+            trilinearly interpolated target (seed 001's "random coordinates were sampled from
+            the training volumes"); the full grid is then rendered only when the projection or
+            adversarial term needs it. 0 (default): the reconstruction loss on the full grid.
+        size: output grid side S (``None``: the dataset's); other sizes resample the targets
+            over the same 256 mm field (trilinear), and the projection loss renders that grid.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: ``cuda:LOCAL_RANK``).
+        amp: mixed precision (``torch.autocast``): ``auto`` (bf16 on CUDA when supported,
+            else fp16 with a gradient scaler; off on CPU), ``off``, ``bf16`` (CUDA or CPU),
+            ``fp16`` (CUDA only, with a gradient scaler). The DRR projection and the losses
+            are computed in float32 either way. bf16 on the CPU is experimental: the X2CT-GAN
+            was seen to reach a NaN loss in some runs there (the engine then stops with an
+            error saying so).
+        compile: wrap the generator in ``torch.compile`` (CUDA; off by default: not measured).
+        workers: DataLoader worker processes.
+        val_every: validate every N epochs (and after the last epoch); 0 = never.
+        checkpoint_every: write ``last.pt`` every N epochs (and after the last epoch).
+        best_metric: the logged validation metric that picks ``best.pt`` (higher is better),
+            one of ``{ssim,psnr,cosine}_{whole,head}``.
+        val_window: the window of the validation metrics (seed 001: ``brain``, L40/W40).
+        seed: random seed (weights, data order, sampling).
+        deterministic: ``torch.use_deterministic_algorithms`` (slower on CUDA).
+        resume: continue the run in ``out`` from ``checkpoints/last.pt``.
+        tensorboard: write TensorBoard events when ``tensorboard`` is importable.
+    """
+
+    model: str = "x2ct_gan"
+    data: str = ""
+    out: str = ""
+    model_config: dict = dataclasses.field(default_factory=dict)
+    discriminator_config: dict = dataclasses.field(default_factory=dict)
+    epochs: int = 170
+    batch_size: int = 1
+    lr: float = 3e-5
+    lr_d: float | None = None
+    betas: tuple = (0.5, 0.99)
+    weight_decay: float = 0.0
+    lambda_adv: float | None = None
+    lambda_rec: float | None = None
+    lambda_proj: float | None = None
+    recon_loss: str | None = None
+    projection_reference: str = "auto"
+    proj_gate_hu: float = 10.0
+    points_per_step: int = 0
+    size: int | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    compile: bool = False
+    workers: int = 0
+    val_every: int = 1
+    checkpoint_every: int = 1
+    best_metric: str = "ssim_head"
+    val_window: str = "brain"
+    seed: int = 0
+    deterministic: bool = False
+    resume: bool = False
+    tensorboard: bool = True
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str | os.PathLike | None = None) -> "TrainConfig":
+        """Build from a mapping; an unknown key is an :class:`InputError` naming ``source``."""
+        unknown = sorted(set(d) - set(cls.fields()))
+        if unknown:
+            raise InputError(source, f"unknown setting(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(cls.fields())}")
+        d = dict(d)
+        if d.get("betas") is not None:
+            d["betas"] = tuple(float(b) for b in d["betas"])
+        for key in ("model_config", "discriminator_config"):
+            if d.get(key) is None:
+                d[key] = {}
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> "TrainConfig":
+        """Read a YAML config (a mapping of the :class:`TrainConfig` keys); ``overrides``
+        (e.g. command-line flags) replace its values."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(path, f"not valid YAML: {str(err).splitlines()[0]}") from err
+        if not isinstance(data, dict):
+            raise InputError(path, "a training config must be a YAML mapping of settings")
+        data.update(overrides)
+        return cls.from_dict(data, source=path)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = [float(b) for b in self.betas]
+        return d
+
+    def to_yaml(self, path: str | os.PathLike) -> Path:
+        """Write the settings as YAML, atomically."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return write_text(path, text)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def resolved(self) -> "TrainConfig":
+        """Fill the model's seed defaults in the ``None`` settings and validate everything
+        (``ValueError`` with a clear message on a bad value)."""
+        fam = _family_defaults(self.model)
+        cfg = self.replace(**{k: (fam[k] if getattr(self, k) is None else getattr(self, k))
+                              for k in fam})
+        if cfg.lr_d is None:
+            cfg = cfg.replace(lr_d=cfg.lr)
+        check_choice("recon_loss", cfg.recon_loss, ("l1", "mse"))
+        check_choice("projection_reference", cfg.projection_reference, ("auto", "input", "target"))
+        check_choice("amp", cfg.amp, ("auto", "off", "bf16", "fp16"))
+        check_choice("best_metric", cfg.best_metric,
+                     [f"{m}_{r}" for r in VAL_REGIONS for m in VAL_METRICS])
+        for name in ("epochs", "batch_size"):
+            if int(getattr(cfg, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+        for name in ("workers", "val_every", "checkpoint_every", "points_per_step"):
+            if int(getattr(cfg, name)) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
+        for name in ("lr", "lr_d", "proj_gate_hu"):
+            if not float(getattr(cfg, name)) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+        for name in ("lambda_adv", "lambda_rec", "lambda_proj", "weight_decay"):
+            if not float(getattr(cfg, name)) >= 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
+        if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {cfg.betas}")
+        if cfg.size is not None and int(cfg.size) < 8:
+            raise ValueError(f"size must be at least 8, got {cfg.size}")
+        if not cfg.model:
+            raise ValueError("no model given (a registry name such as x2ct_gan)")
+        return cfg

@@ -1,0 +1,57 @@
+"""Packaging a training run: one checkpoint -> one ``.safetensors`` model file."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError, XRayToCTError
+from ..models import build_model, save_package
+from .checkpoint import load_checkpoint
+from .config import VAL_REGIONS, check_choice
+
+__all__ = ["export_run"]
+
+
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "best", *,
+               title: str | None = None, fp16: bool = False) -> Path:
+    """Package a run's checkpoint as one ``.safetensors`` model file
+    (``models.package.save_package``): the weights, plus in its header the model's spec
+    (views, sizes, DRR geometry, intensity mapping), its config, the training-data
+    description from the dataset manifest, the training settings, and the validation
+    metrics of that checkpoint. ``checkpoint`` is ``"best"`` or ``"last"``; ``"best"``
+    falls back to ``"last"`` (and says so in the metadata) when the run never validated.
+    ``fp16`` stores the weights in half precision (half the size; cast back to float32 at
+    load). Returns ``out``."""
+    try:
+        check_choice("checkpoint", checkpoint, ("best", "last"))
+    except ValueError as err:
+        raise XRayToCTError(str(err)) from None
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise InputError(run, "run folder not found")
+    path = run / "checkpoints" / f"{checkpoint}.pt"
+    used = checkpoint
+    if checkpoint == "best" and not path.exists() and (run / "checkpoints" / "last.pt").exists():
+        path, used = run / "checkpoints" / "last.pt", "last (the run has no best.pt: it never validated)"
+    state = load_checkpoint(path)
+    model = build_model(state["model_name"], json.loads(state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    cfg = json.loads(state["config"])
+    metadata = {
+        "title": title or f"{state['model_name']} trained by XRayToCT",
+        "training_data": json.loads(state["data"]),
+        "validation": {"window": cfg.get("val_window", "brain"),
+                       "regions": list(VAL_REGIONS), **state.get("val", {})},
+        "training": {"checkpoint": used, "epoch": int(state["epoch"]),
+                     "step": int(state["step"]), "best_metric": cfg.get("best_metric"),
+                     "best": state.get("best"), "best_epoch": state.get("best_epoch"),
+                     "world_size": state.get("world_size", 1), "saved": state.get("saved"),
+                     "settings": cfg},
+    }
+    out = Path(out)
+    save_package(model, out, metadata=metadata, dtype=torch.float16 if fp16 else torch.float32)
+    return out
