@@ -226,7 +226,7 @@ def test_settings_must_match_an_existing_dataset(dataset):
         data.prepare_dataset(dataset.parent / "empty")
     with pytest.raises(InputError, match="drr_spacing"):
         data.prepare_dataset(dataset.parent / "x", phantoms=1, drr_spacing=3.0)
-    with pytest.raises(InputError, match="--ct-dir"):
+    with pytest.raises(InputError, match="a folder of CTs is needed"):
         data.prepare_dataset(dataset.parent / "x", phantoms=1, augment=2)
 
 

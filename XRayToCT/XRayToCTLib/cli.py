@@ -18,10 +18,19 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .constants import TEMPLATE_ENV
-from .errors import Cancelled, InputError, TemplateUnavailable, XRayToCTError
+from .errors import (AmbiguousSeries, Cancelled, InputError, NotHounsfield, TemplateUnavailable,
+                     XRayToCTError)
 from .progress import ProgressCallback
 
 PROG = "xraytoct"
+
+_HINTS = {
+    TemplateUnavailable: f"pass --template FILE, set {TEMPLATE_ENV}, or pass --no-register",
+    NotHounsfield: "pass --rescale SLOPE INTERCEPT, e.g. --rescale 1 -1024 for values stored "
+                   "as HU+1024",
+    AmbiguousSeries: "choose one with --series UID",
+}
+"""This face's words for the library errors whose remedy is an option of the command line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -603,9 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
-    except TemplateUnavailable as err:
-        print(f"error: {err}; pass --template FILE, set {TEMPLATE_ENV}, or pass --no-register",
-              file=sys.stderr)
+    except (TemplateUnavailable, NotHounsfield, AmbiguousSeries) as err:
+        print(f"error: {err} ({_HINTS[type(err)]})", file=sys.stderr)
         return 2
     except (InputError, Cancelled) as err:
         print(f"error: {err}", file=sys.stderr)

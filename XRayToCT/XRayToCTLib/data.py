@@ -171,7 +171,7 @@ def _ct_sources(ct_dir: Path) -> list[tuple[str, Path]]:
     if not ct_dir.exists():
         raise InputError(ct_dir, "CT folder not found")
     if not ct_dir.is_dir():
-        raise InputError(ct_dir, "--ct-dir must be a folder of CTs")
+        raise InputError(ct_dir, "the CT source must be a folder of CTs")
     found: list[Path] = []
     for p in sorted(ct_dir.iterdir()):
         if p.name.startswith("."):
@@ -404,7 +404,7 @@ def _resolve_settings(existing: dict | None, given: dict[str, Any]) -> dict[str,
     """Validated settings; with no sources given, those of the existing manifest."""
     if given["ct_dir"] is None and not given["phantoms"]:
         if existing is None:
-            raise InputError(None, "nothing to prepare: give --ct-dir DIR and/or --phantoms N")
+            raise InputError(None, "nothing to prepare: no folder of CTs and no phantoms were given")
         given = {**existing["settings"], "workers": given["workers"]}
     s = dict(given)
     s["size"] = _check_int(s["size"], "size", 4)
@@ -425,7 +425,7 @@ def _resolve_settings(existing: dict | None, given: dict[str, Any]) -> dict[str,
         raise ValueError(f"drr_spacing must divide {FIELD_OF_VIEW_MM:g} mm, got {dsp}")
     s["drr_spacing"] = dsp
     if s["augment"] and s["ct_dir"] is None:
-        raise InputError(None, "--augment makes copies of real CTs: give --ct-dir too")
+        raise InputError(None, "augmented copies are made of real CTs: a folder of CTs is needed too")
     s["template_sha256"] = None
     if s["ct_dir"] is not None:
         s["ct_dir"] = str(Path(s["ct_dir"]).expanduser().resolve())

@@ -107,8 +107,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise XRayToCTError("--device cuda was asked for, but PyTorch sees no CUDA GPU "
-                            "(use --device auto or cpu)")
+        raise XRayToCTError("the CUDA device was asked for, but PyTorch sees no CUDA GPU "
+                            "(use the automatic choice or the CPU)")
     return dev
 
 

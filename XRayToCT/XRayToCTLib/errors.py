@@ -29,5 +29,14 @@ class TemplateUnavailable(InputError):
         super().__init__(None, problem)
 
 
+class NotHounsfield(InputError):
+    """A CT's values do not look like Hounsfield units and no rescale fixes them (the face
+    says how to give a rescale: the command line's option, the reader's argument)."""
+
+
+class AmbiguousSeries(InputError):
+    """A DICOM folder holds several series and none was chosen (the face says how to choose)."""
+
+
 class Cancelled(XRayToCTError):
     """Raised when a progress callback asks to stop."""

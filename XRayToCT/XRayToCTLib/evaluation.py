@@ -367,7 +367,7 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
         dataset = gt
     if split is not None:
         if dataset is None:
-            raise InputError(None, "--split needs a dataset (--gt or --dataset with manifest.json)")
+            raise InputError(None, "a split needs a dataset (a folder with manifest.json) as the ground truth")
         keep = set(_split_ids(_manifest(Path(dataset)), split))
         gt_files = {c: f for c, f in gt_files.items() if c in keep}
         if not gt_files:
@@ -386,9 +386,9 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
         elif dataset is not None:
             tmpl = template_from_dataset(dataset)
         else:
-            raise InputError(None, "the template baseline needs --template FILE or --dataset DIR")
+            raise InputError(None, "the template baseline needs a template CT or a dataset (its training-split mean)")
     if "backprojection" in baselines and dataset is None:
-        raise InputError(None, "the backprojection baseline needs --dataset DIR (its DRRs)")
+        raise InputError(None, "the backprojection baseline needs a dataset (its DRRs)")
     rows: list[dict[str, Any]] = []
     coverage: dict[tuple[str, str], float] = {}
     cases = sorted(gt_files)

@@ -44,7 +44,7 @@ import pydicom
 import SimpleITK as sitk
 
 from ..constants import AIR_HU
-from ..errors import InputError
+from ..errors import AmbiguousSeries, InputError
 from ..geometry import Volume
 from ..progress import ProgressCallback, report, scaled
 from .files import DICOM_EXTENSIONS, one_line, require_exists
@@ -268,8 +268,8 @@ def _select_series(path: Path, series_uid: str | None) -> tuple[str, list[_Slice
     if len(series) > 1:
         listing = "; ".join(_series_line(u, s) for u, s in
                             sorted(series.items(), key=lambda kv: -len(kv[1])))
-        raise InputError(folder, f"{len(series)} series in this folder: {listing}; choose one "
-                                 f"with series_uid=UID (command line: --series UID)")
+        raise AmbiguousSeries(folder, f"{len(series)} series in this folder: {listing}; "
+                                      "choose one of them by its series UID")
     return next(iter(series.items()))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import HEAD_THRESHOLD_HU
-from ..errors import InputError
+from ..errors import InputError, NotHounsfield
 
 HU_PERCENTILE = 1.0
 """The percentile :func:`looks_like_hu` tests against -500 HU."""
@@ -48,18 +48,18 @@ def looks_like_hu(array: np.ndarray) -> bool:
     return bool(math.isfinite(p) and p <= HEAD_THRESHOLD_HU)
 
 
-def not_hu_error(path: Path, array: np.ndarray, *, user_rescale: bool, extra: str = "") -> InputError:
+def not_hu_error(path: Path, array: np.ndarray, *, user_rescale: bool, extra: str = "") -> NotHounsfield:
     """The one-line error for values that fail :func:`looks_like_hu`."""
     sample = _sample(array)
     lo, hi = (float(sample.min()), float(sample.max())) if sample.size else (math.nan, math.nan)
     p = hu_percentile(array)
     stats = f"1st percentile {p:.4g}, range {lo:.4g}..{hi:.4g}"
     if user_rescale:
-        return InputError(path, f"values after the given rescale still do not look like HU "
-                                f"({stats}: no air below {HEAD_THRESHOLD_HU:.0f} HU){extra}; "
-                                f"check --rescale SLOPE INTERCEPT, or use require_hu=False")
-    return InputError(path, f"values do not look like Hounsfield units ({stats}: no air below "
-                            f"{HEAD_THRESHOLD_HU:.0f} HU) and the header has no rescale that "
-                            f"fixes it{extra}; pass the rescale to HU, e.g. --rescale 1 -1024 "
-                            f"(rescale=(1, -1024)) for values stored as HU+1024, or "
-                            f"require_hu=False to keep the stored values")
+        return NotHounsfield(path, f"values after the given rescale still do not look like "
+                                   f"Hounsfield units ({stats}: no air below "
+                                   f"{HEAD_THRESHOLD_HU:.0f} HU){extra}; check the rescale "
+                                   f"slope and intercept")
+    return NotHounsfield(path, f"values do not look like Hounsfield units ({stats}: no air below "
+                               f"{HEAD_THRESHOLD_HU:.0f} HU) and the header has no rescale that "
+                               f"fixes it{extra}; give the rescale to HU (slope 1, intercept "
+                               f"-1024 for values stored as HU+1024) or keep the stored values")
