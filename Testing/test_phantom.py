@@ -1,6 +1,7 @@
 """Tests of XRayToCTLib.phantom: the procedural head CT generator (small grids: fast)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,9 @@ from scipy import ndimage
 
 from XRayToCTLib import drr
 from XRayToCTLib import preprocess as pp
-from XRayToCTLib.geometry import rotation_matrix
-from XRayToCTLib.phantom import (FINDINGS, LABELS, POSE_RANGES, TISSUE_HU, head_phantom,
-                                 parse_findings, pose_registration)
+from XRayToCTLib.geometry import Grid, rotation_matrix
+from XRayToCTLib.phantom import (FACE_AND_BASE, FINDINGS, LABELS, POSE_RANGES, TISSUE_HU,
+                                 head_phantom, parse_findings, pose_registration)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CTHEAD = SHARED_DATA / "head_ct" / "slicer_ctheadaxial"
@@ -45,6 +46,8 @@ def test_geometry_is_exact_and_metadata_complete():
     np.testing.assert_allclose(v.origin, [-19.5 * 6.0, -17.5 * 7.0, -14.5 * 8.5])
     np.testing.assert_allclose(v.center, [0.0, 0.0, 0.0], atol=1e-9)
     np.testing.assert_array_equal(v.direction, np.eye(3))
+    np.testing.assert_array_equal(v.index_to_lps(),
+                                  Grid.centered((0, 0, 0), (40, 36, 30), (6.0, 7.0, 8.5)).index_to_lps())
     m = v.metadata
     assert m["source"] == "phantom(seed=1)" and m["units"] == "HU" and m["synthetic"] is True
     assert m["seed"] == 1 and m["findings"] == [] and isinstance(m["kind"], str)
@@ -59,7 +62,7 @@ def test_geometry_is_exact_and_metadata_complete():
 def test_bad_arguments_are_refused():
     for kw in (dict(size=1), dict(spacing=0.0), dict(seed=-1), dict(ventricle_scale=9.0),
                dict(noise_hu=-1.0), dict(findings=["tumour"]),
-               dict(pose=False, rotation_deg=(1, 0, 0))):
+               dict(pose=False, rotation_deg=(1, 0, 0)), dict(layout="wide orbits")):
         args = {"size": 16, "spacing": 12.0, **kw}
         with pytest.raises(ValueError):
             head_phantom(args.pop("size"), args.pop("spacing"), **args)
@@ -135,6 +138,31 @@ def test_findings_appear():
     assert len(set(drawn)) > 2 and all(set(d) <= set(FINDINGS) for d in drawn)
 
 
+def test_the_face_follows_its_named_layout():
+    """The face and skull base are placed by the named millimetres of FACE_AND_BASE: moving
+    the orbit axes 6 mm outwards moves the globes and lenses by 6 mm and leaves the vault
+    alone; a layout other than the default is recorded in the metadata."""
+    base, lb = head_phantom(96, 2.5, seed=0, pose=False, return_labels=True, **QUIET)
+    same = head_phantom(96, 2.5, seed=0, pose=False, layout=FACE_AND_BASE, **QUIET)
+    np.testing.assert_array_equal(same.array, base.array)
+    assert "layout" not in base.metadata and "layout" not in same.metadata
+    wider = dataclasses.replace(FACE_AND_BASE, orbits=dataclasses.replace(
+        FACE_AND_BASE.orbits, x_offset=FACE_AND_BASE.orbits.x_offset + 6.0))
+    moved, lm = head_phantom(96, 2.5, seed=0, pose=False, layout=wider, return_labels=True, **QUIET)
+    assert moved.metadata["layout"]["orbits"]["x_offset"] == FACE_AND_BASE.orbits.x_offset + 6.0
+    for name in ("globe", "lens"):
+        shift = []
+        for lab in (lb, lm):
+            i = np.argwhere(lab.array == LABELS[name])[:, 2]
+            x = lab.origin[0] + i * lab.spacing[0]
+            assert (x > 0).sum() > 5 and (x < 0).sum() > 5, name
+            shift.append((x[x > 0].mean(), x[x < 0].mean()))
+        assert abs(shift[1][0] - shift[0][0] - 6.0) < 1.5 and abs(shift[1][1] - shift[0][1] + 6.0) < 1.5, \
+            (name, shift)
+    top = slice(60, None)  # the vault, above the face
+    np.testing.assert_array_equal(lm.array[top], lb.array[top])
+
+
 def test_ventricle_scale_enlarges_the_ventricles():
     """Normal lateral ventricles hold about 15-25 ml; marked hydrocephalus 100 ml and more."""
     csf_ml = []
@@ -182,7 +210,7 @@ def _drr_stats(volume):
     """Coarse statistics of the AP and lateral DRRs (64 pixels, the default geometry):
     head width in the AP view (mm at the isocentre) and, per view, the bone-to-soft-tissue
     contrast (95th percentile / median over head pixels) and the median head pixel."""
-    images = drr.render_biplanar(volume, pixels=64, device="cpu")
+    images = drr.DRR(drr.biplanar_geometry(volume, pixels=64)).render(volume, device="cpu")
     out = {}
     for view, rad in images.items():
         a = rad.array

@@ -21,7 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "XRayToCT"))
 from XRayToCTLib import preprocess as pp  # noqa: E402
-from XRayToCTLib.geometry import rotation_matrix  # noqa: E402
+from XRayToCTLib.constants import AIR_HU  # noqa: E402
+from XRayToCTLib.geometry import Grid, rotation_matrix  # noqa: E402
+from XRayToCTLib.io import read_volume  # noqa: E402
 from XRayToCTLib.phantom import head_phantom  # noqa: E402
 from XRayToCTLib.report import orthogonal_slices, to_uint8  # noqa: E402
 
@@ -31,8 +33,8 @@ PANEL_MM = 220
 
 
 def _panels(volume, center) -> list[np.ndarray]:
-    grid = pp.Grid.centered(center, PANEL_MM, 1.0)
-    v = pp.resample_to_grid(volume, grid, default=-1024.0)
+    grid = Grid.centered(center, PANEL_MM, 1.0)
+    v = pp.resample_to_grid(volume, grid, default=AIR_HU)
     s = orthogonal_slices(v)
     return [s["axial"], s["coronal"], s["sagittal"]]
 
@@ -47,7 +49,6 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     rows: list[tuple[str, list[np.ndarray]]] = []
-    from XRayToCTLib.io import read_volume
     if (SHARED / "ge_hispeed_tilt").is_dir():
         ge = read_volume(SHARED / "ge_hispeed_tilt")
         rows.append(("real: GE HiSpeed", _panels(ge, ge.center + (0, 5, 0))))
