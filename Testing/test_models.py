@@ -1,6 +1,6 @@
-"""Tests of XRayToCTLib.models: registry, shapes, widths, the view-lifting orientation against
-real DRRs, CNN-INR projection and rendering, discriminator, intensity mappings, input
-normalisation."""
+"""Tests of XRayToCTLib.models: registry, typed constructors and their checks, shapes, widths,
+the dense block, the view-lifting orientation against real DRRs, CNN-INR projection and
+rendering, discriminator, intensity mappings, input normalisation."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from XRayToCTLib import drr, models
-from XRayToCTLib.geometry import Volume, rotation_matrix
+from XRayToCTLib.geometry import ProjectionGeometry, Volume, canonical_grid, rotation_matrix
 from XRayToCTLib.models import intensity
 from XRayToCTLib.models.common import ViewLifter
+from XRayToCTLib.models.x2ct_gan import DenseBlock
 
 torch.set_num_threads(1)
 
@@ -59,14 +60,82 @@ def test_x2ct_gan_trains_and_decouples_input_and_output_size():
 def test_registry_errors():
     with pytest.raises(ValueError, match="unknown model"):
         models.build_model("nope")
-    with pytest.raises(ValueError, match="unknown config key"):
+    with pytest.raises(ValueError, match="unknown config key") as err:
         models.build_model("x2ct_gan", {"growthrate": 3})
+    assert "\n" not in str(err.value) and "'growth_rate'" in str(err.value)  # one line
+    with pytest.raises(TypeError, match="dict"):
+        models.build_model("cnn_inr", ["hidden", 3])
     with pytest.raises(ValueError, match="preset"):
         models.build_model("x2ct_gan", {"preset": "huge"})
     with pytest.raises(ValueError, match="encoder stages"):
         models.build_model("x2ct_gan", {"image_size": 32, "output_size": 32})  # 5 stages
     with pytest.raises(ValueError, match="intensity"):
         models.build_model("cnn_inr", {**SMALL_INR, "intensity": "linear"})
+
+
+def test_typed_constructors():
+    """The classes take explicit keyword arguments (what build_model maps a config onto),
+    check them with one clear ValueError each, and record them all in ``spec.config``."""
+    torch.manual_seed(0)
+    gan = models.X2CTGenerator(**SMALL_GAN)
+    torch.manual_seed(0)
+    built = models.build_model("x2ct_gan", SMALL_GAN)
+    assert gan.spec == built.spec and gan.spec.config["preset"] == "compact"
+    assert all(torch.equal(a, b) for a, b in zip(gan.state_dict().values(),
+                                                  built.state_dict().values()))
+    single = models.X2CTGeneratorSingle(**SMALL_GAN)
+    assert single.spec.views == ("ap",) and single.spec.name == "x2ct_gan_single"
+    with torch.device("meta"):  # a width argument overrides its preset's value only
+        seedish = models.X2CTGenerator(preset="seed", growth_rate=8)
+    assert seedish.spec.config["growth_rate"] == 8 and seedish.spec.config["stem_channels"] == 64
+    inr = models.CNNINR(**{**SMALL_INR, "views": ("lateral", "ap")})
+    assert inr.spec.views == ("lateral", "ap") and inr.spec.config["encoder_channels"] == [8, 8]
+    # a config dict is not an argument: the arguments are keyword-only
+    with pytest.raises(TypeError):
+        models.X2CTGenerator(SMALL_GAN)  # type: ignore[misc]
+    geom = {v: ProjectionGeometry.from_dict(g) for v, g in gan.spec.geometry.items()}
+    assert models.X2CTGenerator(**{**SMALL_GAN, "geometry": geom}).spec == gan.spec
+    bad = [
+        (models.X2CTGenerator, {"growth_rate": 0}, "growth_rate must be an integer >= 1"),
+        (models.X2CTGenerator, {"stem_channels": 2.5}, "stem_channels must be an integer"),
+        (models.X2CTGenerator, {"head_kernel": 4}, "head_kernel must be odd"),
+        (models.X2CTGenerator, {"encoder_blocks": 3}, "encoder_blocks must be a list"),
+        (models.X2CTGenerator, {"decoder_channels": [4, 4, 8, 8]}, "need 5 entries"),
+        (models.X2CTGenerator, {"bottleneck_dropout": 1.0}, r"bottleneck_dropout .*\[0, 1\)"),
+        (models.X2CTGenerator, {"lift": "ortho"}, "lift must be one of perspective"),
+        (models.X2CTGenerator, {"output_activation": "tanh"}, "output_activation must be"),
+        (models.X2CTGenerator, {"views": "ap"}, "list of view names"),
+        (models.X2CTGenerator, {"views": ["ap", "ap"]}, "distinct"),
+        (models.X2CTGenerator, {"output_spacing": -1.0}, "output_spacing"),
+        (models.X2CTGenerator, {"image_size": 2}, "image_size must be an integer >= 4"),
+        (models.X2CTGenerator, {"geometry": {"ap": ProjectionGeometry.preset("ap")}},
+         "the ap geometry has"),
+        (models.CNNINR, {"hidden": 0}, "hidden must be an integer >= 1"),
+        (models.CNNINR, {"encoder_channels": [8, 0]}, r"encoder_channels\[1\]"),
+        (models.CNNINR, {"shared_encoder": "yes"}, "shared_encoder"),
+        (models.CNNINR, {"pe_frequencies": -1}, "pe_frequencies must be an integer >= 0"),
+        (models.CNNINR, {"intensity": "linear"}, "intensity mapping"),
+    ]
+    for cls, change, message in bad:
+        base = SMALL_GAN if cls is models.X2CTGenerator else SMALL_INR
+        with pytest.raises(ValueError, match=message):
+            cls(**{**base, **change})
+
+
+def test_dense_block_has_densenet_layer_names():
+    """The encoder's dense block keeps the parameter names of MONAI's DenseNet layers (the
+    shipped packages' weights load unchanged) and appends ``growth_rate`` channels per layer."""
+    block = DenseBlock(2, layers=2, in_channels=6, bn_size=2, growth_rate=3)
+    assert [(k, tuple(v.shape)) for k, v in block.state_dict().items()] == [
+        ("denselayer1.layers.conv1.weight", (6, 6, 1, 1)),
+        ("denselayer1.layers.conv2.weight", (3, 6, 3, 3)),
+        ("denselayer2.layers.conv1.weight", (6, 9, 1, 1)),
+        ("denselayer2.layers.conv2.weight", (3, 6, 3, 3))]
+    assert [n for n, _ in block.denselayer1.layers.named_children()] == [
+        "norm1", "relu1", "conv1", "norm2", "relu2", "conv2"]
+    assert block(torch.rand(2, 6, 8, 8)).shape == (2, 12, 8, 8)
+    keys = models.build_model("x2ct_gan", SMALL_GAN).state_dict()
+    assert "encoders.0.stages.1.1.denselayer2.layers.conv2.weight" in keys
 
 
 def test_widths_seed_and_shipped():
@@ -126,6 +195,17 @@ def test_lifting_puts_the_drr_bright_spot_on_the_bead(mode, tol):
     # both rays cross at the bead
     both = np.unravel_index(int((lifted[0] * lifted[1]).argmax()), (32, 32, 32))
     assert max(abs(both[0] - k), abs(both[1] - j), abs(both[2] - i)) <= tol, both
+
+
+def test_lift_axis_coordinates_are_the_canonical_grid():
+    """The lifter's voxel centres are the canonical grid's (one index <-> mm formula)."""
+    lifter = ViewLifter(models.build_model("x2ct_gan", SMALL_GAN).spec.projections(), 256.0)
+    for size in (8, 33):
+        x, y, z = lifter.axis_coordinates(size)
+        pts = canonical_grid(size, 256.0).voxel_points()  # [k, j, i] order
+        k, j, i = np.unravel_index(np.arange(size ** 3), (size,) * 3)
+        np.testing.assert_array_equal(pts, np.stack([x.numpy()[i], y.numpy()[j],
+                                                     z.numpy()[k]], -1))
 
 
 def test_perspective_lift_samples_the_projected_pixel():
@@ -231,6 +311,19 @@ def test_discriminator():
     assert d1(vol, views[:, :1]).shape == (2, 1, 2, 2, 2)
     with pytest.raises(ValueError):
         d(torch.rand(2, 1, 16, 16, 16), views)
+    # the typed constructor: the same network; the config keys map onto its arguments
+    torch.manual_seed(3)
+    typed = models.ConditionalPatchDiscriminator(image_size=32, output_size=32, channels=64,
+                                                 num_layers=3)
+    torch.manual_seed(3)
+    mapped = models.build_discriminator({**gen.spec.config, "disc_channels": 64})
+    assert typed.spec == mapped.spec
+    with torch.no_grad():
+        assert torch.equal(typed(vol, views), mapped(vol, views))
+    with pytest.raises(ValueError, match="no patch"):
+        models.build_discriminator({**gen.spec.config, "disc_layers": 4})
+    with pytest.raises(ValueError, match="channels"):
+        models.ConditionalPatchDiscriminator(image_size=32, output_size=32, channels=0)
 
 
 def test_intensity_mappings():

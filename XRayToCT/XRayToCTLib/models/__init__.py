@@ -1,12 +1,16 @@
 """The model zoo: every sCT model behind one registry.
 
-* :data:`MODELS`: name -> class (``x2ct_gan``, ``x2ct_gan_single``, ``cnn_inr``);
-* :func:`build_model` ``(name, config) -> nn.Module`` with ``.spec`` (:class:`ModelSpec`);
+* :data:`MODELS`: name -> class (``x2ct_gan``, ``x2ct_gan_single``, ``cnn_inr``); each
+  class takes typed keyword arguments (the spec's ``views``, ``image_size``,
+  ``output_size``, ``output_spacing``, ``geometry``, ``intensity``, then its own layers);
+* :func:`build_model` ``(name, config) -> nn.Module`` maps a config dict onto those
+  arguments; the module's ``.spec`` (:class:`ModelSpec`) holds them all;
   ``model(views [B, V, P, P]) -> [B, 1, S, S, S]`` in the spec's intensity space, array
   order ``[z, y, x]`` on the canonical grid (``S^3`` voxels of ``output_spacing`` mm
   centred on the LPS origin, identity direction), views normalised with
   :func:`normalize_views`;
-* :func:`build_discriminator` ``(config) -> nn.Module``: ``(volume, views) -> patch logits``;
+* :func:`build_discriminator` ``(config) -> nn.Module``: ``(volume, views) -> patch logits``
+  (:class:`ConditionalPatchDiscriminator`);
 * :mod:`.intensity`: ``get_mapping("brain" | "hu_compand")`` with ``to_model`` / ``to_hu``;
 * packages (one ``.safetensors`` file per trained model) and the bundled catalog:
   :func:`save_package`, :func:`load_package`, :func:`load_model`, :func:`catalog`,
@@ -22,7 +26,7 @@ import torch
 
 from . import intensity
 from .cnn_inr import CNNINR
-from .common import ModelSpec, normalize_views, project_points_torch
+from .common import ModelSpec, config_arguments, normalize_views, project_points_torch
 from .discriminator import ConditionalPatchDiscriminator, build_discriminator
 from .intensity import get_mapping
 from .package import (CATALOG_PATH, catalog, load_model, load_package, resolve_model,
@@ -37,15 +41,15 @@ MODELS: dict[str, type[torch.nn.Module]] = {
 
 
 def build_model(name: str, config: dict[str, Any] | None = None) -> torch.nn.Module:
-    """Build the model ``name`` from ``config`` (missing keys take the model's defaults;
+    """Build the model ``name`` from ``config``: its keys are the class's keyword arguments
+    (missing ones take their defaults, an unknown one is a ValueError naming the valid ones;
     ``{"preset": "seed"}`` gives the published width of ``x2ct_gan``). The module's
-    ``.spec`` holds the full config, so ``build_model(m.spec.name, m.spec.config)`` rebuilds
-    the same architecture."""
+    ``.spec.config`` holds every argument, so ``build_model(m.spec.name, m.spec.config)``
+    rebuilds the same architecture."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    if config is not None and not isinstance(config, dict):
-        raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    return MODELS[name](config)
+    cls = MODELS[name]
+    return cls(**config_arguments(cls, config, name))
 
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "build_discriminator", "normalize_views",

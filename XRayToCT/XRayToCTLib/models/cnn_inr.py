@@ -24,34 +24,26 @@ spacing, in chunks of points to bound memory; ``forward(views)`` renders the can
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 
-from ..geometry import Grid
-from .common import (ModelSpec, check_views, detector_to_grid, grid_points, make_spec,
-                     output_activation, project_points_torch, projection_matrices,
-                     split_config)
+from ..geometry import Grid, ProjectionGeometry
+from .common import (OUTPUT_ACTIVATIONS, ModelSpec, activation_layer, check_choice, check_int,
+                     check_ints, check_views, detector_to_grid, grid_points, layer_defaults,
+                     make_spec, project_points_torch, projection_matrices)
 
 ACT = ("relu", {"inplace": True})
 
-DEFAULTS: dict[str, Any] = {
-    "stem_channels": 16,
-    "encoder_channels": [32, 64, 96],
-    "shared_encoder": False,
-    "hidden": 64,
-    "view_layers": 1,
-    "fused_layers": 2,
-    "pe_frequencies": 6,
-    "chunk": 131072,
-    "output_activation": "sigmoid",
-}
-
 
 class _Encoder(nn.Module):
+    """One view's 2D features: a 3x3 stem, stride-2 residual stages, every scale through a
+    1x1 convolution to ``hidden`` channels and upsampled to the input's size and summed:
+    ``[B, 1, P, P] -> [B, hidden, P, P]``."""
+
     def __init__(self, stem: int, channels: Sequence[int], hidden: int):
         super().__init__()
         self.stem = Convolution(2, 1, stem, kernel_size=3, act=ACT, norm="instance")
@@ -79,32 +71,79 @@ def _linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
 
 
 class CNNINR(nn.Module):
-    """CNN-INR (see the module doc). ``forward(views [B, V, P, P]) -> [B, 1, S, S, S]``."""
+    """CNN-INR (see the module doc).
+
+    Args:
+        views: input view names, in the order of the input's view axis (default AP and
+            lateral); any subset of them can be given at inference (``view_names``).
+        image_size: ``P``, the input images are ``P x P`` pixels.
+        output_size: ``S``, :meth:`forward` renders ``S^3`` voxels (:meth:`render` any grid).
+        output_spacing: output voxel size in mm; default: the canonical field of view
+            (256 mm) over ``S``. The positional encoding is scaled to this field.
+        geometry: view name -> :class:`ProjectionGeometry` (or its ``to_dict()``) with
+            ``P x P`` pixels, isocentre at the origin; default: the project's default
+            biplanar geometry.
+        intensity: the output intensity mapping (:mod:`.intensity`).
+        stem_channels: channels of the encoder's stem convolution.
+        encoder_channels: channels of the stride-2 residual stages (may be empty).
+        shared_encoder: one encoder for all views instead of one per view.
+        hidden: width of the per-point MLP.
+        view_layers: MLP layers per view after the first (before the views are averaged).
+        fused_layers: MLP layers after the views are averaged.
+        pe_frequencies: frequencies of the positional encoding (0: the point alone).
+        chunk: points per pass in :meth:`render`.
+        output_activation: ``"sigmoid"``, ``"relu"``, ``"clamp"`` or ``"none"``.
+
+    ``forward(views [B, V, P, P]) -> [B, 1, S, S, S]`` in the intensity mapping's space,
+    array order ``[z, y, x]`` on the canonical grid (``spec.grid()``); the views normalised
+    with :func:`~XRayToCTLib.models.normalize_views`. ``query(views, points [B, N, 3]) ->
+    [B, N]``; ``render(views, grid) -> [B, 1, *grid.shape]``. ``spec`` (:class:`ModelSpec`)
+    holds every argument (``spec.config``).
+    """
 
     name = "cnn_inr"
 
-    def __init__(self, config: dict[str, Any] | None = None):
+    def __init__(self, *, views: Sequence[str] = ("ap", "lateral"), image_size: int = 128,
+                 output_size: int = 128, output_spacing: float | None = None,
+                 geometry: Mapping[str, ProjectionGeometry | Mapping[str, Any]] | None = None,
+                 intensity: str = "hu_compand", stem_channels: int = 16,
+                 encoder_channels: Sequence[int] = (32, 64, 96), shared_encoder: bool = False,
+                 hidden: int = 64, view_layers: int = 1, fused_layers: int = 2,
+                 pe_frequencies: int = 6, chunk: int = 131072,
+                 output_activation: str = "sigmoid") -> None:
         super().__init__()
-        cfg = split_config(DEFAULTS, config, self.name)
-        self.spec: ModelSpec = make_spec(self.name, cfg)
-        h = int(cfg["hidden"])
-        nfreq = int(cfg["pe_frequencies"])
-        if h < 1 or nfreq < 0 or int(cfg["chunk"]) < 1:
-            raise ValueError(f"{self.name}: hidden and chunk must be >= 1, pe_frequencies >= 0")
+        name = self.name
+        stem_channels = check_int(name, "stem_channels", stem_channels)
+        encoder_channels = check_ints(name, "encoder_channels", encoder_channels, 1)
+        if not isinstance(shared_encoder, bool):
+            raise ValueError(f"{name}: shared_encoder must be true or false, "
+                             f"got {shared_encoder!r}")
+        h = check_int(name, "hidden", hidden)
+        view_layers = check_int(name, "view_layers", view_layers, 0)
+        fused_layers = check_int(name, "fused_layers", fused_layers, 0)
+        nfreq = check_int(name, "pe_frequencies", pe_frequencies, 0)
+        chunk = check_int(name, "chunk", chunk)
+        check_choice(name, "output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        self.spec: ModelSpec = make_spec(
+            name, views=views, image_size=image_size, output_size=output_size,
+            output_spacing=output_spacing, geometry=geometry, intensity=intensity, layers={
+                "stem_channels": stem_channels, "encoder_channels": encoder_channels,
+                "shared_encoder": shared_encoder, "hidden": h, "view_layers": view_layers,
+                "fused_layers": fused_layers, "pe_frequencies": nfreq, "chunk": chunk,
+                "output_activation": output_activation})
         views = self.spec.views
-        enc = lambda: _Encoder(int(cfg["stem_channels"]), [int(c) for c in  # noqa: E731
-                                                            cfg["encoder_channels"]], h)
+        enc = lambda: _Encoder(stem_channels, encoder_channels, h)  # noqa: E731
         self.encoders = nn.ModuleDict(
-            {"shared": enc()} if cfg["shared_encoder"] else {v: enc() for v in views})
+            {"shared": enc()} if shared_encoder else {v: enc() for v in views})
         self.nfreq = nfreq
         self.pe = nn.Linear(3 + 6 * nfreq, h)
         self.view_embedding = nn.Parameter(torch.zeros(len(views), h))
-        self.view_mlp = nn.ModuleList(nn.Linear(h, h) for _ in range(int(cfg["view_layers"])))
-        self.fused_mlp = nn.ModuleList(nn.Linear(h, h) for _ in range(int(cfg["fused_layers"])))
+        self.view_mlp = nn.ModuleList(nn.Linear(h, h) for _ in range(view_layers))
+        self.fused_mlp = nn.ModuleList(nn.Linear(h, h) for _ in range(fused_layers))
         self.out = nn.Linear(h, 1)
-        self.activation = output_activation(cfg["output_activation"])
-        self.chunk = int(cfg["chunk"])
-        self.half_field = self.spec.output_size * self.spec.output_spacing / 2.0
+        self.activation = activation_layer(output_activation)
+        self.chunk = chunk
+        self.half_field = self.spec.field_mm / 2.0
         # plain float64 attribute, not a buffer: module.half() must not round the geometry
         self.matrices = projection_matrices(self.spec.projections())
 
@@ -195,3 +234,7 @@ class CNNINR(nn.Module):
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         return self.render(views, self.spec.grid())
+
+
+DEFAULTS: dict[str, Any] = layer_defaults(CNNINR)
+"""The layer arguments and their defaults."""

@@ -1,4 +1,5 @@
-"""What every model shares: its spec (inputs, output grid, geometry, intensity), the input
+"""What every model shares: its spec (inputs, output grid, geometry, intensity), the checks
+of its constructor arguments and the registry's config -> arguments mapping, the input
 intensity convention, and the torch port of :class:`~XRayToCTLib.geometry.ProjectionGeometry`'s
 projection used to put 2D image features into 3D.
 
@@ -16,6 +17,7 @@ Conventions (the DRR renderer defines them; see :mod:`XRayToCTLib.geometry`):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Mapping, Sequence
 
@@ -23,10 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import FIELD_OF_VIEW_MM
 from ..geometry import Grid, ProjectionGeometry, canonical_grid, default_biplanar
-
-DEFAULT_FIELD_MM = 256.0
-"""Side of the canonical output grid in mm (the seed protocol's 256^3 mm crop)."""
+from .intensity import get_mapping
 
 SPEC_KEYS = ("views", "image_size", "output_size", "output_spacing", "geometry", "intensity")
 """Config keys that describe a model's inputs and output rather than its layers."""
@@ -60,9 +61,13 @@ class ModelSpec:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.views, str):
+            raise ValueError(f"views must be a list of view names, got the string {self.views!r}")
         self.views = tuple(str(v) for v in self.views)
         if not self.views:
             raise ValueError("a model needs at least one view")
+        if len(set(self.views)) != len(self.views):
+            raise ValueError(f"view names must be distinct, got {list(self.views)}")
         self.image_size = int(self.image_size)
         self.output_size = int(self.output_size)
         self.output_spacing = float(self.output_spacing)
@@ -116,51 +121,118 @@ def default_geometry(views: Sequence[str], pixels: int) -> dict[str, dict[str, A
     return out
 
 
-def split_config(defaults: Mapping[str, Any], config: Mapping[str, Any] | None,
-                 name: str) -> dict[str, Any]:
-    """Merge ``config`` over ``defaults`` (a ``"preset"`` key picks a named base first);
-    unknown keys are an error naming the valid ones."""
-    config = dict(config or {})
-    presets = defaults.get("presets", {})
-    base = {k: v for k, v in defaults.items() if k != "presets"}
-    preset = config.get("preset", base.get("preset"))
-    if preset is not None:
-        if preset not in presets:
-            raise ValueError(f"{name}: unknown preset {preset!r}; choose one of {sorted(presets)}")
-        base.update(presets[preset])
-    unknown = sorted(set(config) - set(base) - set(SPEC_KEYS) - {"preset"})
-    if unknown:
-        raise ValueError(f"{name}: unknown config key(s) {unknown}; valid: "
-                         f"{sorted(set(base) | set(SPEC_KEYS))}")
-    base.update(config)
-    return base
+# -------------------------------------------------------------------------------------------
+# Constructor arguments: checks, spec, config dict -> arguments
+# -------------------------------------------------------------------------------------------
+
+def check_int(owner: str, name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an ``int >= minimum``; a ValueError naming ``owner`` and ``name`` for
+    anything else (bools, fractions, text)."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if isinstance(value, float) and value.is_integer():
+        ok = True
+    if not ok or int(value) < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
-def make_spec(name: str, cfg: dict[str, Any]) -> ModelSpec:
-    """Build a :class:`ModelSpec` from a merged config (filling the spec keys' defaults into
-    ``cfg`` so that the stored config rebuilds the same model)."""
-    from .intensity import get_mapping
+def check_ints(owner: str, name: str, value: Any, minimum: int = 0, min_length: int = 0
+               ) -> list[int]:
+    """``value`` as a list of ``int >= minimum`` with at least ``min_length`` entries."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{owner}: {name} must be a list of integers, got {value!r}")
+    out = [check_int(owner, f"{name}[{i}]", v, minimum) for i, v in enumerate(value)]
+    if len(out) < min_length:
+        raise ValueError(f"{owner}: {name} needs at least {min_length} entries, got {out}")
+    return out
 
-    cfg.setdefault("views", ["ap", "lateral"])
-    cfg["views"] = [str(v) for v in cfg["views"]]
-    cfg.setdefault("image_size", 128)
-    cfg.setdefault("output_size", 128)
-    cfg.setdefault("output_spacing", DEFAULT_FIELD_MM / int(cfg["output_size"]))
-    cfg.setdefault("intensity", "hu_compand")
-    get_mapping(cfg["intensity"])  # validates the name
-    geom = dict(cfg.get("geometry") or {})
-    for v, g in default_geometry([v for v in cfg["views"] if v not in geom],
-                                 int(cfg["image_size"])).items():
-        geom[v] = g
-    for v in cfg["views"]:
-        g = ProjectionGeometry.from_dict(geom[v]) if isinstance(geom[v], dict) else geom[v]
-        if g.pixels != (int(cfg["image_size"]),) * 2:
+
+def check_float(owner: str, name: str, value: Any, low: float, high: float,
+                high_open: bool = False) -> float:
+    """``value`` as a float in ``[low, high]`` (``[low, high)`` with ``high_open``)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if isinstance(value, bool) or not (low <= x <= high) or (high_open and x >= high):
+        raise ValueError(f"{owner}: {name} must be a number in [{low:g}, {high:g}"
+                         f"{')' if high_open else ']'}, got {value!r}")
+    return x
+
+
+def check_choice(owner: str, name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{owner}: {name} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def make_spec(name: str, *, views: Sequence[str], image_size: Any, output_size: Any,
+              output_spacing: Any, geometry: Mapping[str, Any] | None, intensity: str,
+              layers: Mapping[str, Any]) -> ModelSpec:
+    """Check a model's input/output arguments and build its :class:`ModelSpec`.
+
+    ``output_spacing`` ``None`` covers the canonical field of view
+    (:data:`~XRayToCTLib.constants.FIELD_OF_VIEW_MM` / ``output_size``); ``geometry`` maps
+    view names to :class:`ProjectionGeometry` objects or their ``to_dict()`` (views it does
+    not name get :func:`default_geometry`; every used view's detector must be
+    ``image_size`` pixels square). ``layers`` are the model's own (already checked)
+    arguments; the spec's ``config`` is ``layers`` plus the spec arguments, so
+    ``build_model(name, spec.config)`` rebuilds the same model."""
+    if isinstance(views, str) or not isinstance(views, Sequence):
+        raise ValueError(f"{name}: views must be a list of view names, got {views!r}")
+    views = [str(v) for v in views]
+    image_size = check_int(name, "image_size", image_size, 4)
+    output_size = check_int(name, "output_size", output_size, 4)
+    if output_spacing is None:
+        output_spacing = FIELD_OF_VIEW_MM / output_size
+    output_spacing = check_float(name, "output_spacing", output_spacing, 0.0, math.inf)
+    if output_spacing == 0.0 or not math.isfinite(output_spacing):
+        raise ValueError(f"{name}: output_spacing must be a positive number of mm, "
+                         f"got {output_spacing!r}")
+    get_mapping(intensity)  # validates the name
+    if geometry is not None and not isinstance(geometry, Mapping):
+        raise ValueError(f"{name}: geometry must map view names to projection geometries, "
+                         f"got {type(geometry).__name__}")
+    geom = {str(v): (g.to_dict() if isinstance(g, ProjectionGeometry) else g)
+            for v, g in (geometry or {}).items()}
+    geom.update(default_geometry([v for v in views if v not in geom], image_size))
+    for v in views:
+        g = ProjectionGeometry.from_dict(geom[v])
+        if g.pixels != (image_size, image_size):
             raise ValueError(f"{name}: the {v} geometry has {g.pixels} pixels, image_size is "
-                             f"{cfg['image_size']}")
+                             f"{image_size}")
         geom[v] = g.to_dict()
-    cfg["geometry"] = geom
-    return ModelSpec(name, tuple(cfg["views"]), cfg["image_size"], cfg["output_size"],
-                     cfg["output_spacing"], geom, cfg["intensity"], cfg)
+    config = {**layers, "views": views, "image_size": image_size, "output_size": output_size,
+              "output_spacing": output_spacing, "intensity": intensity, "geometry": geom}
+    return ModelSpec(name, tuple(views), image_size, output_size, output_spacing, geom,
+                     intensity, config)
+
+
+def config_arguments(cls: type, config: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` named by a config dict (a model's ``spec.config``,
+    a training run's ``model_config``); an unknown key is one ValueError line naming the
+    valid ones."""
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    config = dict(config or {})
+    valid = constructor_arguments(cls)
+    unknown = sorted(set(config) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown config key(s) {unknown}; valid: {sorted(valid)}")
+    return config
+
+
+def constructor_arguments(cls: type) -> dict[str, Any]:
+    """Keyword arguments of ``cls``'s constructor and their defaults."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.name != "self"
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def layer_defaults(cls: type) -> dict[str, Any]:
+    """The defaults of ``cls``'s layer arguments (its constructor's, minus the spec keys)."""
+    return {k: v for k, v in constructor_arguments(cls).items() if k not in SPEC_KEYS}
 
 
 # -------------------------------------------------------------------------------------------
@@ -270,29 +342,40 @@ class ViewLifter(torch.nn.Module):
         self.matrices = projection_matrices(self.geometries)
         self._grids: dict[tuple, torch.Tensor] = {}  # sampling grids by (size, view, device)
 
+    def axis_coordinates(self, size: int, device: torch.device | str = "cpu"
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """LPS coordinates (mm, float64) of the voxel centres of the canonical grid of
+        ``size^3`` voxels along x (index i), y (j) and z (k), from
+        :func:`~XRayToCTLib.geometry.canonical_grid` (identity direction: the voxels
+        ``(n, n, n)`` of the diagonal carry every axis's coordinate ``n``)."""
+        grid = canonical_grid(size, self.field_mm)
+        diagonal = np.repeat(np.arange(size, dtype=float)[:, None], 3, axis=1)
+        xyz = torch.from_numpy(grid.physical_points(diagonal)).to(device)  # [size, 3]
+        return xyz[:, 0], xyz[:, 1], xyz[:, 2]
+
     def sampling_grid(self, size: int, view: int | None = None,
                       device: torch.device | str = "cpu") -> torch.Tensor:
         """``[V, size*size, size, 2]`` ``grid_sample`` coordinates of the ``size^3`` voxels
         in every view (or ``[1, ...]`` for one ``view``)."""
         dev = torch.device(device)
         idx = range(len(self.geometries)) if view is None else [int(view)]
+        x, y, z = self.axis_coordinates(size, dev)
         if self.mode == "perspective":
-            # voxel-centre coordinates (mm) along each axis; the canonical grid is a cube with
-            # identity direction, so P @ (x, y, z, 1) is a sum of three 1D terms
-            sp = self.field_mm / size
-            c = (torch.arange(size, dtype=torch.float64, device=dev) - (size - 1) / 2.0) * sp
+            # the canonical grid has identity direction, so P @ (x, y, z, 1) is a sum of
+            # three 1D terms (separable: no size^3 x 3 point array)
             out = []
             for v in idx:
                 m = self.matrices[v].to(dev)
-                uvw = (m[:, 0] * c[None, None, :, None] + m[:, 1] * c[None, :, None, None]
-                       + m[:, 2] * c[:, None, None, None] + m[:, 3]).float()  # [z, y, x, 3]
+                uvw = (m[:, 0] * x[None, None, :, None] + m[:, 1] * y[None, :, None, None]
+                       + m[:, 2] * z[:, None, None, None] + m[:, 3]).float()  # [z, y, x, 3]
                 col_row = uvw[..., :2] / uvw[..., 2:3]
                 out.append(detector_to_grid(col_row.flip(-1), self.geometries[v].pixels))
                 del uvw, col_row
             return torch.stack(out).reshape(len(idx), size * size, size, 2)
-        # parallel: normalised voxel-centre coordinates in [-1, 1] along each axis
-        c = (2.0 * torch.arange(size, dtype=torch.float64, device=dev) + 1.0) / size - 1.0
-        z, y, x = torch.meshgrid(c, c, c, indexing="ij")
+        # parallel: voxel centres over the half field, in (-1, 1) along each axis (the grid
+        # is a cube: +-1 are its outer voxel edges, as grid_sample's align_corners=False)
+        half = self.field_mm / 2.0
+        z, y, x = torch.meshgrid(z / half, y / half, x / half, indexing="ij")
         out = []
         for geom in (self.geometries[v] for v in idx):
             col_dir = np.round(geom.col_dir, 6)
@@ -321,7 +404,11 @@ class ViewLifter(torch.nn.Module):
         return torch.stack(out, dim=1)
 
 
-def output_activation(name: str) -> torch.nn.Module:
+OUTPUT_ACTIVATIONS = ("sigmoid", "relu", "clamp", "none")
+"""The models' output activations (:func:`activation_layer`)."""
+
+
+def activation_layer(name: str) -> torch.nn.Module:
     """``"sigmoid"`` (default: outputs in (0, 1), the range of every intensity mapping),
     ``"relu"`` (the X2CT-GAN code's choice), ``"clamp"`` (hard [0, 1]) or ``"none"``."""
     if name == "sigmoid":
