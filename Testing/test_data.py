@@ -16,10 +16,11 @@ import SimpleITK as sitk
 import torch
 
 from XRayToCTLib import data, io
+from XRayToCTLib import dataset as reader
 from XRayToCTLib.augment import augmentation_transform as augment_transform
 from XRayToCTLib import preprocess as pp
 from XRayToCTLib.cli import main
-from XRayToCTLib.drr import render
+from XRayToCTLib.drr import DRR
 from XRayToCTLib.errors import InputError, XRayToCTError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def _arrays(root: Path, cid: str) -> dict[str, np.ndarray]:
 
 
 def test_manifest_contents(dataset):
-    m = data.load_manifest(dataset)
+    m = reader.load_manifest(dataset)
     assert m["version"] == data.MANIFEST_VERSION and m["kind"] == "xraytoct dataset"
     assert (m["size"], m["pixels"], m["spacing"], m["window"]) == (32, 32, 8.0, "brain")
     assert m["window_level_width"] == [40.0, 40.0]
@@ -83,7 +84,7 @@ def test_manifest_contents(dataset):
 
 
 def test_every_case_has_the_canonical_geometry(dataset):
-    m = data.load_manifest(dataset)
+    m = reader.load_manifest(dataset)
     grid = data.canonical_grid(32)
     for cid in m["cases"]:
         ct = io.read_volume(dataset / "cases" / cid / "ct.nii.gz")
@@ -94,9 +95,9 @@ def test_every_case_has_the_canonical_geometry(dataset):
 
 
 def test_case_dataset_shapes_and_values(dataset):
-    full = data.CaseDataset(dataset, None)
+    full = reader.CaseDataset(dataset, None)
     assert len(full) == 4 and full.size == 32 and full.pixels == 32 and full.window == "brain"
-    assert sum(len(data.CaseDataset(dataset, s)) for s in ("train", "val", "test")) == 4
+    assert sum(len(reader.CaseDataset(dataset, s)) for s in ("train", "val", "test")) == 4
     item = full[0]
     assert item["id"] == "phantom-00000"
     assert item["ct"].shape == (1, 32, 32, 32) and item["ct"].dtype == torch.float32
@@ -110,27 +111,27 @@ def test_case_dataset_shapes_and_values(dataset):
     assert full[-1]["id"] == full.ids[-1]
     with pytest.raises(IndexError):
         full[4]
-    cached = data.CaseDataset(dataset, None, cache_in_memory=True)
+    cached = reader.CaseDataset(dataset, None, cache_in_memory=True)
     assert torch.equal(cached[1]["ct"], cached[1]["ct"]) and 1 in cached._cache
-    assert full.grid.array.shape == (32, 32, 32) and not full.grid.array.flags.writeable
+    assert full.grid.shape == (32, 32, 32)
     assert data.canonical_grid(32).same_as(full.grid)
     assert full.geometries["lateral"] == data.dataset_geometries(32, 32)["lateral"]
     loader = torch.utils.data.DataLoader(full, batch_size=2)
     batch = next(iter(loader))
     assert batch["ct"].shape == (2, 1, 32, 32, 32) and batch["id"] == ["phantom-00000", "phantom-00001"]
     with pytest.raises(ValueError):
-        data.CaseDataset(dataset, "training")
+        reader.CaseDataset(dataset, "training")
 
 
 def test_drrs_equal_a_render_of_the_stored_volume(dataset):
     """The stored DRRs come from the 4 mm volume; re-rendering the 8 mm target at the
     stored geometry gives the same images up to the coarser grid's blur."""
-    ds = data.CaseDataset(dataset, None)
+    ds = reader.CaseDataset(dataset, None)
     for i in range(2):
         item = ds[i]
         target = ds.grid.with_array(item["ct"][0].numpy())
-        images = render(target, [ds.geometries["ap"], ds.geometries["lateral"]], device="cpu")
-        for rad, view in zip(images, ("ap", "lateral")):
+        images = DRR(ds.geometries).render(target, device="cpu")
+        for view, rad in images.items():
             stored = item[view][0].numpy()
             head = stored > 0.05 * stored.max()
             rel = np.abs(rad.array - stored)[head].mean() / stored[head].mean()
@@ -139,7 +140,7 @@ def test_drrs_equal_a_render_of_the_stored_volume(dataset):
 
 
 def test_splits_are_fixed_disjoint_and_keep_copies_together(dataset, tmp_path):
-    m = data.load_manifest(dataset)
+    m = reader.load_manifest(dataset)
     sets = [set(m["split"][s]) for s in ("train", "val", "test")]
     assert set.union(*sets) == set(m["cases"]) and sum(map(len, sets)) == len(m["cases"])
     for cid, c in m["cases"].items():
@@ -165,7 +166,7 @@ def test_splits_are_fixed_disjoint_and_keep_copies_together(dataset, tmp_path):
 
 
 def test_reproducible_from_the_manifest(dataset, tmp_path):
-    settings = data.load_manifest(dataset)["settings"]
+    settings = reader.load_manifest(dataset)["settings"]
     again = tmp_path / "again"
     data.prepare_dataset(again, **{**settings, "phantoms": 2})
     for cid in ("phantom-00000", "phantom-00001"):
@@ -201,13 +202,13 @@ def test_resume_after_a_kill(dataset, tmp_path):
     # the half-written case is only in a temporary folder; the manifest lists what is complete
     assert len(list((out / "cases").glob(".tmp-phantom-00001-*"))) == 1
     assert not (out / "cases" / "phantom-00001").exists()
-    m = data.load_manifest(out)
+    m = reader.load_manifest(out)
     assert list(m["cases"]) == ["phantom-00000"] and m["planned"] == 3
-    assert data.CaseDataset(out, None).ids == ["phantom-00000"]
+    assert reader.CaseDataset(out, None).ids == ["phantom-00000"]
     # a stale case: complete folder but broken record -> rebuilt
     (out / "cases" / "phantom-00000" / "case.json").write_text("{")
     data.prepare_dataset(out)  # resumes with the manifest's settings
-    m = data.load_manifest(out)
+    m = reader.load_manifest(out)
     assert m["complete"] == 3 and not list((out / "cases").glob(".tmp-*"))
     for cid in ("phantom-00000", "phantom-00001", "phantom-00002"):
         a, b = _arrays(out, cid), _arrays(dataset, cid)  # same seed and id -> same case
@@ -237,7 +238,7 @@ def test_workers_build_the_same_cases(dataset, tmp_path):
         a, b = _arrays(out, cid), _arrays(dataset, cid)
         np.testing.assert_allclose(a["ct"], b["ct"], atol=1e-3)
         np.testing.assert_allclose(a["ap"], b["ap"], rtol=1e-5, atol=1e-5)
-    assert data.load_manifest(out)["complete"] == 2
+    assert reader.load_manifest(out)["complete"] == 2
 
 
 @pytest.mark.skipif(not (CTHEAD_DIR.is_dir() and TEMPLATE_FILE.is_file()),
@@ -251,7 +252,7 @@ def test_real_ct_case_with_an_augmented_copy(tmp_path):
     with pytest.raises(XRayToCTError, match="2 of 4 cases failed.*ct-broken"):
         data.prepare_dataset(out, ct_dir=tmp_path / "cts", augment=1, template=TEMPLATE_FILE,
                              **SMALL)
-    m = data.load_manifest(out)
+    m = reader.load_manifest(out)
     assert sorted(m["cases"]) == ["ct-cthead", "ct-cthead-aug01"]
     assert set(m["failed"]) == {"ct-broken", "ct-broken-aug01"}
     assert m["sources"]["template_sha256"] and Path(m["settings"]["template"]) == TEMPLATE_FILE.resolve()
@@ -287,7 +288,7 @@ def test_cli_prepare_and_its_errors(tmp_path, capsys):
     assert main(["prepare", "--out", str(out), "--phantoms", "1", "--size", "16",
                  "--drr-spacing", "8", "--findings", "none"]) == 0
     assert "1 of 1 cases complete" in capsys.readouterr().out
-    assert data.CaseDataset(out, None)[0]["ct"].shape == (1, 16, 16, 16)
+    assert reader.CaseDataset(out, None)[0]["ct"].shape == (1, 16, 16, 16)
     fresh = str(tmp_path / "fresh")
     for argv, needle in (
             ([fresh, "--ct-dir", str(tmp_path / "missing")], "CT folder not found"),
@@ -319,7 +320,7 @@ def test_unregistered_ct_is_centred_on_its_head(tmp_path):
     io.write_volume(ct, tmp_path / "cts" / "ellipsoid.nrrd")
     out = tmp_path / "noreg"
     data.prepare_dataset(out, ct_dir=tmp_path / "cts", register=False, augment=1, **SMALL)
-    m = data.load_manifest(out)
+    m = reader.load_manifest(out)
     assert m["settings"]["template"] is None and m["complete"] == 2
     rec = json.loads((out / "cases" / "ct-ellipsoid" / "case.json").read_text())
     reg = pp.RigidRegistration.from_dict(rec["transform"]["registration"])

@@ -198,6 +198,7 @@ def test_a_dataset_case_and_an_inference_run_give_the_model_identical_inputs(reg
     the DRRs ``reconstruct_ct`` feeds the model for the same CT (a model built for that
     dataset) are the same images, registered to a template or not."""
     from XRayToCTLib import data
+    from XRayToCTLib import dataset as reader
     src = head_phantom(48, 5.0, seed=4, rotation_deg=(6.0, -4.0, 9.0), translation_mm=(5.0, -3.0, 8.0))
     (tmp_path / "cts").mkdir()
     write_volume(src, tmp_path / "cts" / "head.nrrd")
@@ -207,7 +208,7 @@ def test_a_dataset_case_and_an_inference_run_give_the_model_identical_inputs(reg
     data.prepare_dataset(ds, ct_dir=tmp_path / "cts", size=32, pixels=32, drr_spacing=4.0,
                          register=register, template=template if register else None,
                          splits=(1.0, 0.0, 0.0), workers=1)
-    case = data.CaseDataset(ds, split=None)
+    case = reader.CaseDataset(ds, split=None)
     geoms = case.geometries
     model = models.build_model("cnn_inr", {
         "image_size": 32, "output_size": 32, "output_spacing": 8.0,

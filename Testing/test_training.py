@@ -50,7 +50,8 @@ def _model_config(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from XRayToCTLib.data import CaseDataset, prepare_dataset
+    from XRayToCTLib.data import prepare_dataset
+    from XRayToCTLib.dataset import CaseDataset
     root = tmp_path_factory.mktemp("train-data") / "ds"
     prepare_dataset(root, phantoms=6, size=SIZE, pixels=SIZE, drr_spacing=8.0,
                     splits=(0.5, 0.5, 0.0), seed=0)

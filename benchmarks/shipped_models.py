@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from XRayToCTLib.cli import main as xraytoct
-from XRayToCTLib.data import load_manifest
+from XRayToCTLib.dataset import load_manifest
 from XRayToCTLib.evaluation import run_evaluation
 from XRayToCTLib.inference import Reconstructor
 from XRayToCTLib.io import read_radiograph, write_volume

@@ -549,7 +549,8 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    from .data import load_manifest, prepare_dataset
+    from .data import prepare_dataset
+    from .dataset import load_manifest
     cb, close = _tqdm_progress("prepare")
     try:
         manifest = prepare_dataset(

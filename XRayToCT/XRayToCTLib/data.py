@@ -68,28 +68,26 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 import torch
-from torch.utils.data import Dataset as _TorchDataset
 
 from . import __version__, drr, geometry, phantom
 from . import preprocess as pp
 from .augment import augment_intensity, augmentation_transform
 from .constants import DRR_AIR_THRESHOLD_HU, FIELD_OF_VIEW_MM, HU_CLIP, MU_WATER_PER_MM
+from .dataset import CASE_FILE, MANIFEST_VERSION, load_manifest
 from .errors import InputError, XRayToCTError
 from .geometry import Grid, ProjectionGeometry, Volume
 from .hu import get_window
 from .io import VOLUME_EXTENSIONS, is_dicom_dir, read_volume, write_json, write_radiograph, write_volume
 from .progress import ProgressCallback, report, scaled
 
-__all__ = ["MANIFEST_VERSION", "FIELD_OF_VIEW_MM", "VIEWS", "canonical_grid",
-           "dataset_geometries", "case_seed", "split_of",
-           "prepare_dataset", "load_manifest", "CaseDataset"]
+__all__ = ["VIEWS", "canonical_grid", "dataset_geometries", "case_seed", "split_of",
+           "prepare_dataset"]
 
-MANIFEST_VERSION = 1
 VIEWS = ("ap", "lateral")
 PHANTOM_MARGIN_MM = 16.0
 """Phantoms are generated this much larger on each side than the field of view, so that
 undoing their pose does not bring the generator's border into the field."""
-_CT_FILE, _CASE_FILE = "ct.nii.gz", "case.json"
+_CT_FILE = "ct.nii.gz"
 _CASE_SETTINGS = ("size", "pixels", "drr_spacing", "register", "findings", "seed", "template")
 
 
@@ -328,7 +326,7 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
         for view in VIEWS:
             images[view].metadata["case"] = cid
             write_radiograph(images[view], tmp / f"{view}.nrrd")
-        files = {"ct": _CT_FILE, **{v: f"{v}.nrrd" for v in VIEWS}, "case": _CASE_FILE}
+        files = {"ct": _CT_FILE, **{v: f"{v}.nrrd" for v in VIEWS}, "case": CASE_FILE}
         record = {"id": cid, "kind": case["kind"], "group": case["group"],
                   "split": case["split"], "seed": case["seed"], "source": case["source"],
                   "parent": case["parent"], "status": "complete",
@@ -337,7 +335,7 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
                   "transform": transform,
                   "timing_s": {"source": t_source, "total": time.perf_counter() - t0},
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-        write_json(tmp / _CASE_FILE, record, indent=1)
+        write_json(tmp / CASE_FILE, record, indent=1)
         final = cases_dir / cid
         if final.exists():
             shutil.rmtree(final)
@@ -382,7 +380,7 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
 def _complete_record(case_dir: Path, key: str) -> dict[str, Any] | None:
     """The case record if ``case_dir`` holds a complete case built with settings ``key``."""
     try:
-        with open(case_dir / _CASE_FILE) as fh:
+        with open(case_dir / CASE_FILE) as fh:
             rec = json.load(fh)
     except (OSError, ValueError):
         return None
@@ -661,119 +659,4 @@ def _manifest(settings: dict[str, Any], plan: list[dict], done: dict[str, dict],
     }
 
 
-def load_manifest(root: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of the dataset in ``root`` (a folder, or its ``manifest.json``)."""
-    p = Path(root).expanduser()
-    mpath = p if p.is_file() else p / "manifest.json"
-    if not mpath.is_file():
-        raise InputError(mpath, "no dataset manifest here (build one with 'xraytoct prepare')")
-    try:
-        with open(mpath) as fh:
-            m = json.load(fh)
-    except (OSError, ValueError) as err:
-        raise InputError(mpath, f"unreadable manifest: {err}") from None
-    if not isinstance(m, dict) or m.get("kind") != "xraytoct dataset":
-        raise InputError(mpath, "not an XRayToCT dataset manifest")
-    if m.get("version") != MANIFEST_VERSION:
-        raise InputError(mpath, f"manifest version {m.get('version')} is not supported "
-                                f"(this software reads version {MANIFEST_VERSION})")
-    return m
 
-
-# ----------------------------------------------------------------------------------------
-# the PyTorch dataset
-# ----------------------------------------------------------------------------------------
-class CaseDataset(_TorchDataset):
-    """The complete cases of a prepared dataset, as tensors.
-
-    Args:
-        root: the dataset folder (or its manifest.json).
-        split: ``"train"``, ``"val"``, ``"test"`` or ``None`` (all cases).
-        cache_in_memory: keep each case's tensors after its first read (per process:
-            each DataLoader worker has its own cache).
-
-    ``dataset[i]`` is ``{"id": str, "ct": FloatTensor[1, S, S, S]`` (HU, array order
-    ``k, j, i`` of the canonical grid), ``"ap"``, ``"lateral": FloatTensor[1, P, P]`` (DRR
-    line-integral units, row 0 at the top)``}``. Cases are in sorted id order.
-
-    Properties: :attr:`grid` (a :class:`Volume` on the canonical grid whose array is a
-    read-only zero view, for ``drr.DRRRenderer(dataset.geometries.values(), dataset.grid)``),
-    :attr:`geometries` (view -> :class:`ProjectionGeometry`), :attr:`size`, :attr:`pixels`,
-    :attr:`window` (the manifest's training window, a name or ``(level, width)``),
-    :attr:`manifest`, :attr:`ids`.
-    """
-
-    def __init__(self, root: str | os.PathLike, split: str | None = "train", *,
-                 cache_in_memory: bool = False):
-        if split not in ("train", "val", "test", None):
-            raise ValueError(f"split must be 'train', 'val', 'test' or None, got {split!r}")
-        p = Path(root).expanduser()
-        self.root = p.parent if p.is_file() else p
-        self.manifest = load_manifest(self.root)
-        self.split = split
-        self.ids = sorted(cid for cid, c in self.manifest["cases"].items()
-                          if c.get("status") == "complete" and (split is None or c["split"] == split))
-        self.cache_in_memory = bool(cache_in_memory)
-        self._cache: dict[int, dict[str, Any]] = {}
-        self._grid: Volume | None = None
-
-    @property
-    def size(self) -> int:
-        return int(self.manifest["size"])
-
-    @property
-    def pixels(self) -> int:
-        return int(self.manifest["pixels"])
-
-    @property
-    def window(self) -> str | tuple[float, float]:
-        w = self.manifest["window"]
-        return w if isinstance(w, str) else (float(w[0]), float(w[1]))
-
-    @property
-    def grid(self) -> Volume:
-        if self._grid is None:
-            g = self.manifest["grid"]
-            self._grid = Volume(np.broadcast_to(np.float32(0.0), tuple(g["size"][::-1])),
-                                g["spacing"], g["origin"], np.asarray(g["direction"]),
-                                {"kind": "canonical grid (voxel values unused)"})
-        return self._grid
-
-    @property
-    def geometries(self) -> dict[str, ProjectionGeometry]:
-        return {v: ProjectionGeometry.from_dict(d) for v, d in self.manifest["geometry"].items()}
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def case_dir(self, index: int) -> Path:
-        return self.root / "cases" / self.ids[index]
-
-    def case_record(self, index: int) -> dict[str, Any]:
-        """The case's ``case.json`` (transform back to its source CT, metadata)."""
-        with open(self.case_dir(index) / _CASE_FILE) as fh:
-            return json.load(fh)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"case index {index} out of range (0..{len(self) - 1})")
-        if index in self._cache:
-            return dict(self._cache[index])
-        d = self.case_dir(index)
-        files = self.manifest["cases"][self.ids[index]]["files"]
-        s, px = self.size, self.pixels
-        item: dict[str, Any] = {"id": self.ids[index]}
-        for name, shape in (("ct", (s, s, s)), ("ap", (px, px)), ("lateral", (px, px))):
-            path = d / files[name]
-            try:
-                arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32))
-            except RuntimeError as err:
-                raise InputError(path, f"unreadable case file: {str(err).strip().splitlines()[-1]}") from None
-            if arr.shape != shape:
-                raise InputError(path, f"shape {arr.shape} differs from the dataset's {shape}")
-            item[name] = torch.from_numpy(np.ascontiguousarray(arr))[None]
-        if self.cache_in_memory:
-            self._cache[index] = item
-        return dict(item)

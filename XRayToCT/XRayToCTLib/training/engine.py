@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import models
-from ..data import CaseDataset
+from ..dataset import CaseDataset
 from ..drr import DRR, normalize_views
 from ..errors import InputError, XRayToCTError
 from ..io import atomic_write
