@@ -20,37 +20,15 @@ Models never import training, inference or the CLI.
 """
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-
 from . import intensity
 from .cnn_inr import CNNINR
-from .common import ModelSpec, config_arguments, normalize_views, project_points_torch
+from .common import ModelSpec, normalize_views, project_points_torch
 from .discriminator import ConditionalPatchDiscriminator, build_discriminator
 from .intensity import get_mapping
 from .package import (CATALOG_PATH, catalog, load_model, load_package, resolve_model,
                       save_package)
+from .registry import MODELS, build_model
 from .x2ct_gan import X2CTGenerator, X2CTGeneratorSingle
-
-MODELS: dict[str, type[torch.nn.Module]] = {
-    "x2ct_gan": X2CTGenerator,
-    "x2ct_gan_single": X2CTGeneratorSingle,
-    "cnn_inr": CNNINR,
-}
-
-
-def build_model(name: str, config: dict[str, Any] | None = None) -> torch.nn.Module:
-    """Build the model ``name`` from ``config``: its keys are the class's keyword arguments
-    (missing ones take their defaults, an unknown one is a ValueError naming the valid ones;
-    ``{"preset": "seed"}`` gives the published width of ``x2ct_gan``). The module's
-    ``.spec.config`` holds every argument, so ``build_model(m.spec.name, m.spec.config)``
-    rebuilds the same architecture."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    cls = MODELS[name]
-    return cls(**config_arguments(cls, config, name))
-
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "build_discriminator", "normalize_views",
            "intensity", "get_mapping", "save_package", "load_package", "load_model",

@@ -25,10 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from .. import __version__
+from ..drr import NORMALIZE_HIGH_Q, NORMALIZE_LOW_Q
 from ..errors import InputError
+from ..io import atomic_write
 from .common import ModelSpec
 from .intensity import get_mapping
+from .registry import build_model
 
 FORMAT = "xraytoct-model"
 FORMAT_VERSION = 1
@@ -49,9 +55,6 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _header(spec: ModelSpec, metadata: dict[str, Any], dtype: torch.dtype) -> dict[str, str]:
-    from .. import __version__
-    from .common import NORMALIZE_HIGH_Q, NORMALIZE_LOW_Q
-
     clash = sorted(set(metadata) & set(_RESERVED))
     if clash:
         raise ValueError(f"metadata keys {clash} are written by save_package itself")
@@ -90,9 +93,6 @@ def save_package(model: torch.nn.Module, path: str | os.PathLike, *,
         dtype: ``torch.float32`` or ``torch.float16`` (half the size; cast back to fp32 at
             load, a relative rounding of about 5e-4 per weight).
     """
-    from ..io import atomic_write
-    from safetensors.torch import save_file
-
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         raise TypeError("save_package needs a model built by build_model (with .spec)")
@@ -111,8 +111,6 @@ def save_package(model: torch.nn.Module, path: str | os.PathLike, *,
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
     """A package's decoded header metadata (no weights read); InputError if it is not one."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such model package")
@@ -144,10 +142,6 @@ def load_package(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     :class:`InputError` (one line naming the file) for a missing, corrupt or foreign file,
     weights that do not fit the stored config, or a SHA-256 other than ``expected_sha256``.
     """
-    from safetensors import safe_open
-
-    from . import build_model
-
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such model package")
