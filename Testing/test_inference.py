@@ -81,7 +81,7 @@ def single_file(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------------------
 def test_prepare_view_uses_pixel_spacing_to_crop_and_pad(biplanar_file):
     spec = inference.Reconstructor(biplanar_file, device="cpu").spec
-    g = inference.view_geometry(spec, "ap")
+    g = spec.projection("ap")
     rows, cols = g.pixels
     rng = np.random.default_rng(0)
     img = rng.random((rows, cols)).astype(np.float32)
@@ -130,7 +130,7 @@ def test_reconstruct_ct_is_on_the_ct_grid_and_labelled(biplanar_file, ct):
     assert np.allclose(grid.center, 0.0)
     assert set(res.drrs) == set(rec.spec.views)
     for v, d in res.drrs.items():
-        model_geometry = inference.view_geometry(rec.spec, v)
+        model_geometry = rec.spec.projection(v)
         assert d.geometry.pixels == model_geometry.pixels and d.array.max() > 0.1  # a head
         # no registration: the model's geometry moved to the CT head, not rotated
         np.testing.assert_allclose(d.geometry.normal, model_geometry.normal, atol=1e-9)
@@ -232,7 +232,7 @@ def test_projection_consistency_ranks_the_truth_first(biplanar_file, ct):
     spec = inference.Reconstructor(biplanar_file, device="cpu").spec
     fine, _ = pp.to_canonical(ct, canonical_grid(256, spec.field_mm), register=False)
     truth = pp.resample_to_size(fine, spec.output_size)
-    drr = DRR({v: inference.view_geometry(spec, v) for v in spec.views})
+    drr = DRR({v: spec.projection(v) for v in spec.views})
     images = drr.render(truth)
     views = np.stack([images[v].array for v in spec.views])
     x = models.normalize_views(torch.from_numpy(views)[None])
@@ -281,7 +281,7 @@ def test_cli_reconstruct_from_png_and_nrrd_radiographs(biplanar_file, tmp_path, 
 
     spec = inference.Reconstructor(biplanar_file, device="cpu").spec
     head = head_phantom(64, 4.0, seed=7)
-    images = DRR({v: inference.view_geometry(spec, v) for v in ("ap", "lateral")}).render(head)
+    images = DRR({v: spec.projection(v) for v in ("ap", "lateral")}).render(head)
     ap, lat = images["ap"], images["lateral"]
     png = tmp_path / "ap.png"
     Image.fromarray(np.round(255 * ap.array / ap.array.max()).astype(np.uint8)).save(png)
@@ -304,7 +304,7 @@ def test_cli_reconstruct_from_png_and_nrrd_radiographs(biplanar_file, tmp_path, 
 def test_cli_single_view_model_and_view_count_errors(single_file, biplanar_file, tmp_path, capsys):
     spec = inference.Reconstructor(single_file, device="cpu").spec
     assert tuple(spec.views) == ("ap",)
-    ap = write_radiograph(DRR([inference.view_geometry(spec, "ap")]).render(head_phantom(48, 5.0, seed=2))["ap"],
+    ap = write_radiograph(DRR([spec.projection("ap")]).render(head_phantom(48, 5.0, seed=2))["ap"],
                           tmp_path / "ap.nrrd")
     code, _, err = run(["reconstruct", "--ap", ap, "--model", single_file, "--out",
                         tmp_path / "s.nii.gz", "--device", "cpu"], capsys)
@@ -394,7 +394,7 @@ def test_reconstructor_falls_back_and_stays_on_cpu(biplanar_file, ct, monkeypatc
 
     monkeypatch.setattr(rec, "_forward_on", forward_on)
     rec.device = torch.device("cuda")  # as if --device auto had found a GPU
-    views = {v: np.ones(inference.view_geometry(rec.spec, v).pixels, np.float32) for v in rec.spec.views}
+    views = {v: np.ones(rec.spec.projection(v).pixels, np.float32) for v in rec.spec.views}
     with pytest.warns(RuntimeWarning, match="out of memory"):
         res = rec.reconstruct_views(views)
     assert tried == ["cuda", "cpu"]

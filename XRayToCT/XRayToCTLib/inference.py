@@ -66,7 +66,7 @@ from .progress import ProgressCallback, report, scaled
 from .registration import resolve_template
 
 __all__ = [
-    "ReconstructionResult", "Reconstructor", "reconstruct", "prepare_view", "view_geometry",
+    "ReconstructionResult", "Reconstructor", "reconstruct", "prepare_view",
     "run_with_cpu_fallback", "sidecar_path", "check_output_path", "write_result",
     "REGISTER_CHOICES",
 ]
@@ -102,13 +102,6 @@ def run_with_cpu_fallback(fn: Callable[[torch.device], T], device: torch.device 
             torch.cuda.empty_cache()
         cpu = torch.device("cpu")
         return fn(cpu), cpu
-
-
-def view_geometry(spec: Any, view: str) -> ProjectionGeometry:
-    """The :class:`ProjectionGeometry` of one of the model's views (``spec.geometry`` holds
-    them as ``to_dict()`` dicts in the canonical frame)."""
-    g = spec.geometry[view]
-    return g if isinstance(g, ProjectionGeometry) else ProjectionGeometry.from_dict(g)
 
 
 def _label_synthetic(volume: Volume, **metadata: Any) -> Volume:
@@ -271,7 +264,7 @@ class Reconstructor:
         self.spec = self.model.spec
         self.mapping = get_mapping(self.spec.intensity)
         self.grid = self.spec.grid()
-        self.drr = DRR({v: view_geometry(self.spec, v) for v in self.spec.views})
+        self.drr = DRR({v: self.spec.projection(v) for v in self.spec.views})
         """The run's one DRR object: the CT's DRRs and the sCT's reprojections."""
         trained = ((self.package.get("training_data") or {}).get("settings") or {}).get("drr_spacing")
         self.drr_spacing = float(drr_spacing or trained or 1.0)
@@ -313,7 +306,7 @@ class Reconstructor:
         (scores, rep), self.device = run_with_cpu_fallback(
             lambda d: self.drr.to(d).consistency(sct, x, return_reprojections=True),
             self.device, "the projection-consistency check")
-        images = {v: Radiograph(rep[i], None, view_geometry(self.spec, v),
+        images = {v: Radiograph(rep[i], None, self.spec.projection(v),
                                 {"view": v, "kind": "sCT reprojection",
                                  "units": "models.normalize_views"})
                   for i, v in enumerate(names)}
@@ -329,7 +322,7 @@ class Reconstructor:
                 "time_s": round(time.perf_counter() - t0, 3),
                 "timings_s": {k: round(v, 3) for k, v in timings.items()},
                 "geometry": {"canonical_grid": self.grid.geometry_dict(),
-                             "views": {v: view_geometry(self.spec, v).to_dict() for v in self.spec.views},
+                             "views": {v: self.spec.projection(v).to_dict() for v in self.spec.views},
                              "convention": "canonical grid = S^3 voxels of output_spacing mm "
                                            "centred at the LPS origin, identity direction; view "
                                            "geometries in that frame"},
@@ -367,7 +360,7 @@ class Reconstructor:
         inputs: dict[str, Any] = {}
         warn: list[str] = []
         for v in names:
-            img, geom = views[v], view_geometry(self.spec, v)
+            img, geom = views[v], self.spec.projection(v)
             arr = prepare_view(img, geom, invert=invert)
             meta = dict(img.metadata) if isinstance(img, Radiograph) else {}
             inputs[v] = {"source": meta.get("source"), "shape": list(np.shape(
@@ -445,7 +438,7 @@ class Reconstructor:
         _label_synthetic(sct, model=self.spec.name, space="patient (the input CT's grid)")
         timings["placement"] = time.perf_counter() - t
         # the radiographs carry their geometry in the CT's space, where the rays went
-        patient_geoms = {v: tx.moved_geometry(view_geometry(self.spec, v)) for v in names}
+        patient_geoms = {v: tx.moved_geometry(self.spec.projection(v)) for v in names}
         for images in (drrs, reproj):
             for v, rad in images.items():
                 rad.geometry = patient_geoms[v]
