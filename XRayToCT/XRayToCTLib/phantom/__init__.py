@@ -57,7 +57,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..geometry import Grid, Volume, rotation_matrix
+from ..geometry import Grid, RigidTransform, Volume, rotation_matrix
 from .acquisition import head_holder, to_hu
 from .anatomy import Anatomy
 from .cranium import base_labels, coarse_fields, paint_deep_brain
@@ -196,19 +196,16 @@ def head_phantom(size: int | Sequence[int] = 256, spacing: float | Sequence[floa
         return vol, grid.with_array(lab.numpy(), **labels)
     return vol
 
-def pose_registration(volume: Volume):
-    """The rigid transform canonical (template) LPS points -> this phantom's LPS points, from
-    its ``metadata["pose"]``: a :class:`~XRayToCTLib.preprocess.RigidRegistration` with
-    parameters ``(radians(rx), radians(ry), radians(rz), tx, ty, tz)`` and centre (0, 0, 0).
-    ``preprocess.resample_to_grid(volume, canonical_grid, pose_registration(volume))`` undoes
-    the pose without optimisation."""
-    # imported here: preprocess loads SimpleITK (+0.46 s measured), which generating a
-    # phantom does not need
-    from ..preprocess import RigidRegistration
+def pose_registration(volume: Volume) -> RigidTransform:
+    """The rigid transform canonical LPS points -> this phantom's LPS points, from its
+    ``metadata["pose"]``: a :class:`~XRayToCTLib.geometry.RigidTransform` with parameters
+    ``(radians(rx), radians(ry), radians(rz), tx, ty, tz)`` and centre (0, 0, 0).
+    ``preprocess.to_canonical(volume, grid, transform=pose_registration(volume))`` undoes the
+    pose without optimisation."""
     pose = (volume.metadata or {}).get("pose")
     if not isinstance(pose, dict) or "rotation_deg" not in pose or "translation_mm" not in pose:
         raise ValueError("the volume has no phantom pose in its metadata (metadata['pose'])")
     r = [math.radians(float(v)) for v in pose["rotation_deg"]]
     t = [float(v) for v in pose["translation_mm"]]
-    return RigidRegistration(tuple(r + t), (0.0, 0.0, 0.0),
-                             info={"method": "phantom pose (exact, from metadata)"})
+    return RigidTransform(tuple(r + t), (0.0, 0.0, 0.0),
+                          {"method": "phantom pose (exact, from metadata)"})
