@@ -215,6 +215,8 @@ def on_grid_of(volume: Volume, reference: Volume, default: float = AIR_HU) -> Vo
             and np.allclose(volume.index_to_lps(), reference.index_to_lps(), atol=1e-4))
     if same:
         return volume
+    # late: preprocess loads SimpleITK, which the Slicer module's first import of mrml
+    # (before its dependencies are checked) must not need
     from .preprocess import resample_to_grid
 
     return resample_to_grid(volume, reference, default=default)
@@ -331,6 +333,7 @@ def synthesize_drrs(ct_node, *, geometries: Mapping[str, ProjectionGeometry] | N
     :param output_nodes: ``{view: node}`` to render into (others are created).
     :return: ``{view: node}``.
     """
+    # late: drr loads torch, which may not be installed when the Slicer module imports mrml
     from . import drr
 
     volume = volume_from_node(ct_node)
