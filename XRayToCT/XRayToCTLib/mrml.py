@@ -215,8 +215,8 @@ def on_grid_of(volume: Volume, reference: Volume, default: float = AIR_HU) -> Vo
             and np.allclose(volume.index_to_lps(), reference.index_to_lps(), atol=1e-4))
     if same:
         return volume
-    # late: preprocess loads SimpleITK, which the Slicer module's first import of mrml
-    # (before its dependencies are checked) must not need
+    # late: preprocess pulls in the file readers (pydicom, Pillow), which the Slicer module's
+    # first import of mrml, before its dependency check, must not need
     from .preprocess import resample_to_grid
 
     return resample_to_grid(volume, reference, default=default)
