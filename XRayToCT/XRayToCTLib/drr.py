@@ -66,10 +66,11 @@ def hu_to_mu(hu: torch.Tensor | np.ndarray, *, soft: bool = False,
     no gradient there); it differs from the hard form by less than 0.1 % of water's mu more
     than ~7 gate widths from -800 HU."""
     if isinstance(hu, torch.Tensor):
-        mu = hu * (MU_WATER_PER_MM / 1000.0) + MU_WATER_PER_MM
         if soft:
+            mu = hu * (MU_WATER_PER_MM / 1000.0) + MU_WATER_PER_MM
             return mu * torch.sigmoid((hu - DRR_AIR_THRESHOLD_HU) / gate_hu)
-        return mu * (hu > DRR_AIR_THRESHOLD_HU)
+        # HU at or below the threshold become -1000 HU, where the line is exactly 0
+        return _hard_mu_(F.threshold(hu, DRR_AIR_THRESHOLD_HU, -1000.0))
     hu = np.asarray(hu, dtype=np.float32)
     if soft:
         mu = hu * np.float32(MU_WATER_PER_MM / 1000.0) + np.float32(MU_WATER_PER_MM)
@@ -77,6 +78,11 @@ def hu_to_mu(hu: torch.Tensor | np.ndarray, *, soft: bool = False,
         return (mu * gate).astype(np.float32)
     return np.where(hu > DRR_AIR_THRESHOLD_HU, MU_WATER_PER_MM * (1.0 + hu / 1000.0), 0.0
                     ).astype(np.float32)
+
+
+def _hard_mu_(hu: torch.Tensor) -> torch.Tensor:
+    """Plastimatch's line ``0.022 (1 + HU / 1000)``, in place (``hu`` is a fresh tensor)."""
+    return hu.add_(1000.0).mul_(MU_WATER_PER_MM / 1000.0)
 
 
 def normalize_views(x: torch.Tensor) -> torch.Tensor:
@@ -376,7 +382,7 @@ class DRR(torch.nn.Module):
             "definition": ...}``, or ``(that, reprojections)`` with ``return_reprojections``.
         """
         names = list(self.views)
-        inputs = _view_stack(views_normalised, names)
+        inputs = view_stack(views_normalised, names)
         if tuple(inputs.shape[-2:]) != tuple(self.pixels):
             raise ValueError(f"views are {tuple(inputs.shape[-2:])} pixels, the model's detector "
                              f"is {self.pixels}")
@@ -395,7 +401,7 @@ class DRR(torch.nn.Module):
         return (out, reproj[0].numpy()) if return_reprojections else out
 
 
-def _view_stack(views: Any, names: Sequence[str]) -> torch.Tensor:
+def view_stack(views: Any, names: Sequence[str]) -> torch.Tensor:
     """``[1, V, P, P]`` float32 CPU tensor from a dict view -> array, an array or a tensor."""
     if isinstance(views, Mapping):
         missing = [v for v in names if v not in views]
@@ -411,26 +417,6 @@ def _view_stack(views: Any, names: Sequence[str]) -> torch.Tensor:
     if t.dim() != 4 or t.shape[1] != len(names):
         raise ValueError(f"expected views shaped [1, {len(names)}, P, P], got {tuple(t.shape)}")
     return t.detach().cpu().float()
-
-
-class DRRRenderer(DRR):
-    """Compatibility for the callers not yet on :class:`DRR` (inference, training):
-    ``DRRRenderer(geometries, grid)(mu)`` is ``DRR(geometries, grid).project_mu(mu)``."""
-
-    def __init__(self, geometries: Sequence[ProjectionGeometry], volume_grid: Grid,
-                 chunk_rays: int | None = None, interpolation: str = "bilinear"):
-        super().__init__({str(i): g for i, g in enumerate(geometries)}, volume_grid,
-                         chunk_rays=chunk_rays, interpolation=interpolation)
-
-    def forward(self, mu: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:  # type: ignore[override]
-        return self.project_mu(mu, grid)
-
-
-def render(volume: Volume, geometries: Sequence[ProjectionGeometry], *, device="auto",
-           exponential: bool = False, interpolation: str = "bilinear") -> list[Radiograph]:
-    """One Radiograph per geometry (compatibility wrapper over :meth:`DRR.render`)."""
-    images = DRR({str(i): g for i, g in enumerate(geometries)}, interpolation=interpolation)
-    return list(images.render(volume, exponential=exponential, device=device).values())
 
 
 def radiograph(array: np.ndarray, geom: ProjectionGeometry, backend: str, volume: Volume,

@@ -58,7 +58,7 @@ from monai.transforms import Resize, ResizeWithPadOrCrop
 from . import io as xio
 from . import preprocess as pp
 from .constants import SYNTHETIC_LABEL
-from .drr import DRR, normalize_views, resolve_device
+from .drr import DRR, normalize_views, resolve_device, view_stack
 from .errors import InputError, XRayToCTError
 from .geometry import Grid, ProjectionGeometry, Radiograph, Volume, canonical_grid
 from .models import get_mapping, load_model
@@ -168,24 +168,6 @@ def prepare_view(image: Radiograph | np.ndarray, geometry: ProjectionGeometry, *
         mode = "area" if rows <= arr.shape[0] and cols <= arr.shape[1] else "bilinear"
         arr = np.asarray(Resize((rows, cols), mode=mode)(arr[None]))[0]
     return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def _as_view_stack(views: Any, names: Sequence[str]) -> torch.Tensor:
-    """``[1, V, P, P]`` float32 tensor from a dict view -> array, an array or a tensor."""
-    if isinstance(views, Mapping):
-        missing = [v for v in names if v not in views]
-        if missing:
-            raise ValueError(f"views {missing} are missing (have {sorted(views)})")
-        arrs = [views[v].array if isinstance(views[v], Radiograph) else views[v] for v in names]
-        t = torch.stack([torch.as_tensor(np.asarray(a, dtype=np.float32)) for a in arrs])
-    else:
-        t = torch.as_tensor(np.asarray(views, dtype=np.float32)) if not isinstance(
-            views, torch.Tensor) else views.float()
-    if t.dim() == 3:
-        t = t[None]
-    if t.dim() != 4 or t.shape[1] != len(names):
-        raise ValueError(f"expected views shaped [1, {len(names)}, P, P], got {tuple(t.shape)}")
-    return t.detach().cpu().float()
 
 
 # ----------------------------------------------------------------------------------------
@@ -379,7 +361,7 @@ class Reconstructor:
         for w in warn:
             warnings.warn(w, RuntimeWarning, stacklevel=2)
         timings["prepare"] = time.perf_counter() - t0
-        raw = _as_view_stack(prepared, names)
+        raw = view_stack(prepared, names)
         t = time.perf_counter()
         sct, x = self._run(raw, scaled(progress, 0.1, 0.8))
         timings["model"] = time.perf_counter() - t
@@ -426,7 +408,7 @@ class Reconstructor:
             lambda d: self.drr.to(d).render(vol1), self.device, "DRR rendering")
         timings["drr"] = time.perf_counter() - t
         t = time.perf_counter()
-        sct_c, x = self._run(_as_view_stack(drrs, names), scaled(progress, 0.55, 0.8))
+        sct_c, x = self._run(view_stack(drrs, names), scaled(progress, 0.55, 0.8))
         timings["model"] = time.perf_counter() - t
         t = time.perf_counter()
         report(progress, 0.8, "projection consistency")
