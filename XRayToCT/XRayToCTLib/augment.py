@@ -37,8 +37,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+import torch
+from monai.transforms import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
 
+from .constants import AIR_HU
+from .errors import InputError
 from .geometry import Volume, rotation_matrix
+from .hu import head_center
+from .preprocess import resample_to_grid
 
 __all__ = ["ROTATION_DEG", "TRANSLATION_MM", "ELASTIC_CONTROL_MM", "ELASTIC_SD_MM",
            "INTENSITY_SCALE", "INTENSITY_SHIFT_HU", "NOISE_SD_HU", "augmentation_transform",
@@ -60,8 +66,6 @@ INTENSITY_SHIFT_HU = 10.0
 NOISE_SD_HU = 6.0
 """At ``strength=1``, the noise standard deviation is ``U(0, 6)`` HU."""
 
-_AIR_HU = -1000.0
-
 
 def _streams(seed: int) -> dict[str, np.random.Generator]:
     """Independent generators for the four parts (fixed order: never reorder)."""
@@ -80,8 +84,6 @@ def _check(seed: int, strength: float) -> tuple[int, float]:
 
 
 def _head_center(volume: Volume) -> np.ndarray:
-    from .errors import InputError
-    from .preprocess import head_center
     try:
         return head_center(volume)
     except InputError:  # no voxel above the head threshold: rotate about the grid centre
@@ -161,9 +163,6 @@ def augment_intensity(volume: Volume, seed: int, *, intensity: bool = True, nois
     """Intensity jitter and noise (MONAI ``RandScaleIntensity``, ``RandShiftIntensity``,
     ``RandGaussianNoise``, seeded with ``set_random_state``) on a HU volume; the same grid.
     Returns the new volume (float32) and the record of what was drawn."""
-    import torch
-    from monai.transforms import RandGaussianNoise, RandScaleIntensity, RandShiftIntensity
-
     seed, s = _check(seed, strength)
     rng = _streams(seed)
     record: dict[str, Any] = {}
@@ -200,14 +199,12 @@ def augment_ct(volume: Volume, seed: int, *, elastic: bool = True, rigid: bool =
     (:func:`augment_intensity`). Values are not clipped. ``metadata["augmentation"]``
     records the seed, strength and every drawn parameter. float32 output.
     """
-    from .preprocess import resample_to_grid
-
     seed, s = _check(seed, strength)
     tx, record = augmentation_transform(volume, seed, elastic=elastic, rigid=rigid,
                                         strength=s, center=center)
     out = volume
     if record:
-        out = resample_to_grid(volume, volume, tx, "linear", _AIR_HU)
+        out = resample_to_grid(volume, volume, tx, "linear", AIR_HU)
         out.metadata = dict(volume.metadata)
     out, irecord = augment_intensity(out, seed, intensity=intensity, noise=noise, strength=s)
     if out.array.dtype != np.float32:

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .constants import FIELD_OF_VIEW_MM
 from .errors import XRayToCTError
+from .evaluation import run_evaluation
+from .inference import Reconstructor, sidecar_path, write_result
+from .io import write_text, write_volume
+from .models import catalog
+from .phantom import head_phantom
 from .progress import ProgressCallback, report, scaled
+from .report import save_png, to_uint8, triptych
 
 README = """XRayToCT demo: a generated phantom head (nothing here is a patient)
 
@@ -31,24 +38,18 @@ ct_brain_window.png, sct_brain_window.png, drr_ap.png, drr_lateral.png   quick p
 
 def default_model() -> str:
     """The first model of the bundled catalog (the catalog lists its best model first)."""
-    from .models import catalog
     entries = catalog()
     if not entries:
-        raise XRayToCTError("no bundled model: XRayToCT/Resources/Models/models.json is empty "
-                            "(pass --model FILE.safetensors)")
+        raise XRayToCTError("no bundled model: XRayToCT/Resources/Models/models.json is empty; "
+                            "name a model package (.safetensors) instead")
     return str(entries[0]["name"])
 
 
 def run_demo(out: Path, *, seed: int = 0, size: int = 256, device: str = "auto",
              model: str | None = None, progress: ProgressCallback | None = None) -> dict[str, Path]:
-    """Run the whole chain on a phantom of ``size``^3 voxels over 256 mm; returns the main
-    output paths (``report``, ``sct``, ``ct``, ``sidecar``)."""
-    from .evaluation import run_evaluation
-    from .inference import Reconstructor, sidecar_path, write_result
-    from .io import write_text, write_volume
-    from .phantom import head_phantom
-    from .report import save_png, to_uint8, triptych
-
+    """Run the whole chain on a phantom of ``size``^3 voxels over the field of view
+    (:data:`~XRayToCTLib.constants.FIELD_OF_VIEW_MM`, 256 mm); returns the main output paths
+    (``report``, ``sct``, ``ct``, ``sidecar``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     case = f"phantom_seed{seed}"
@@ -57,7 +58,7 @@ def run_demo(out: Path, *, seed: int = 0, size: int = 256, device: str = "auto",
     report(progress, 0.0, "generating a phantom head CT")
     # the canonical pose: the head is already where the template puts it, so the demo can skip
     # the (slow) registration step of the seed-001 protocol; `xraytoct reconstruct --ct` does it
-    ct = head_phantom(size, 256.0 / size, seed=seed, pose=False)
+    ct = head_phantom(size, FIELD_OF_VIEW_MM / size, seed=seed, pose=False)
     (out / "ct").mkdir(exist_ok=True)
     ct_path = write_volume(ct, out / "ct" / f"{case}.nii.gz")
 

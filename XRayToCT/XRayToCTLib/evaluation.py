@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io as _pyio
 import json
 import math
 import os
 import re
+from io import StringIO
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,12 +38,15 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .errors import Cancelled, InputError, XRayToCTError
-from .constants import MU_WATER_PER_MM
+from .constants import AIR_HU, MU_WATER_PER_MM
 from .drr import DRR
+from .errors import Cancelled, InputError, XRayToCTError
 from .geometry import ProjectionGeometry, Radiograph, Volume
-from .io import write_json, write_text
-from .progress import ProgressCallback, report
+from .io import read_radiograph, read_volume, write_json, write_text
+from .preprocess import resample_to_grid, window_to_hu
+from .progress import ProgressCallback, report, scaled
+from .report import comparison_png, write_html_report
+from .stats import higher_is_better, summarize
 
 __all__ = ["VOLUME_SUFFIXES", "CSV_COLUMNS", "BASELINES", "case_id", "find_volumes", "align",
            "template_from_dataset", "template_baseline", "backprojection_baseline",
@@ -52,7 +55,6 @@ __all__ = ["VOLUME_SUFFIXES", "CSV_COLUMNS", "BASELINES", "case_id", "find_volum
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 CSV_COLUMNS = ("case", "model", "metric", "window", "region", "value")
 BASELINES = ("template", "backprojection")
-AIR_HU = -1000.0
 
 
 # ----------------------------------------------------------------------------------------
@@ -105,8 +107,6 @@ def find_volumes(folder: str | os.PathLike) -> dict[str, Path]:
 
 def _read_hu(path: Path) -> Volume:
     """A volume in HU: a dataset target stored windowed (metadata ``window``) is mapped back."""
-    from .io import read_volume
-    from .preprocess import window_to_hu
     vol = read_volume(path)
     win = vol.metadata.get("window")
     if win is not None and str(vol.metadata.get("units", "")).startswith("window"):
@@ -134,7 +134,6 @@ def align(pred: Volume | np.ndarray, gt: Volume | np.ndarray, *,
     if isinstance(pred, Volume) and isinstance(gt, Volume):
         if _same_grid(pred, gt):
             return np.asarray(pred.array), 1.0
-        from .preprocess import resample_to_grid
         res = resample_to_grid(pred, gt, None, "linear", default=math.nan).array
         outside = np.isnan(res)
         covered = 1.0 - float(outside.mean())
@@ -192,7 +191,6 @@ def template_from_dataset(dataset: str | os.PathLike, *, split: str = "train",
     missing = [i for i in ids if i not in vols]
     if missing:
         raise InputError(root, f"{len(missing)} {split} case(s) without ct volume, e.g. {missing[0]}")
-    from .preprocess import resample_to_grid
     ref = None
     total = None
     for n, cid in enumerate(ids):
@@ -212,7 +210,6 @@ def template_baseline(template: Volume, gt: Volume) -> np.ndarray:
     """The template on ``gt``'s grid (linear through LPS space; outside it: air)."""
     if _same_grid(template, gt):
         return np.asarray(template.array, dtype=np.float32)
-    from .preprocess import resample_to_grid
     return resample_to_grid(template, gt, None, "linear", AIR_HU).array
 
 
@@ -231,7 +228,6 @@ def _geometries_from_json(d: Mapping[str, Any]) -> dict[str, ProjectionGeometry]
 def read_case_views(dataset: str | os.PathLike, cid: str) -> dict[str, Radiograph]:
     """The AP and lateral DRRs of a dataset case, each with its ProjectionGeometry (from the
     NRRD header, else ``cases/<id>/geometry.json``, else the manifest's ``geometry``)."""
-    from .io import read_radiograph
     d = Path(dataset) / "cases" / cid
     rads = {}
     for view in ("ap", "lateral"):
@@ -313,16 +309,16 @@ class EvaluationResult:
 def _model_names(preds: Sequence[str | os.PathLike], names: Sequence[str] | None) -> list[str]:
     if names:
         if len(names) != len(preds):
-            raise InputError(None, f"{len(names)} --name for {len(preds)} --pred folders: give "
-                                   "one name per prediction folder or none")
+            raise InputError(None, f"{len(names)} model names for {len(preds)} prediction "
+                                   "folders: give one name per prediction folder or none")
         out = list(names)
     else:
         out = [Path(p).resolve().name or str(p) for p in preds]
     if len(set(out)) != len(out):
-        raise InputError(None, f"model names must differ, got {out} (use --name)")
+        raise InputError(None, f"model names must differ, got {out}")
     bad = [n for n in out if n in BASELINES]
     if bad:
-        raise InputError(None, f"model name {bad[0]!r} is a baseline's name (use --name)")
+        raise InputError(None, f"model name {bad[0]!r} is a baseline's name")
     return out
 
 
@@ -413,7 +409,6 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
                 elif name == "backprojection":
                     arr, cov = backprojection_baseline(read_case_views(dataset, cid), gt_vol), 1.0
                 else:
-                    from .io import read_volume
                     arr, cov = align(read_volume(src), gt_vol, name=src)
                 p = torch.from_numpy(np.asarray(arr)).to(torch.float32)[None, None]
                 bad = int((~torch.isfinite(p)).sum())
@@ -459,7 +454,7 @@ def _fmt(v: float) -> str:
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """``metrics.csv`` with exactly :data:`CSV_COLUMNS`, one row per value (``inf`` written as
     ``inf``), written atomically."""
-    buf = _pyio.StringIO()
+    buf = StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in rows:
@@ -473,7 +468,6 @@ def write_summary(result: EvaluationResult, path: str | os.PathLike, *,
     metric, window and region, the failures, the coverage notes, the settings and the metric
     definitions (non-finite numbers as ``null``: :func:`~XRayToCTLib.io.to_jsonable`). Returns
     the summary."""
-    from .stats import summarize
     summary = summarize(result.rows, baselines=result.baselines, ci=ci)
     summary.update({
         "models": result.models, "baselines": result.baselines,
@@ -490,7 +484,6 @@ def write_summary(result: EvaluationResult, path: str | os.PathLike, *,
 
 def _prediction_on_gt(result: EvaluationResult, name: str, cid: str, gt_vol: Volume,
                       template: Volume | None) -> np.ndarray | None:
-    from .io import read_volume
     dataset = result.settings.get("dataset")
     try:
         if name == "template":
@@ -510,8 +503,6 @@ def case_figures(result: EvaluationResult, *, metric: str | None = None,
     worst case of the first model by ``metric`` (default ``ssim``, the first window, region
     ``head``): ground truth, every model's and baseline's sCT and difference map, and the
     input DRRs when the dataset has them. ``{label: (case, "metric = value", png)}``."""
-    from .report import comparison_png
-    from .stats import higher_is_better
     s = result.settings
     metric = metric or ("ssim" if "ssim" in s["metrics"] else s["metrics"][0])
     window = window or s["windows"][0]
@@ -558,8 +549,6 @@ def run_evaluation(out_dir: str | os.PathLike, preds: Sequence[str | os.PathLike
                    progress: ProgressCallback | None = None, **kwargs: Any) -> dict[str, Path]:
     """:func:`evaluate`, then write ``metrics.csv``, ``summary.json`` and ``report.html``
     into ``out_dir``. Returns ``{"csv", "summary", "report"}`` paths."""
-    from .progress import scaled
-    from .report import write_html_report
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")

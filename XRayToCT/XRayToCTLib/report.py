@@ -6,12 +6,23 @@ radiographs as stored (row 0 = top, see :mod:`XRayToCTLib.geometry`).
 """
 from __future__ import annotations
 
+import base64
+import datetime
+import html
+import math
 import os
+from io import BytesIO
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+import SimpleITK as sitk
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
 from .geometry import Volume
+from .io import atomic_write, sitk_to_volume, volume_to_sitk, write_text
 
 
 def to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -22,9 +33,7 @@ def to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an 8-bit grey image atomically."""
-    from PIL import Image
     path = Path(path)
-    from .io import atomic_write
     return atomic_write(path, lambda fh: Image.fromarray(np.ascontiguousarray(image)).save(
         fh, format="PNG"), binary=True)
 
@@ -33,9 +42,6 @@ def orthogonal_slices(volume: Volume, point=None) -> dict[str, np.ndarray]:
     """Axial, coronal and sagittal slices through ``point`` (LPS; default the centre) of a
     volume resampled onto an LPS-aligned grid, oriented for display (see module doc) with
     square pixels."""
-    import SimpleITK as sitk
-
-    from .io import sitk_to_volume, volume_to_sitk
     img = volume_to_sitk(volume.with_array(np.asarray(volume.array, dtype=np.float32)))
     if not np.allclose(volume.direction, np.eye(3)) or len(set(volume.spacing)) > 1:
         corners = volume.corners()
@@ -75,16 +81,13 @@ METRIC_LABELS = {"ssim": "SSIM (3D)", "ssim_slices": "SSIM (per-slice, published
 
 def _figure(width: float, height: float):
     """A matplotlib Figure on the Agg canvas (no pyplot, no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
 
 
 def _png_bytes(fig, dpi: int = 100) -> bytes:
-    import io as _io
-    buf = _io.BytesIO()
+    buf = BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
@@ -92,7 +95,6 @@ def _png_bytes(fig, dpi: int = 100) -> bytes:
 def boxplot_png(rows, window: str, region: str, metrics, models) -> bytes:
     """Box plots (median, IQR box, 1.5 IQR whiskers, outliers) of each metric per model, in
     one window and region, as PNG bytes. Non-finite values (inf PSNR) are left out."""
-    import math as _math
     n = len(metrics)
     cols = min(3, n)
     nrows = (n + cols - 1) // cols
@@ -103,7 +105,7 @@ def boxplot_png(rows, window: str, region: str, metrics, models) -> bytes:
         for m in models:
             vals = [r["value"] for r in rows if r["model"] == m and r["metric"] == metric
                     and r["window"] == window and r["region"] == region
-                    and _math.isfinite(r["value"])]
+                    and math.isfinite(r["value"])]
             data.append(vals if vals else [float("nan")])
             labels.append(m)
         ax.boxplot(data, showmeans=True)
@@ -130,7 +132,6 @@ def comparison_png(gt: Volume, preds: dict, window: tuple[float, float], *, poin
     display ``window`` (lo, hi HU), each prediction's difference map (prediction - truth, HU,
     diverging colour map with a colour bar clipped to +-``diff_range``), and the input
     radiographs on top when given (``{view: 2D array}``). PNG bytes."""
-    import matplotlib
     lo, hi = window
     gslices = orthogonal_slices(gt, point)
     rows = [("ground truth", _strip(gslices), "grey")]
@@ -173,26 +174,23 @@ def comparison_png(gt: Volume, preds: dict, window: tuple[float, float], *, poin
 
 
 def _esc(x) -> str:
-    import html
     return html.escape(str(x))
 
 
 def _num(v, digits: int = 4) -> str:
-    import math as _math
     if v is None:
         return "–"
     if isinstance(v, str):
         return _esc(v)
-    if _math.isnan(v):
+    if math.isnan(v):
         return "–"
-    if _math.isinf(v):
+    if math.isinf(v):
         return "inf"
     return f"{v:.{digits}g}"
 
 
 def _p(v) -> str:
-    import math as _math
-    if v is None or (isinstance(v, float) and _math.isnan(v)):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     return f"{v:.2g}" if v >= 1e-4 else "&lt;1e-4"
 
@@ -244,8 +242,6 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
             (see :func:`~XRayToCTLib.evaluation.case_figures`).
         png_dir: also write every embedded image there as ``report_*.png``.
     """
-    import base64
-    import datetime
     path = Path(path)
     models = list(result.models) + list(result.baselines)
     metrics = result.settings["metrics"]
@@ -296,6 +292,4 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
     parts.append("<h2>Definitions</h2><pre>" + _esc(summary.get("definitions", "")) + "</pre>")
     parts.append("<h3>Baselines</h3><pre>" + _esc(summary.get("baseline_definitions", "")) + "</pre>")
     parts.append("</body></html>")
-    html_text = "\n".join(parts)
-    from .io import write_text
-    return write_text(path, html_text)
+    return write_text(path, "\n".join(parts))

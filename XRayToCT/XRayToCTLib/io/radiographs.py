@@ -24,7 +24,7 @@ from .files import (DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, exten
                     one_line, require_exists)
 from .volumes import header_strings, read_sitk_image, restore_metadata, volume_format, write_sitk_image
 
-try:
+try:  # pydicom 3 moved it; pyproject still allows pydicom 2 (>=2.4)
     from pydicom.pixels import convert_color_space
 except ImportError:  # pydicom 2
     from pydicom.pixel_data_handlers.util import convert_color_space
