@@ -153,7 +153,9 @@ def test_module_file_loads_without_torch(path: Path):
     module loads before PyTorch is installed."""
     torch_free = {"XRayToCTLib", "XRayToCTLib.geometry", "XRayToCTLib.errors", "XRayToCTLib.progress",
                   "XRayToCTLib.mrml", "XRayToCTLib.mrml.mrml", "XRayToCTLib.errors.Cancelled",
-                  "XRayToCTLib.errors.XRayToCTError"}
+                  "XRayToCTLib.errors.XRayToCTError", "XRayToCTLib.errors.InputError",
+                  "XRayToCTLib.errors.TemplateUnavailable", "XRayToCTLib.constants",
+                  "XRayToCTLib.constants.TEMPLATE_ENV"}
     for name in _module_level_imports(_parse(path)):
         assert name.split(".")[0] != "torch", f"{path.name} imports torch at load time"
         if name.startswith("XRayToCTLib"):
@@ -910,6 +912,17 @@ class _StandInReconstructor:
                                      info={"model": {"name": "stand-in"}, "device": "cpu", "time_s": 0.1,
                                            "space": kind, "input_kind": kind})
 
+    def reconstruct(self, *, ct=None, views=None, register="auto", progress=None):
+        """The one request, with inference.Reconstructor.reconstruct's choices and errors."""
+        from XRayToCTLib.errors import InputError
+        if ct is not None and views:
+            raise InputError(None, "both a CT and radiographs were given")
+        if ct is None and not views:
+            raise InputError(None, "nothing to reconstruct from")
+        if ct is not None:
+            return self.reconstruct_ct(ct, register=register, progress=progress)
+        return self.reconstruct_views(views, progress=progress)
+
     def reconstruct_ct(self, ct, *, register=True, progress=None):
         import numpy as np
         from XRayToCTLib.geometry import Radiograph
@@ -974,7 +987,11 @@ def test_logic_reconstruct_from_radiographs(xraytoct, scene, monkeypatch):
     ct = _phantom_node(scene, __import__("XRayToCTLib.phantom", fromlist=["x"]).head_phantom(size=8, spacing=30.0))
     stand_in = _StandInReconstructor(views=("ap",))  # a single-view model takes the AP only
     logic = _logic_with(xraytoct, monkeypatch, stand_in)
-    node = logic.reconstruct(ap, lateral, modelName="stand-in", ctVolumeNode=ct)  # real radiographs win over the CT
+    # real radiographs and a CT: refused, as on the command line, with this face's hint
+    with pytest.raises(xraytoct.XRayToCTError, match="Clear the CT selector"):
+        logic.reconstruct(ap, lateral, modelName="stand-in", ctVolumeNode=ct)
+    assert stand_in.calls == []
+    node = logic.reconstruct(ap, lateral, modelName="stand-in")
     assert stand_in.calls == [("views", ["ap"])]
     assert node.GetName() == "AP X-ray sCT (synthetic)"
     assert node.GetAttribute(mrml.ATTRIBUTE_SOURCE) == ""
