@@ -47,7 +47,7 @@ def lps_to_ras_points(points: np.ndarray) -> np.ndarray:
     return np.asarray(points, dtype=float) @ LPS_TO_RAS.T
 
 
-def _triple(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
+def as_triple(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
     """One number repeated three times, or three numbers."""
     arr = np.asarray(value, dtype=float).reshape(-1)
     if arr.size == 1:
@@ -83,7 +83,7 @@ class Grid:
         self._size = s
 
     def _set_geometry(self, spacing: Any, origin: Any, direction: Any) -> None:
-        self.spacing = _triple(spacing, "spacing")
+        self.spacing = as_triple(spacing, "spacing")
         if min(self.spacing) <= 0:
             raise ValueError(f"spacing must be positive, got {self.spacing}")
         self.origin = _as3(origin, "origin")
@@ -108,8 +108,8 @@ class Grid:
                  spacing: float | Sequence[float] = 1.0, direction: Any = None) -> "Grid":
         """``size`` voxels of ``spacing`` mm whose geometric centre is ``center`` (LPS);
         identity direction unless given."""
-        n = np.asarray(_triple(size, "size"), dtype=float)
-        sp = np.asarray(_triple(spacing, "spacing"), dtype=float)
+        n = np.asarray(as_triple(size, "size"), dtype=float)
+        sp = np.asarray(as_triple(spacing, "spacing"), dtype=float)
         d = np.eye(3) if direction is None else np.asarray(direction, dtype=float)
         origin = np.asarray(center, dtype=float) - d @ (sp * (n - 1.0) / 2.0)
         return Grid(tuple(int(x) for x in n), tuple(sp), tuple(origin), d)

@@ -38,7 +38,7 @@ import SimpleITK as sitk
 
 from .constants import AIR_HU, HEAD_THRESHOLD_HU, HU_CLIP
 from .errors import InputError
-from .geometry import Grid, RigidTransform, Volume, _triple
+from .geometry import Grid, RigidTransform, Volume, as_triple
 from .io import sitk_to_volume, to_jsonable, volume_to_sitk
 from .progress import ProgressCallback, report, scaled
 from .hu import (WINDOWS, antialias_sigma, apply_window, get_window, head_center, head_mask,
@@ -142,7 +142,7 @@ def crop_or_pad(volume: Volume, size: int | Sequence[int] = 256,
     voxel onto the input's lattice so that cropping and padding copy voxels without
     interpolation.
     """
-    c = head_center(volume, threshold) if center is None else np.asarray(_triple(center, "center"), float)
+    c = head_center(volume, threshold) if center is None else np.asarray(as_triple(center, "center"), float)
     grid = Grid.centered(c, size, spacing)
     if snap:
         grid = grid.translated(_lattice_shift(volume, grid))
@@ -161,7 +161,7 @@ def template_grid(template: Volume, size: int | Sequence[int] = 256,
     about LPS (0, 20, 0) mm, near the centre of the brain case: the 256 mm box spans
     z = -128..+128 mm, some 40 mm of air above the vertex and the face and upper neck below.
     """
-    c = head_center(template, threshold) if center is None else np.asarray(_triple(center, "center"), float)
+    c = head_center(template, threshold) if center is None else np.asarray(as_triple(center, "center"), float)
     return Grid.centered(c, size, spacing)
 
 
@@ -218,7 +218,7 @@ def resample_to_size(volume: Volume, size: int | Sequence[int] = 128, *,
     upsampling is linear without smoothing). float32 output.
     """
     n_old = np.asarray(volume.size, float)
-    n_new = np.asarray(_triple(size, "size"), float)
+    n_new = np.asarray(as_triple(size, "size"), float)
     if np.any(n_new < 1) or np.any(n_new != np.round(n_new)):
         raise ValueError(f"size must be positive integers, got {size!r}")
     factor = n_old / n_new
