@@ -175,7 +175,7 @@ def test_lifting_puts_the_drr_bright_spot_on_the_bead(mode, tol):
     ijk = (22, 10, 21)
     vol = _bead_volume(spec, ijk)
     hu = torch.from_numpy(vol.array)[None]
-    images = drr.DRRRenderer(spec.projections(), vol)(drr.hu_to_mu(hu))  # [1, 2, P, P]
+    images = drr.DRR(spec.projections(), vol)(hu)  # [1, 2, P, P]
     # the DRR itself: AP bright spot right of centre (patient's left) and above; lateral
     # spot right of centre (anterior) and above
     for v in range(2):

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import FIELD_OF_VIEW_MM
+from ..drr import NORMALIZE_HIGH_Q, NORMALIZE_LOW_Q, normalize_views  # noqa: F401 (re-exported)
 from ..geometry import Grid, ProjectionGeometry, canonical_grid, default_biplanar
 from .intensity import get_mapping
 
@@ -233,36 +234,6 @@ def constructor_arguments(cls: type) -> dict[str, Any]:
 def layer_defaults(cls: type) -> dict[str, Any]:
     """The defaults of ``cls``'s layer arguments (its constructor's, minus the spec keys)."""
     return {k: v for k, v in constructor_arguments(cls).items() if k not in SPEC_KEYS}
-
-
-# -------------------------------------------------------------------------------------------
-# Input intensity convention
-# -------------------------------------------------------------------------------------------
-
-NORMALIZE_LOW_Q = 0.005
-NORMALIZE_HIGH_Q = 0.995
-
-
-def normalize_views(x: torch.Tensor) -> torch.Tensor:
-    """The one input intensity convention of every model, for DRRs and real radiographs.
-
-    Input: ``[B, V, P, P]`` images of line integrals, bone bright (DRRs in Plastimatch units
-    as :mod:`~XRayToCTLib.drr` makes them; a real radiograph must first be brought to "bright
-    = attenuating", e.g. ``-log`` of a transmission image or a MONOCHROME2 display image).
-    Each image is scaled on its own by robust percentiles: ``(x - q0.5%) / (q99.5% - q0.5%)``
-    clipped to ``[0, 1]``. So the absolute scale and offset of an image (kVp, DRR units,
-    detector gain) do not matter, only its contrast pattern does. A flat image gives zeros.
-    """
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"views must be a tensor [B, V, P, P], got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
-    flat = x.detach().reshape(x.shape[0], x.shape[1], -1).float()
-    q = torch.quantile(flat, torch.tensor([NORMALIZE_LOW_Q, NORMALIZE_HIGH_Q],
-                                          dtype=flat.dtype, device=flat.device), dim=-1)
-    lo, hi = q[0][..., None, None], q[1][..., None, None]
-    scale = torch.where(hi - lo > 0, hi - lo, torch.ones_like(hi))
-    out = ((x.float() - lo) / scale).clamp(0.0, 1.0)
-    return torch.where((hi - lo > 0), out, torch.zeros_like(out)).to(x.dtype)
 
 
 # -------------------------------------------------------------------------------------------
