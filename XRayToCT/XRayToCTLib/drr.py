@@ -41,10 +41,6 @@ from .constants import DRR_AIR_THRESHOLD_HU, MU_WATER_PER_MM
 from .errors import XRayToCTError
 from .geometry import Grid, ProjectionGeometry, Radiograph, Volume, default_biplanar
 
-AIR_THRESHOLD_HU = DRR_AIR_THRESHOLD_HU
-"""The name data.py and training.py import today (the constant is
-:data:`~XRayToCTLib.constants.DRR_AIR_THRESHOLD_HU`)."""
-
 NORMALIZE_LOW_Q = 0.005
 NORMALIZE_HIGH_Q = 0.995
 
