@@ -323,9 +323,11 @@ class _Separable:
     def table(self, vol: torch.Tensor, c0: int, ln: int) -> torch.Tensor:
         """The chunk's table: contiguous, a new tensor unless the chunk already is one."""
         chunk = self.chunk_of(vol, c0, ln)
-        if (self.m == 2 and vol.device.type == "cpu"
-                and (vol.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest")):
-            # a blocked transpose: the identity times the transposed view, by BLAS
+        exact_matmul = (vol.dtype == torch.float64
+                        or torch.get_float32_matmul_precision() == "highest")
+        if self.m == 2 and vol.device.type == "cpu" and exact_matmul:
+            # a blocked transpose: the identity times the transposed view, by BLAS (much
+            # faster on a CPU than copying the transposed view)
             b, d = chunk.shape[:2]
             eye = torch.eye(ln, dtype=vol.dtype).expand(b * d, ln, ln)
             return torch.bmm(eye, chunk.reshape(b * d, ln, -1)).view(chunk.shape)
@@ -414,7 +416,8 @@ class DRR(torch.nn.Module):
         interpolation: ``"bilinear"`` (default: the line integral of the trilinearly
             interpolated volume, smooth gradients for training) or ``"nearest"`` (voxels as
             constant boxes, the model of Plastimatch's exact ray trace).
-        chunk_rays: rays processed at once (bounds memory; ``None`` = all).
+        chunk_rays: rays processed at once by the general projector (bounds its memory;
+            ``None`` = all); the separable one works a chunk of planes at a time.
 
     ``forward(hu)`` takes HU shaped ``[B, D, H, W]`` or ``[B, 1, D, H, W]`` (``D, H, W`` =
     k, j, i of the grid) and returns line integrals / 10 shaped ``[B, V, rows, cols]``.
