@@ -1,28 +1,31 @@
-"""The cached dataset of training/evaluation cases, and a PyTorch ``Dataset`` over it.
+"""Preparing the cached dataset of training/evaluation cases (:mod:`~XRayToCTLib.dataset`
+reads it back: the manifest and a PyTorch ``Dataset``).
 
-A **case** is one head in the dataset's *canonical space*:
+A **case** is one head in the dataset's *canonical space*, reached through
+:func:`preprocess.to_canonical` exactly as at inference:
 
-* ``ct.nii.gz`` -- the target volume: the seed-001 preprocessing (:func:`preprocess.preprocess_ct`:
-  rigid registration to the head CT template, 1 mm, clip to [-1000, 1000] HU, 256 mm field)
-  brought to ``size^3`` voxels (block-averaged), **in HU** (float32). The manifest's
-  ``window`` names the training window the dataset is meant for; models apply their own
-  intensity mapping (:func:`preprocess.apply_window`).
-* ``ap.nrrd``, ``lateral.nrrd`` -- DRRs (:func:`drr.render`, torch backend, trilinear model)
+* ``ct.nii.gz`` -- the target volume: the seed-001 preprocessing (rigid registration to the
+  head CT template, clip to [-1000, 1000] HU, 256 mm field) on the canonical grid at
+  ``drr_spacing`` mm, brought to ``size^3`` voxels (block-averaged), **in HU** (float32). The
+  manifest's ``window`` names the training window the dataset is meant for; models apply
+  their own intensity mapping.
+* ``ap.nrrd``, ``lateral.nrrd`` -- DRRs (:class:`drr.DRR`, torch, trilinear model)
   of the **fine** (``drr_spacing`` mm, 1 mm by default) preprocessed volume, not of the
   low-resolution target, at the dataset's fixed geometry; line integral of attenuation / 10
   (Plastimatch units, see :mod:`~XRayToCTLib.drr`); the NRRD headers carry the geometry.
-* ``case.json`` -- the transform back to the source CT (``PreprocessResult.to_dict()``:
-  ``registration`` maps canonical LPS points to source-CT LPS points, so
-  :func:`preprocess.to_patient_space` puts a prediction back on the CT), and metadata: kind,
+* ``case.json`` -- the transform back to the source CT (``transform["registration"]`` maps
+  canonical LPS points to source-CT LPS points, so :func:`preprocess.from_canonical` puts a
+  prediction back on the CT), and metadata: kind,
   source, seed, findings, augmentation parameters, timings.
 
 **Canonical grid** (identical for every case of every dataset of one ``size``): ``size^3``
 voxels of ``256 / size`` mm, identity direction, origin ``-(size - 1) * spacing / 2``: the
-grid's centre is the LPS origin. Registered CTs: the template-space grid
-(:func:`preprocess.template_grid`, centred on the template's head centroid ``c``) translated by
-``-c`` (canonical point ``p`` is template point ``p + c``; the recorded registration includes
-that shift). ``--no-register``: the patient-space grid centred on the CT's head centroid
-``c``, translated to the origin (the registration is the pure translation by ``c``). Phantoms:
+grid's centre is the LPS origin (:func:`geometry.canonical_grid`). Registered CTs: the
+template frame translated by ``-c``, ``c`` the template's head centroid (canonical point ``p``
+is template point ``p + c``; the recorded registration includes that shift). Without
+registration: the CT's own axes translated so that its head centroid ``c`` is the origin (the
+transform is the pure translation by ``c``, snapped onto the CT's voxel lattice when the axes
+and spacing agree; :func:`preprocess.canonical_transform`). Phantoms:
 their own canonical frame (the head centred at the origin), the pose undone with the
 generator's known transform (:func:`phantom.pose_registration`, no optimisation).
 The DRR geometry is :func:`drr.biplanar_geometry` of that grid with isocentre (0, 0, 0)
