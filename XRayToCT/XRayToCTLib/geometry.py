@@ -212,6 +212,28 @@ class Grid:
                       for z in (lo[2], hi[2])])
         return self.physical_points(c)
 
+    def resized(self, size: int | Sequence[int]) -> "Grid":
+        """The same field (outer corners, centre, direction) on ``size`` voxels: spacing
+        scaled by ``old_size / size`` (256 voxels of 1 mm -> 128 voxels of 2 mm)."""
+        n_new = np.asarray(as_triple(size, "size"), float)
+        if np.any(n_new < 1) or np.any(n_new != np.round(n_new)):
+            raise ValueError(f"size must be positive integers, got {size!r}")
+        sp_old = np.asarray(self.spacing)
+        factor = np.asarray(self.size, float) / n_new
+        origin = np.asarray(self.origin) + self.direction @ (sp_old * (factor - 1.0) / 2.0)
+        return Grid(tuple(int(n) for n in n_new), tuple(sp_old * factor), tuple(origin),
+                    self.direction.copy())
+
+    def coarsened(self, spacing: float) -> "Grid":
+        """A grid with the same centre and direction and no axis finer than ``spacing`` mm
+        (coarser axes kept), covering at most the voxel centres of this one."""
+        old = np.asarray(self.spacing, float)
+        new = np.maximum(old, float(spacing))
+        extent = (np.asarray(self.size, float) - 1.0) * old
+        n_new = np.floor(extent / new + 1e-6).astype(int) + 1
+        origin = np.asarray(self.origin) + self.direction @ ((extent - (n_new - 1) * new) / 2.0)
+        return Grid(tuple(int(n) for n in n_new), tuple(new), tuple(origin), self.direction.copy())
+
     def translated(self, shift: Sequence[float]) -> "Grid":
         """The same grid moved by ``shift`` mm (LPS)."""
         return Grid(self.size, self.spacing, tuple(np.asarray(self.origin) + _as3(shift, "shift")),

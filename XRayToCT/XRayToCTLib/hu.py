@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from .constants import HEAD_THRESHOLD_HU
 from .errors import InputError
-from .geometry import Volume
+from .geometry import Grid, Volume
 
 __all__ = [
     "WINDOWS", "get_window", "window_range", "apply_window", "window_to_hu", "head_mask",
@@ -157,16 +157,11 @@ def coarsen(image: sitk.Image | Volume, spacing: float, default: float | None = 
         return image
     if default is None:
         default = float(np.min(sitk.GetArrayViewFromImage(img)))
-    size = np.asarray(img.GetSize(), float)
-    extent = (size - 1.0) * old
-    new_size = np.floor(extent / new + 1e-6).astype(int) + 1
-    d = np.asarray(img.GetDirection(), float).reshape(3, 3)
-    shift = (extent - (new_size - 1) * new) / 2.0
-    origin = np.asarray(img.GetOrigin(), float) + d @ shift
+    g = Grid(img.GetSize(), old, img.GetOrigin(),
+             np.asarray(img.GetDirection(), float).reshape(3, 3)).coarsened(float(spacing))
     img = smooth_image(img, antialias_sigma(new / old, old))
-    out = sitk.Resample(img, [int(n) for n in new_size], sitk.Transform(), sitk.sitkLinear,
-                        tuple(origin), tuple(new), img.GetDirection(), float(default),
-                        sitk.sitkFloat32)
+    out = sitk.Resample(img, list(g.size), sitk.Transform(), sitk.sitkLinear, tuple(g.origin),
+                        tuple(g.spacing), img.GetDirection(), float(default), sitk.sitkFloat32)
     return _as_volume(out) if as_volume else out
 
 

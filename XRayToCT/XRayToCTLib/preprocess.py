@@ -217,15 +217,11 @@ def resample_to_size(volume: Volume, size: int | Sequence[int] = 128, *,
     block (sigma = sqrt((f^2 - 1) / 12) input voxels) and resamples linearly (any factor;
     upsampling is linear without smoothing). float32 output.
     """
-    n_old = np.asarray(volume.size, float)
-    n_new = np.asarray(as_triple(size, "size"), float)
-    if np.any(n_new < 1) or np.any(n_new != np.round(n_new)):
-        raise ValueError(f"size must be positive integers, got {size!r}")
-    factor = n_old / n_new
+    g = volume.grid.resized(size)
+    n_new = np.asarray(g.size, float)
+    factor = np.asarray(volume.size, float) / n_new
     sp_old = np.asarray(volume.spacing)
-    sp_new = sp_old * factor
-    d = volume.direction
-    origin = np.asarray(volume.origin) + d @ (sp_old * (factor - 1.0) / 2.0)
+    sp_new, origin, d = g.spacing, g.origin, g.direction
     integer = bool(np.all(np.abs(factor - np.round(factor)) < 1e-9) and np.all(factor >= 1))
     if method == "auto":
         method = "block" if integer else "gaussian"
@@ -236,7 +232,7 @@ def resample_to_size(volume: Volume, size: int | Sequence[int] = 128, *,
         ni, nj, nk = (int(n) for n in n_new)
         a = volume.array.astype(np.float32, copy=False).reshape(nk, fk, nj, fj, ni, fi)
         arr = a.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
-        out = Volume(arr, tuple(sp_new), tuple(origin), d.copy(), dict(volume.metadata))
+        out = g.with_array(arr, **volume.metadata)
     elif method == "gaussian":
         img = smooth_image(float_image(volume), antialias_sigma(factor, sp_old))
         fill = float(np.min(volume.array)) if default is None else float(default)
