@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .constants import DRR_AIR_THRESHOLD_HU, MU_WATER_PER_MM
+from .constants import AIR_HU, DRR_AIR_THRESHOLD_HU, MU_WATER_PER_MM
 from .errors import XRayToCTError
 from .geometry import Grid, ProjectionGeometry, Radiograph, Volume, default_biplanar
 
@@ -66,7 +66,7 @@ def hu_to_mu(hu: torch.Tensor | np.ndarray, *, soft: bool = False,
             mu = hu * (MU_WATER_PER_MM / 1000.0) + MU_WATER_PER_MM
             return mu * torch.sigmoid((hu - DRR_AIR_THRESHOLD_HU) / gate_hu)
         # HU at or below the threshold become -1000 HU, where the line is exactly 0
-        return _hard_mu_(F.threshold(hu, DRR_AIR_THRESHOLD_HU, -1000.0))
+        return _hard_mu_(F.threshold(hu, DRR_AIR_THRESHOLD_HU, AIR_HU))
     hu = np.asarray(hu, dtype=np.float32)
     if soft:
         mu = hu * np.float32(MU_WATER_PER_MM / 1000.0) + np.float32(MU_WATER_PER_MM)
@@ -507,7 +507,7 @@ class DRR(torch.nn.Module):
         """:meth:`_mu` of a contiguous chunk of a volume (in place when ``fresh``)."""
         if self.attenuation == "soft" or not fresh:
             return self._mu(hu)
-        return _hard_mu_(F.threshold(hu, DRR_AIR_THRESHOLD_HU, -1000.0, inplace=True))
+        return _hard_mu_(F.threshold(hu, DRR_AIR_THRESHOLD_HU, AIR_HU, inplace=True))
 
     def forward(self, hu: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
         """HU ``[B, D, H, W]`` or ``[B, 1, D, H, W]`` on ``grid`` (default: the object's)
