@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import pytest
 import torch
@@ -160,6 +161,10 @@ def test_bundled_catalog_is_valid():
         info = package.read_info(f)
         assert info["spec"]["views"] == e["views"]
         assert info["spec"]["output_size"] == e["output_size"]
+        # no path of the machine that trained it, in the catalog or in the header
+        header = {k: v for k, v in info.items() if k != "path"}  # path: where it was read from
+        for text in (json.dumps(e), json.dumps(header, default=str)):
+            assert not re.search(r'"(/|[A-Za-z]:\\\\)[^"]*"', text), e["name"]
 
 
 def test_bundled_models_rebuild_from_their_config():

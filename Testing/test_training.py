@@ -382,6 +382,10 @@ def test_export_round_trip(dataset, tmp_path):
         torch.testing.assert_close(model(x), ref(x))
     text = json.dumps(info, default=str)
     assert "tiny test model" in text and "phantom" in text and "ssim_head" in text
+    # the package travels: no path of the training machine in its header, folder names only
+    header = json.dumps({k: v for k, v in info.items() if k != "path"}, default=str)  # path: where it was loaded from
+    assert str(tmp_path) not in header and info["training_data"]["path"] == dataset.name
+    assert info["training"]["settings"]["out"] == "run"
     assert model.spec.output_size == SIZE and tuple(model.spec.views) == ("ap", "lateral")
     # the CLI does the same
     code = main(["export", str(run), "--out", str(tmp_path / "cli.safetensors"), "--checkpoint",

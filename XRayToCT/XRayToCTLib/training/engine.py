@@ -40,7 +40,7 @@ from .. import models
 from ..dataset import CaseDataset
 from ..drr import DRR, normalize_views
 from ..errors import InputError, XRayToCTError
-from ..io import atomic_write
+from ..io import atomic_write, to_jsonable
 from ..metrics import batch_metrics
 from ..models.discriminator import DISC_DEFAULTS
 from ..progress import ProgressCallback, report
@@ -81,8 +81,8 @@ def _data_description(ds: CaseDataset, root: Path) -> dict[str, Any]:
     if isinstance(split, dict):  # case ids per split, and the ratios
         keep["split"] = {k: (len(v) if isinstance(v, list) else v) for k, v in split.items()}
         keep["train_cases"] = sorted(split.get("train", []))
-    keep["path"] = str(root.resolve())
-    return json.loads(json.dumps(keep, default=str))
+    keep["path"] = str(root.resolve())  # a model package keeps only the folder's name
+    return to_jsonable(keep)
 
 
 def views_tensor(batch: dict, views: tuple[str, ...], device) -> torch.Tensor:

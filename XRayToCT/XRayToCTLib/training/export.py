@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
+from typing import Any
 
 import torch
 
@@ -12,7 +13,21 @@ from ..models import build_model, save_package
 from .checkpoint import load_checkpoint
 from .config import VAL_REGIONS, check_choice
 
-__all__ = ["export_run"]
+__all__ = ["export_run", "portable"]
+
+
+def portable(obj: Any) -> Any:
+    """``obj`` with every absolute file path reduced to its last component (a folder or file
+    name): a model package goes to other machines, and the paths of the machine that trained
+    it mean nothing there (and should not travel)."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v) for v in obj]
+    if isinstance(obj, str) and (obj.startswith("/") or PureWindowsPath(obj).drive) \
+            and "\n" not in obj and len(obj) < 4096:
+        return PurePath(obj).name if obj.startswith("/") else PureWindowsPath(obj).name
+    return obj
 
 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "best", *,
@@ -21,7 +36,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
     (``models.package.save_package``): the weights, plus in its header the model's spec
     (views, sizes, DRR geometry, intensity mapping), its config, the training-data
     description from the dataset manifest, the training settings, and the validation
-    metrics of that checkpoint. ``checkpoint`` is ``"best"`` or ``"last"``; ``"best"``
+    metrics of that checkpoint; file paths in them are reduced to names (:func:`portable`). ``checkpoint`` is ``"best"`` or ``"last"``; ``"best"``
     falls back to ``"last"`` (and says so in the metadata) when the run never validated.
     ``fp16`` stores the weights in half precision (half the size; cast back to float32 at
     load). Returns ``out``."""
@@ -41,7 +56,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
     model.load_state_dict(state["model"])
     model.eval()
     cfg = json.loads(state["config"])
-    metadata = {
+    metadata = portable({
         "title": title or f"{state['model_name']} trained by XRayToCT",
         "training_data": json.loads(state["data"]),
         "validation": {"window": cfg.get("val_window", "brain"),
@@ -51,7 +66,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
                      "best": state.get("best"), "best_epoch": state.get("best_epoch"),
                      "world_size": state.get("world_size", 1), "saved": state.get("saved"),
                      "settings": cfg},
-    }
+    })
     out = Path(out)
     save_package(model, out, metadata=metadata, dtype=torch.float16 if fp16 else torch.float32)
     return out
