@@ -22,6 +22,7 @@ from XRayToCTLib import preprocess as pp
 from XRayToCTLib.cli import main
 from XRayToCTLib.drr import DRR
 from XRayToCTLib.errors import InputError, XRayToCTError
+from XRayToCTLib.geometry import canonical_grid
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -57,7 +58,7 @@ def test_manifest_contents(dataset):
     assert m["version"] == data.MANIFEST_VERSION and m["kind"] == "xraytoct dataset"
     assert (m["size"], m["pixels"], m["spacing"], m["window"]) == (32, 32, 8.0, "brain")
     assert m["window_level_width"] == [40.0, 40.0]
-    assert m["grid"] == data.canonical_grid(32).geometry_dict()
+    assert m["grid"] == canonical_grid(32).geometry_dict()
     assert m["grid"]["origin"] == [-124.0] * 3
     geoms = data.dataset_geometries(32, 32)
     assert m["geometry"] == {v: geoms[v].to_dict() for v in ("ap", "lateral")}
@@ -85,7 +86,7 @@ def test_manifest_contents(dataset):
 
 def test_every_case_has_the_canonical_geometry(dataset):
     m = reader.load_manifest(dataset)
-    grid = data.canonical_grid(32)
+    grid = canonical_grid(32)
     for cid in m["cases"]:
         ct = io.read_volume(dataset / "cases" / cid / "ct.nii.gz")
         assert grid.same_as(ct, atol=1e-9), cid
@@ -114,7 +115,7 @@ def test_case_dataset_shapes_and_values(dataset):
     cached = reader.CaseDataset(dataset, None, cache_in_memory=True)
     assert torch.equal(cached[1]["ct"], cached[1]["ct"]) and 1 in cached._cache
     assert full.grid.shape == (32, 32, 32)
-    assert data.canonical_grid(32).same_as(full.grid)
+    assert canonical_grid(32).same_as(full.grid)
     assert full.geometries["lateral"] == data.dataset_geometries(32, 32)["lateral"]
     loader = torch.utils.data.DataLoader(full, batch_size=2)
     batch = next(iter(loader))
@@ -273,7 +274,7 @@ def test_real_ct_case_with_an_augmented_copy(tmp_path):
     arec = json.loads((out / "cases" / "ct-cthead-aug01" / "case.json").read_text())
     assert {"pose", "elastic", "intensity", "noise"} <= set(arec["augmentation"])
     # the copy is the CT seen through the recorded augmentation, composed in canonical space
-    tx, spatial = augment_transform(data.canonical_grid(64, 4.0), arec["seed"],
+    tx, spatial = augment_transform(canonical_grid(64), arec["seed"],
                                     center=(0.0, 0.0, 0.0))
     assert spatial["pose"] == arec["augmentation"]["pose"]
     expected = pp.resample_to_grid(target, target, tx)

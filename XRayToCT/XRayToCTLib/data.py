@@ -72,18 +72,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import __version__, drr, geometry, phantom
+from . import __version__, drr, phantom
 from . import preprocess as pp
 from .augment import augment_intensity, augmentation_transform
 from .constants import DRR_AIR_THRESHOLD_HU, FIELD_OF_VIEW_MM, HU_CLIP, MU_WATER_PER_MM
 from .dataset import CASE_FILE, MANIFEST_VERSION, load_manifest
 from .errors import InputError, XRayToCTError
-from .geometry import Grid, ProjectionGeometry, Volume
+from .geometry import Grid, ProjectionGeometry, Volume, canonical_grid
 from .hu import get_window
 from .io import VOLUME_EXTENSIONS, is_dicom_dir, read_volume, write_json, write_radiograph, write_volume
 from .progress import ProgressCallback, report, scaled
 
-__all__ = ["VIEWS", "canonical_grid", "dataset_geometries", "case_seed", "split_of",
+__all__ = ["VIEWS", "dataset_geometries", "case_seed", "split_of",
            "prepare_dataset"]
 
 VIEWS = ("ap", "lateral")
@@ -101,13 +101,6 @@ def _check_int(value: Any, name: str, lo: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
     return int(value)
-
-
-def canonical_grid(size: int, spacing: float | None = None) -> geometry.Grid:
-    """:func:`geometry.canonical_grid` of ``size^3`` voxels of ``spacing`` mm (default
-    ``256 / size``)."""
-    n = _check_int(size, "size", 2)
-    return geometry.canonical_grid(n, FIELD_OF_VIEW_MM if spacing is None else n * float(spacing))
 
 
 def dataset_geometries(size: int, pixels: int | None = None) -> dict[str, ProjectionGeometry]:
@@ -269,7 +262,7 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
     t0 = time.perf_counter()
     cid = case["id"]
     size, pixels, dsp = settings["size"], settings["pixels"], settings["drr_spacing"]
-    fine = canonical_grid(int(round(FIELD_OF_VIEW_MM / dsp)), dsp)
+    fine = canonical_grid(int(round(FIELD_OF_VIEW_MM / dsp)))
     meta: dict[str, Any] = {}
     report(progress, 0.0, f"{cid}: source")
     known = None  # a known canonical -> source transform (no search)

@@ -49,7 +49,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 import torch

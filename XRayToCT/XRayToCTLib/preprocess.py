@@ -37,7 +37,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from .constants import AIR_HU, HEAD_THRESHOLD_HU, HU_CLIP
-from .errors import InputError
 from .geometry import Grid, RigidTransform, Volume, as_triple
 from .io import sitk_to_volume, to_jsonable, volume_to_sitk
 from .progress import ProgressCallback, report, scaled
@@ -197,10 +196,8 @@ def to_patient_space(sct: Volume, result_or_transform: TransformLike = None,
         if not isinstance(result_or_transform, PreprocessResult):
             raise ValueError("ct_grid is needed unless a PreprocessResult is given")
         ct_grid = result_or_transform.source_grid
-    tx = as_sitk_transform(result_or_transform)
-    out = resample_to_grid(sct, ct_grid, tx.GetInverse(), interpolator, default)
-    out.metadata.update({"space": "patient"})
-    return out
+    return from_canonical(sct, result_or_transform, ct_grid, interpolator=interpolator,
+                          default=default)
 
 
 # ----------------------------------------------------------------------------------------
@@ -328,12 +325,13 @@ def to_canonical(ct: Volume, grid: Grid, *, register: bool = True,
     return volume, tx
 
 
-def from_canonical(volume: Volume, transform: RigidTransform | dict, onto: GridLike, *,
+def from_canonical(volume: Volume, transform: TransformLike, onto: GridLike, *,
                    interpolator: str = "linear", default: float = AIR_HU) -> Volume:
     """A canonical-frame volume (an sCT) on the grid of ``onto`` (the CT, or its Grid): the
     only road out. Each point of ``onto`` is mapped through the inverse of ``transform``
-    (:func:`to_canonical`'s) and looked up in ``volume``; outside it the value is ``default``."""
-    out = resample_to_grid(volume, onto, as_sitk_transform(as_registration(transform)).GetInverse(),
+    (:func:`to_canonical`'s; any form :func:`~XRayToCTLib.registration.as_sitk_transform`
+    takes) and looked up in ``volume``; outside it the value is ``default``."""
+    out = resample_to_grid(volume, onto, as_sitk_transform(transform).GetInverse(),
                            interpolator, default)
     out.metadata.update({"space": "patient"})
     return out

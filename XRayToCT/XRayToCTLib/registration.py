@@ -27,7 +27,7 @@ from .constants import HEAD_THRESHOLD_HU, TEMPLATE_ENV
 from .errors import Cancelled, InputError, TemplateUnavailable
 from .geometry import Grid, RigidTransform, Volume
 from .hu import coarsen, float_image, head_center, head_mask
-from .io import sitk_to_volume, to_jsonable, volume_to_sitk
+from .io import sitk_to_volume, to_jsonable
 from .progress import ProgressCallback, report, scaled
 
 __all__ = [
