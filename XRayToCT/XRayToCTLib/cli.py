@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .constants import TEMPLATE_ENV
-from .errors import (AmbiguousSeries, Cancelled, InputError, NotHounsfield, TemplateUnavailable,
+from .errors import (AmbiguousSeries, InputError, NotHounsfield, TemplateUnavailable,
                      XRayToCTError)
 from .progress import ProgressCallback
 
@@ -613,14 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return int(args.func(args) or 0)
-    except (TemplateUnavailable, NotHounsfield, AmbiguousSeries) as err:
-        print(f"error: {err} ({_HINTS[type(err)]})", file=sys.stderr)
-        return 2
-    except (InputError, Cancelled) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except XRayToCTError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except XRayToCTError as err:  # bad input, cancelled, or another problem a user can fix
+        hint = _HINTS.get(type(err))
+        print(f"error: {err}" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

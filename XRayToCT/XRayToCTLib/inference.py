@@ -106,7 +106,7 @@ def run_with_cpu_fallback(fn: Callable[[torch.device], T], device: torch.device 
 
 def _label_synthetic(volume: Volume, **metadata: Any) -> Volume:
     volume.metadata.update({"synthetic": True, "description": SYNTHETIC_LABEL,
-                            "label": SYNTHETIC_LABEL, "modality": "CT", "units": "HU",
+                            "modality": "CT", "units": "HU",
                             **metadata})
     return volume
 
