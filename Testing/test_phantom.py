@@ -153,8 +153,7 @@ def test_the_face_follows_its_named_layout():
     for name in ("globe", "lens"):
         shift = []
         for lab in (lb, lm):
-            i = np.argwhere(lab.array == LABELS[name])[:, 2]
-            x = lab.origin[0] + i * lab.spacing[0]
+            x = lab.physical_points(np.argwhere(lab.array == LABELS[name])[:, ::-1])[:, 0]
             assert (x > 0).sum() > 5 and (x < 0).sum() > 5, name
             shift.append((x[x > 0].mean(), x[x < 0].mean()))
         assert abs(shift[1][0] - shift[0][0] - 6.0) < 1.5 and abs(shift[1][1] - shift[0][1] + 6.0) < 1.5, \

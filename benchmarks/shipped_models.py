@@ -1,7 +1,7 @@
 """The README's results table: the shipped models and the baselines on a held-out phantom test
 set, through the evaluation engine.
 
-    .venv/bin/python benchmarks/shipped_models.py --data /tmp/ds64 --out /tmp/results64
+    .venv/bin/python benchmarks/shipped_models.py --data ds64 --out results64
 
 Builds the dataset if ``--data`` holds none (``xraytoct prepare --phantoms 200 --size 64
 --drr-spacing 2 --seed 0``: the dataset the shipped models were trained on; only its

@@ -113,15 +113,14 @@ def augmentation_transform(volume: Volume, seed: int, *, elastic: bool = True,
     record: dict[str, Any] = {}
     composite = sitk.CompositeTransform(3)
     if elastic and s > 0:
-        # the B-spline domain is the grid's physical extent (voxel edges), in its own frame
-        sp = np.asarray(volume.spacing)
-        extent = sp * np.asarray(volume.size, float)
+        # the B-spline domain is the grid's physical extent (voxel edges, from the outer
+        # corner of voxel (0, 0, 0)), in its own frame
+        extent = np.asarray(volume.field_mm)
         mesh = [max(1, int(round(e / ELASTIC_CONTROL_MM))) for e in extent]
-        d = volume.direction
         bs = sitk.BSplineTransform(3, 3)
-        bs.SetTransformDomainOrigin(tuple(np.asarray(volume.origin) - d @ (sp / 2.0)))
+        bs.SetTransformDomainOrigin(tuple(float(x) for x in volume.corners()[0]))
         bs.SetTransformDomainPhysicalDimensions(tuple(float(e) for e in extent))
-        bs.SetTransformDomainDirection(tuple(float(x) for x in d.reshape(-1)))
+        bs.SetTransformDomainDirection(tuple(float(x) for x in volume.direction.reshape(-1)))
         bs.SetTransformDomainMeshSize(mesh)
         sd = ELASTIC_SD_MM * s
         coeffs = rng["elastic"].normal(0.0, sd, size=len(bs.GetParameters()))
@@ -202,13 +201,8 @@ def augment_ct(volume: Volume, seed: int, *, elastic: bool = True, rigid: bool =
     seed, s = _check(seed, strength)
     tx, record = augmentation_transform(volume, seed, elastic=elastic, rigid=rigid,
                                         strength=s, center=center)
-    out = volume
-    if record:
-        out = resample_to_grid(volume, volume, tx, "linear", AIR_HU)
-        out.metadata = dict(volume.metadata)
+    out = resample_to_grid(volume, volume, tx, "linear", AIR_HU) if record else volume
     out, irecord = augment_intensity(out, seed, intensity=intensity, noise=noise, strength=s)
-    if out.array.dtype != np.float32:
-        out = out.with_array(out.array.astype(np.float32))
     aug = {"seed": seed, "strength": s,
            "parts": {"elastic": elastic, "rigid": rigid, "intensity": intensity, "noise": noise},
            **record, **irecord}

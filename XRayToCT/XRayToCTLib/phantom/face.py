@@ -15,14 +15,13 @@ from .tissues import BONE, SOFT
 NOT_BRAIN = SOFT + BONE + ("air",)
 
 
-def paint_face_and_base(a: Anatomy, g: PosedGrid, lab: torch.Tensor,
-                        layout: FaceAndBase | None = None) -> None:
-    """Skull base, face, orbits, sinuses, mandible and the cervical spine (``layout``: the
-    anatomy's own, :attr:`Anatomy.layout`, unless given)."""
-    fb = a.layout if layout is None else layout
+def paint_face_and_base(a: Anatomy, g: PosedGrid, lab: torch.Tensor) -> None:
+    """Skull base, face, orbits, sinuses, mandible and the cervical spine, placed by the
+    anatomy's layout (:attr:`Anatomy.layout`, which also shaped its outline)."""
+    fb = a.layout
     lv = fb.levels
     fl = a.face_len
-    zo = a.cz - a.floor_ant - lv.orbit_below_anterior_floor   # orbit centre height
+    zo = a.orbit_z                                             # orbit centre height
     zp = a.cz - lv.palate_below_centre * fl                    # hard palate
     zm = zp - lv.mandible_below_palate * fl                    # mandible body
     _sphenoid(a, g, lab, fb)

@@ -16,8 +16,8 @@ Every structure is placed relative to landmarks of the seed's :class:`~.anatomy.
 "Ahead" means towards -y (anterior), "behind" towards +y, "above" towards +z. The seed draws
 the sizes of the sinuses, globes, face width and the fossa depths (:class:`Anatomy`); the
 fields here are the fixed layout around them. :data:`FACE_AND_BASE` is the layout every
-phantom uses; a changed copy (``dataclasses.replace``) can be passed to
-:func:`~.face.paint_face_and_base` to vary it.
+phantom uses; a changed copy (``dataclasses.replace``) can be passed as
+``head_phantom(..., layout=)`` to vary it.
 """
 from __future__ import annotations
 
