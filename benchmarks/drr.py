@@ -39,8 +39,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "XRayToCT"))
 from XRayToCTLib import drr  # noqa: E402
-from XRayToCTLib.drr_plastimatch import plastimatch_executable, render_plastimatch  # noqa: E402
-from XRayToCTLib.io import volume_to_sitk  # noqa: E402
+from XRayToCTLib.drr_plastimatch import (drr_command, plastimatch_executable,  # noqa: E402
+                                         render_plastimatch)
+from XRayToCTLib.io import read_volume, volume_to_sitk  # noqa: E402
 from XRayToCTLib.phantom import head_phantom  # noqa: E402
 
 
@@ -59,11 +60,7 @@ def main() -> None:
     ap.add_argument("--ct", help="a 3D CT in HU (default: a 256^3 1 mm phantom head)")
     args = ap.parse_args()
 
-    if args.ct:
-        from XRayToCTLib.io import read_volume
-        vol = read_volume(args.ct)
-    else:
-        vol = head_phantom(256, 1.0, seed=0)
+    vol = read_volume(args.ct) if args.ct else head_phantom(256, 1.0, seed=0)
     views = drr.biplanar_geometry(vol, pixels=128)
     geoms = list(views.values())
     exe = plastimatch_executable()
@@ -89,14 +86,8 @@ def main() -> None:
 
         def run_plastimatch():
             for g in geoms:
-                out = subprocess.run(
-                    [exe, "drr", "-I", str(ct), "-O", f"{tmp}/drr", "-t", "pfm", "-i", "exact",
-                     "-r", f"{g.pixels[0]} {g.pixels[1]}",
-                     "-z", f"{g.detector_size[0]} {g.detector_size[1]}",
-                     "--sad", str(g.sad), "--sid", str(g.sid),
-                     "-o", " ".join(map(str, g.isocenter)), "-n", " ".join(map(str, g.normal)),
-                     "--vup", " ".join(map(str, g.vup))],
-                    capture_output=True, text=True, check=True)
+                out = subprocess.run(drr_command(exe, ct, Path(tmp) / "drr", g),
+                                     capture_output=True, text=True, check=True)
                 m = re.search(r"Total time:\s*([0-9.eE+-]+)", out.stdout + out.stderr)
                 if m:
                     trace.append(float(m.group(1)))

@@ -162,7 +162,7 @@ def _joseph_plan(geom: ProjectionGeometry, grid: Grid) -> tuple[np.ndarray, int]
         plan[:, col + 1] = 2.0 * slope / size[q]
     ends = np.stack([np.full(d.shape[0], src[axis]), src[axis] + d[:, axis]], axis=1)
     plan[:, 4], plan[:, 5] = ends.min(axis=1), ends.max(axis=1)
-    mm = np.linalg.norm(d @ (grid.direction @ np.diag(grid.spacing)).T, axis=1)
+    mm = np.linalg.norm(d @ grid.index_to_lps()[:3, :3].T, axis=1)  # ray length in mm
     plan[:, 6] = np.where(reach, mm / np.abs(da) / 10.0, 0.0)
     plan = np.nan_to_num(plan, nan=0.0)
     plan[~reach, 4], plan[~reach, 5] = 1.0, 0.0  # an empty range: no samples
@@ -569,8 +569,7 @@ class DRR(torch.nn.Module):
 
     def _radiograph(self, array: np.ndarray, geom: ProjectionGeometry, volume: Volume,
                     exponential: bool) -> Radiograph:
-        conversion = (f"mu = {MU_WATER_PER_MM}*(1+HU/1000) per mm, 0 at or below "
-                      f"{DRR_AIR_THRESHOLD_HU:g} HU")
+        conversion = None  # radiograph()'s default: the hard conversion
         if self.attenuation == "soft":
             conversion = (f"mu = {MU_WATER_PER_MM}*(1+HU/1000) per mm times "
                           f"sigmoid((HU - {DRR_AIR_THRESHOLD_HU:g}) / {self.gate_hu:g})")
@@ -610,14 +609,13 @@ class DRR(torch.nn.Module):
         with torch.no_grad():
             drrs = self.forward(self._hu_tensor(sct, dev)[None], Grid.of(sct)).float().cpu()
             reproj = normalize_views(drrs).float()
-        out: dict[str, Any] = {"views": {}}
-        for i, v in enumerate(names):
-            x, y = reproj[:, i:i + 1], inputs[:, i:i + 1]
-            out["views"][v] = {"ssim": float(metrics.ssim(x, y, data_range=1.0)[0]),
-                               "psnr": float(metrics.psnr(x, y, data_range=1.0)[0])}
-        out["mean"] = {k: float(np.mean([out["views"][v][k] for v in names]))
-                       for k in ("ssim", "psnr")}
-        out["definition"] = CONSISTENCY_DEFINITION
+        x, y = reproj.transpose(0, 1), inputs.transpose(0, 1)  # the views as the batch
+        scores = {"ssim": metrics.ssim(x, y, data_range=1.0),
+                  "psnr": metrics.psnr(x, y, data_range=1.0)}
+        out = {"views": {v: {k: float(s[i]) for k, s in scores.items()}
+                         for i, v in enumerate(names)},
+               "mean": {k: float(s.mean()) for k, s in scores.items()},
+               "definition": CONSISTENCY_DEFINITION}
         return (out, reproj[0].numpy()) if return_reprojections else out
 
 

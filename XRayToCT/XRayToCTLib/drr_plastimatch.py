@@ -41,6 +41,23 @@ def _read_pfm(path: Path) -> np.ndarray:
     return data.reshape(h, w).astype(np.float32)
 
 
+def drr_command(exe: str, ct: Path, prefix: Path, geom: ProjectionGeometry, *,
+                algorithm: str = "exact", exponential: bool = False,
+                threads: str = "cpu") -> list[str]:
+    """The ``plastimatch drr`` command line rendering the LPS-aligned CT file ``ct`` at
+    ``geom`` (HU conversion ``preprocess``, as :func:`~XRayToCTLib.drr.hu_to_mu`) into
+    ``<prefix>0000.pfm``."""
+    args = [exe, "drr", "-I", str(ct), "-O", str(prefix), "-t", "pfm",
+            "-i", algorithm, "-P", "preprocess", "-A", threads,
+            "-r", f"{geom.pixels[0]} {geom.pixels[1]}",
+            "-z", f"{geom.detector_size[0]} {geom.detector_size[1]}",
+            "--sad", f"{geom.sad}", "--sid", f"{geom.sid}",
+            "-o", " ".join(f"{x:.6f}" for x in geom.isocenter),
+            "-n", " ".join(f"{x:.9f}" for x in geom.normal),
+            "--vup", " ".join(f"{x:.9f}" for x in geom.vup)]
+    return (args + ["-e"]) if exponential else args
+
+
 def render_plastimatch(volume: Volume, geom: ProjectionGeometry, *, algorithm: str = "exact",
                        exponential: bool = False, threads: str = "cpu") -> Radiograph:
     """Render one DRR with ``plastimatch drr`` at exactly the same geometry and HU
@@ -56,17 +73,9 @@ def render_plastimatch(volume: Volume, geom: ProjectionGeometry, *, algorithm: s
         vol_path = Path(tmp) / "ct.mha"
         sitk.WriteImage(image, str(vol_path))
         prefix = Path(tmp) / "drr"
-        args = [exe, "drr", "-I", str(vol_path), "-O", str(prefix), "-t", "pfm",
-                "-i", algorithm, "-P", "preprocess", "-A", threads,
-                "-r", f"{geom.pixels[0]} {geom.pixels[1]}",
-                "-z", f"{geom.detector_size[0]} {geom.detector_size[1]}",
-                "--sad", f"{geom.sad}", "--sid", f"{geom.sid}",
-                "-o", " ".join(f"{x:.6f}" for x in geom.isocenter),
-                "-n", " ".join(f"{x:.9f}" for x in geom.normal),
-                "--vup", " ".join(f"{x:.9f}" for x in geom.vup)]
-        if exponential:
-            args.append("-e")
-        proc = subprocess.run(args, capture_output=True, text=True)
+        proc = subprocess.run(drr_command(exe, vol_path, prefix, geom, algorithm=algorithm,
+                                          exponential=exponential, threads=threads),
+                              capture_output=True, text=True)
         out = prefix.with_name("drr0000.pfm")
         if proc.returncode != 0 or not out.exists():
             raise XRayToCTError(f"plastimatch drr failed ({proc.returncode}): "

@@ -264,8 +264,7 @@ def backprojection_baseline(views: Mapping[str, Radiograph] | Sequence[Radiograp
         ones = torch.ones((1, 1, *shape), dtype=torch.float32)
         # the DRR of mu = 1/mm is the chord length / 10, the same units as the DRR pixels
         chords = [DRR([g], grid).project_mu(ones)[0, 0] for g in geoms]
-    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
-    pts = grid.physical_points(np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1))
+    pts = grid.voxel_points()  # flat [k, j, i] order
     total = np.zeros(pts.shape[0])
     count = np.zeros(pts.shape[0])
     for rad, g, chord in zip(rads, geoms, chords):

@@ -25,21 +25,17 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.owner = False
+        self.device = resolve_device(device_pref)
         if self.world > 1:
-            base = resolve_device(device_pref)
-            if base.type == "cuda":
+            if self.device.type == "cuda":
                 self.device = torch.device("cuda", self.local_rank)
                 torch.cuda.set_device(self.device)
-            else:
-                self.device = base
             if not torch.distributed.is_initialized():
                 torch.distributed.init_process_group(
                     "nccl" if self.device.type == "cuda" else "gloo")
                 self.owner = True
             self.rank = torch.distributed.get_rank()
             self.world = torch.distributed.get_world_size()
-        else:
-            self.device = resolve_device(device_pref)
 
     @property
     def main(self) -> bool:

@@ -329,13 +329,12 @@ class Engine:
     def state(self) -> dict[str, Any]:
         """The checkpoint of the run as it is now (:mod:`.checkpoint`)."""
         spec = self.model.spec
-        spec_d = spec.to_dict() if hasattr(spec, "to_dict") else {}
         return {
             "format": CHECKPOINT_FORMAT,
             "model_name": self.cfg.model,
             "model_config": json.dumps(spec.config, default=str),
             "discriminator_config": json.dumps(self.disc_config),
-            "spec": json.dumps(spec_d, default=str),
+            "spec": json.dumps(spec.to_dict(), default=str),
             "config": json.dumps(self.cfg.to_dict()),
             "data": json.dumps(self.description),
             "model": unwrap(self.model).state_dict(),
