@@ -15,7 +15,8 @@
     ``head_mask(volume, threshold, coarse_mm=2.0, opening=1, fill_holes=False)``, whose
     centroid is :func:`head_center`.
 
-Ground layer: numpy, scipy, SimpleITK and the dependency-free ground modules only. PyTorch
+Ground layer: numpy, scipy, SimpleITK and the other ground modules (:mod:`~XRayToCTLib.io`
+for the one Volume <-> SimpleITK conversion) only. PyTorch
 is not imported (a tensor given to :func:`head_mask` is recognised because whoever made it
 has imported torch): the preprocessing works without it.
 """
@@ -31,10 +32,11 @@ from scipy import ndimage
 from .constants import HEAD_THRESHOLD_HU
 from .errors import InputError
 from .geometry import Grid, Volume
+from .io import sitk_to_volume, volume_to_sitk
 
 __all__ = [
     "WINDOWS", "get_window", "window_range", "apply_window", "window_to_hu", "head_mask",
-    "head_center", "coarsen", "otsu_threshold", "antialias_sigma", "smooth_image", "float_image",
+    "head_center", "coarsen", "otsu_threshold", "antialias_sigma", "smooth_image",
 ]
 
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -105,22 +107,10 @@ def window_to_hu(volume_or_array: Volume | np.ndarray,
 
 
 # ----------------------------------------------------------------------------------------
-# Volume <-> SimpleITK (for the coarse grid) and coarsening
+# coarsening
 # ----------------------------------------------------------------------------------------
 def _as_volume(image: Volume | sitk.Image) -> Volume:
-    if isinstance(image, Volume):
-        return image
-    return Volume(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(),
-                  np.asarray(image.GetDirection(), dtype=float).reshape(3, 3))
-
-
-def float_image(volume: Volume) -> sitk.Image:
-    """float32 SimpleITK image of a Volume (same geometry, no metadata)."""
-    img = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=np.float32))
-    img.SetSpacing(tuple(float(s) for s in volume.spacing))
-    img.SetOrigin(tuple(float(o) for o in volume.origin))
-    img.SetDirection(tuple(float(x) for x in np.asarray(volume.direction).reshape(-1)))
-    return img
+    return image if isinstance(image, Volume) else sitk_to_volume(image)
 
 
 def antialias_sigma(factor: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -148,7 +138,7 @@ def coarsen(image: sitk.Image | Volume, spacing: float, default: float | None = 
     when None). Returns the same kind as given (a Volume keeps no metadata); an image that is
     already coarse enough is returned as it is."""
     as_volume = isinstance(image, Volume)
-    img = float_image(image) if as_volume else image
+    img = volume_to_sitk(image, np.float32) if as_volume else image
     if img.GetPixelID() != sitk.sitkFloat32:
         img = sitk.Cast(img, sitk.sitkFloat32)
     old = np.asarray(img.GetSpacing(), float)
@@ -162,7 +152,7 @@ def coarsen(image: sitk.Image | Volume, spacing: float, default: float | None = 
     img = smooth_image(img, antialias_sigma(new / old, old))
     out = sitk.Resample(img, list(g.size), sitk.Transform(), sitk.sitkLinear, tuple(g.origin),
                         tuple(g.spacing), img.GetDirection(), float(default), sitk.sitkFloat32)
-    return _as_volume(out) if as_volume else out
+    return sitk_to_volume(out) if as_volume else out
 
 
 # ----------------------------------------------------------------------------------------

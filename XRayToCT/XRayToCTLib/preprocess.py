@@ -43,7 +43,7 @@ from .progress import ProgressCallback, report, scaled
 from .hu import (WINDOWS, antialias_sigma, apply_window, get_window, head_center, head_mask,
                  smooth_image, window_to_hu)
 from .registration import (TEMPLATE_ENV, RigidRegistration, as_registration, as_sitk_transform,
-                           cormack_to_hu, default_template_path, float_image, grid_of,
+                           cormack_to_hu, default_template_path, grid_of,
                            hu_to_cormack, initial_alignment, load_template, register_rigid,
                            registration_metric, resolve_template)
 
@@ -87,7 +87,7 @@ def resample_to_grid(volume: Volume, reference_grid: GridLike, transform: Transf
         img = volume_to_sitk(Volume(arr, volume.spacing, volume.origin, volume.direction))
         pixel = img.GetPixelID()
     else:
-        img = float_image(volume)
+        img = volume_to_sitk(volume, np.float32)
         pixel = sitk.sitkFloat32
     out = sitk.Resample(img, list(g.size), as_sitk_transform(transform), _INTERPOLATORS[interpolator],
                         tuple(g.origin), tuple(g.spacing),
@@ -231,7 +231,7 @@ def resample_to_size(volume: Volume, size: int | Sequence[int] = 128, *,
         arr = a.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
         out = g.with_array(arr, **volume.metadata)
     elif method == "gaussian":
-        img = smooth_image(float_image(volume), antialias_sigma(factor, sp_old))
+        img = smooth_image(volume_to_sitk(volume, np.float32), antialias_sigma(factor, sp_old))
         fill = float(np.min(volume.array)) if default is None else float(default)
         out = sitk_to_volume(sitk.Resample(img, [int(n) for n in n_new], sitk.Transform(),
                                            sitk.sitkLinear, tuple(origin), tuple(sp_new),

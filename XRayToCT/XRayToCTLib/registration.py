@@ -26,13 +26,13 @@ import SimpleITK as sitk
 from .constants import HEAD_THRESHOLD_HU, TEMPLATE_ENV
 from .errors import Cancelled, InputError, TemplateUnavailable
 from .geometry import Grid, RigidTransform, Volume
-from .hu import coarsen, float_image, head_center, head_mask
-from .io import sitk_to_volume, to_jsonable
+from .hu import coarsen, head_center, head_mask
+from .io import sitk_to_volume, to_jsonable, volume_to_sitk
 from .progress import ProgressCallback, report, scaled
 
 __all__ = [
     "TEMPLATE_ENV", "RigidRegistration", "register_rigid", "initial_alignment",
-    "registration_metric", "as_registration", "as_sitk_transform", "grid_of", "float_image",
+    "registration_metric", "as_registration", "as_sitk_transform", "grid_of",
     "hu_to_cormack", "cormack_to_hu", "default_template_path", "load_template",
     "resolve_template", "SHIPPED_TEMPLATE",
 ]
@@ -219,8 +219,8 @@ def registration_metric(template: Volume, moving: Volume, transform: TransformLi
     (ITK sign: negative MI, lower is better), on every voxel of both images brought to no finer
     than ``spacing`` mm: deterministic, for comparing transforms. ``inf`` when (almost) no
     template voxel maps inside the moving image."""
-    f = float_image(template)
-    m = float_image(moving)
+    f = volume_to_sitk(template, np.float32)
+    m = volume_to_sitk(moving, np.float32)
     f = coarsen(f, spacing)
     m = coarsen(m, spacing)
     return _evaluate(_metric_method(bins), f, m, as_sitk_transform(transform))
@@ -271,8 +271,8 @@ def initial_alignment(template: Volume | sitk.Image, moving: Volume | sitk.Image
 
     Returns the transform and a dict describing the search.
     """
-    f_img = template if isinstance(template, sitk.Image) else float_image(template)
-    m_img = moving if isinstance(moving, sitk.Image) else float_image(moving)
+    f_img = template if isinstance(template, sitk.Image) else volume_to_sitk(template, np.float32)
+    m_img = moving if isinstance(moving, sitk.Image) else volume_to_sitk(moving, np.float32)
     f_img = sitk.Cast(f_img, sitk.sitkFloat32)
     m_img = sitk.Cast(m_img, sitk.sitkFloat32)
     f_c = coarsen(f_img, spacing)
@@ -392,8 +392,8 @@ def register_rigid(moving: Volume, template: Volume, *,
         raise ValueError("sampling must be in (0, 1], one value or one per level")
     report(progress, 0.0, "registration: preparing images")
 
-    fixed = float_image(template)
-    mov = float_image(moving)
+    fixed = volume_to_sitk(template, np.float32)
+    mov = volume_to_sitk(moving, np.float32)
     fixed = coarsen(fixed, registration_spacing)
     mov = coarsen(mov, registration_spacing)
 

@@ -23,7 +23,7 @@ Modules, one per concern:
 from __future__ import annotations
 
 from .dicom_read import (DICOM_CARRY_TAGS, DICOM_INFO_TAGS, is_dicom_dir, is_dicom_file,
-                         list_dicom_series, read_dicom_series, resample_stack)
+                         list_dicom_series, resample_stack)
 from .dicom_write import write_dicom_series
 from .files import (DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, atomic_write, json_text,
                     to_jsonable, write_json, write_text)
@@ -35,7 +35,7 @@ from .volumes import (read_volume, sitk_to_volume, volume_format, volume_to_sitk
 __all__ = [
     "DICOM_CARRY_TAGS", "DICOM_EXTENSIONS", "DICOM_INFO_TAGS", "IMAGE_EXTENSIONS",
     "VOLUME_EXTENSIONS", "atomic_write", "hu_percentile", "is_dicom_dir", "is_dicom_file",
-    "json_text", "list_dicom_series", "looks_like_hu", "read_dicom_series", "read_radiograph",
+    "json_text", "list_dicom_series", "looks_like_hu", "read_radiograph",
     "read_volume", "resample_stack", "sitk_to_volume", "to_jsonable", "volume_format",
     "volume_to_sitk", "write_dicom_series", "write_json", "write_radiograph",
     "write_sitk_image", "write_text", "write_volume",

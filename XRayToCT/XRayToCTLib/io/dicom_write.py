@@ -165,11 +165,12 @@ def write_dicom_series(volume: Volume, folder: str | os.PathLike, *, source: Any
     })
     normal = np.cross(d[:, 0], d[:, 1])
     names = [f"slice_{k + 1:04d}.dcm" for k in range(array.shape[0])]
+    ipps = volume.physical_points(np.stack([np.zeros(len(names)), np.zeros(len(names)),
+                                            np.arange(len(names))], axis=1))  # voxels (0, 0, k)
 
     def write(tmp: Path) -> None:
         tmp.mkdir()
-        for k, name in enumerate(names):
-            ipp = np.asarray(volume.origin) + d[:, 2] * (sz * k)
+        for k, (name, ipp) in enumerate(zip(names, ipps)):
             stored = np.rint((array[k] - intercept) / slope)
             np.clip(stored, -32768, 32767, out=stored)
             attrs.update({"SOPInstanceUID": generate_uid(), "InstanceNumber": str(k + 1),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..constants import HEAD_THRESHOLD_HU
-from ..errors import InputError, NotHounsfield
+from ..errors import NotHounsfield
 
 HU_PERCENTILE = 1.0
 """The percentile :func:`looks_like_hu` tests against -500 HU."""

@@ -22,7 +22,8 @@ from ..geometry import ProjectionGeometry, Radiograph
 from .dicom_read import decode_pixels, dicom_floats, dicom_info, has_dicom_magic
 from .files import (DICOM_EXTENSIONS, IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, extension, json_text,
                     one_line, require_exists)
-from .volumes import header_strings, read_sitk_image, restore_metadata, volume_format, write_sitk_image
+from .volumes import (read_sitk_image, restore_metadata, store_metadata, volume_format,
+                      write_sitk_image)
 
 try:  # pydicom 3 moved it; pyproject still allows pydicom 2 (>=2.4)
     from pydicom.pixels import convert_color_space
@@ -213,9 +214,6 @@ def read_radiograph(path: str | os.PathLike, *, view: str | None = None) -> Radi
 
 
 # --------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------
 def write_radiograph(radiograph: Radiograph, path: str | os.PathLike, *,
@@ -233,9 +231,7 @@ def write_radiograph(radiograph: Radiograph, path: str | os.PathLike, *,
     ps = radiograph.pixel_spacing
     img.SetSpacing((ps[1], ps[0]) if ps is not None else (1.0, 1.0))
     if fmt != "nifti":
-        for key, value in header_strings(radiograph.metadata).items():
-            img.SetMetaData(key, value)
-        img.SetMetaData("xraytoct_metadata", json_text(radiograph.metadata))
+        store_metadata(img, radiograph.metadata)
         img.SetMetaData("xraytoct_pixel_spacing", json_text(ps))
         if radiograph.geometry is not None:
             img.SetMetaData("xraytoct_geometry", json_text(radiograph.geometry.to_dict()))

@@ -6,8 +6,8 @@
   the metadata (JSON, by the one policy of :func:`~XRayToCTLib.io.files.to_jsonable`).
 * :func:`volume_to_sitk`, :func:`sitk_to_volume` -- SimpleITK images with the same geometry.
 * :func:`read_sitk_image`, :func:`write_sitk_image`, :func:`volume_format`,
-  :func:`header_strings`, :func:`restore_metadata` -- what the radiograph reader and the
-  sCT writer share with these.
+  :func:`store_metadata`, :func:`restore_metadata` -- what the radiograph reader and
+  writer and the sCT writer share with these.
 
 ITK reads some broken files without complaint (truncated NIfTI, zero or negative spacing,
 which it flips): the headers are checked here first.
@@ -36,14 +36,13 @@ from .hu_check import looks_like_hu, not_hu_error
 
 
 # --------------------------------------------------------------------------------------
-# SimpleITK <-> Volume
+# SimpleITK <-> Volume: the one conversion
 # --------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------
-# SimpleITK <-> Volume (used by other modules; keep the signatures)
-# --------------------------------------------------------------------------------------
-def volume_to_sitk(volume: Volume) -> sitk.Image:
-    """The SimpleITK image of a Volume (same voxels, spacing, origin, direction)."""
-    img = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
+def volume_to_sitk(volume: Volume, dtype: Any = None) -> sitk.Image:
+    """The SimpleITK image of a Volume (same voxels, spacing, origin, direction; no
+    metadata), its values cast to ``dtype`` when given (``np.float32`` for ITK's filters and
+    registration)."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(volume.array, dtype=dtype))
     img.SetSpacing(volume.spacing)
     img.SetOrigin(volume.origin)
     img.SetDirection(tuple(float(x) for x in volume.direction.reshape(-1)))
@@ -79,9 +78,19 @@ def header_strings(metadata: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def store_metadata(img: sitk.Image, metadata: dict[str, Any]) -> None:
+    """Put ``metadata`` in an NRRD/MetaImage header: every simple one-line string as its own
+    key (:func:`header_strings`) and the whole dict as JSON under ``xraytoct_metadata``
+    (:func:`~XRayToCTLib.io.files.json_text`'s policy), which :func:`restore_metadata`
+    reads back."""
+    for key, value in header_strings(metadata).items():
+        img.SetMetaData(key, value)
+    img.SetMetaData("xraytoct_metadata", json_text(metadata))
+
+
 def restore_metadata(img: sitk.Image, key: str = "xraytoct_metadata") -> dict[str, Any]:
-    """The metadata dict :func:`write_volume` / ``write_radiograph`` stored as JSON under
-    ``key`` ({} when absent or unreadable)."""
+    """The metadata dict :func:`store_metadata` stored as JSON under ``key`` ({} when absent
+    or unreadable)."""
     if not img.HasMetaDataKey(key):
         return {}
     try:
@@ -344,8 +353,6 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = Tr
     array = volume.array.astype(np.uint8) if volume.array.dtype == bool else volume.array
     img = volume_to_sitk(volume.with_array(array))
     if fmt != "nifti":
-        for key, value in header_strings(volume.metadata).items():
-            img.SetMetaData(key, value)
-        img.SetMetaData("xraytoct_metadata", json_text(volume.metadata))
+        store_metadata(img, volume.metadata)
     write_sitk_image(img, p, compress)
     return p

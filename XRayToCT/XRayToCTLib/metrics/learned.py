@@ -14,6 +14,7 @@ from typing import Mapping
 import numpy as np
 import scipy.linalg
 import torch
+from safetensors.torch import load_file
 
 from ..errors import InputError
 from .batch import ArrayLike, as_batch, check_range, pair
@@ -45,7 +46,6 @@ def _weights_path(weights: str | os.PathLike | None, env: str, what: str) -> Pat
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a plain tensor file (``weights_only=True``)."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
         return load_file(str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -8,7 +8,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from .batch import ArrayLike, as_batch, check_range, crop, mask_of, pair, region_mean
+from .batch import ArrayLike, check_range, crop, mask_of, pair, region_mean
 
 __all__ = ["SSIM_DTYPE", "gaussian_kernel", "ssim_map", "ssim", "ssim_slices", "ssim_map_dims",
            "ssim_3d_and_axial", "ssim_slices_from", "check_window"]
@@ -154,8 +154,9 @@ def ssim(x: ArrayLike, y: ArrayLike, *, data_range: float = 1.0, sigma: float = 
         mask: optional boolean region ``[B or 1, 1, ...]``: the map is averaged over the mask's
             voxels inside the border crop (NaN when none is there).
     """
-    s = ssim_map(x, y, data_range=data_range, sigma=sigma, k1=k1, k2=k2)
-    m = mask_of(mask, as_batch(x, "x"))
+    a, b = pair(x, y)
+    s = ssim_map(a, b, data_range=data_range, sigma=sigma, k1=k1, k2=k2)
+    m = mask_of(mask, a)
     pad = (gaussian_kernel(sigma).numel() - 1) // 2
     return region_mean(s, None if m is None else crop(m, pad, range(2, m.dim())))
 

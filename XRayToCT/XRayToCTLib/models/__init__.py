@@ -20,9 +20,10 @@ Models never import training, inference or the CLI.
 """
 from __future__ import annotations
 
+from ..drr import normalize_views
 from . import intensity
 from .cnn_inr import CNNINR
-from .common import ModelSpec, normalize_views, project_points_torch
+from .common import ModelSpec, project_points_torch
 from .discriminator import ConditionalPatchDiscriminator, build_discriminator
 from .intensity import get_mapping
 from .package import (CATALOG_PATH, catalog, load_model, load_package, resolve_model,

@@ -1,7 +1,8 @@
 """What every model shares: its spec (inputs, output grid, geometry, intensity), the checks
-of its constructor arguments and the registry's config -> arguments mapping, the input
-intensity convention, and the torch port of :class:`~XRayToCTLib.geometry.ProjectionGeometry`'s
-projection used to put 2D image features into 3D.
+of its constructor arguments and the registry's config -> arguments mapping, and the torch
+port of :class:`~XRayToCTLib.geometry.ProjectionGeometry`'s projection used to put 2D image
+features into 3D. (The input intensity convention is :func:`XRayToCTLib.drr.normalize_views`,
+re-exported by :mod:`XRayToCTLib.models`.)
 
 Conventions (the DRR renderer defines them; see :mod:`XRayToCTLib.geometry`):
 
@@ -26,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import FIELD_OF_VIEW_MM
-from ..drr import NORMALIZE_HIGH_Q, NORMALIZE_LOW_Q, normalize_views  # noqa: F401 (re-exported)
 from ..geometry import Grid, ProjectionGeometry, canonical_grid, default_biplanar
 from .intensity import get_mapping
 
@@ -277,6 +277,10 @@ def grid_points(grid: Grid, start: int = 0, stop: int | None = None,
     return torch.from_numpy(grid.voxel_points(start, stop)).to(device=device, dtype=dtype)
 
 
+LIFT_MODES = ("perspective", "parallel")
+"""How :class:`ViewLifter` puts 2D maps into 3D (a model's ``lift`` argument)."""
+
+
 class ViewLifter(torch.nn.Module):
     """Puts 2D per-view maps into 3D: every voxel of a cube grid gets the value of each view's
     map where the voxel projects (bilinear; zero outside the detector).
@@ -297,7 +301,7 @@ class ViewLifter(torch.nn.Module):
     def __init__(self, geometries: Sequence[ProjectionGeometry], field_mm: float,
                  mode: str = "perspective"):
         super().__init__()
-        if mode not in ("perspective", "parallel"):
+        if mode not in LIFT_MODES:
             raise ValueError(f"lift mode must be perspective or parallel, got {mode!r}")
         self.geometries = list(geometries)
         self.field_mm = float(field_mm)

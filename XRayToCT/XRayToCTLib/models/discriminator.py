@@ -3,8 +3,8 @@
 MONAI's :class:`~monai.networks.nets.PatchDiscriminator` with ``num_layers_d=3``: four
 convolutional layers with kernel 4 and strides 2, 2, 2, 1 (64, 128, 256, 512 channels at the
 seed width), instance norm after all but the first, LeakyReLU 0.2, then a 4x4x4 convolution
-to one logit per patch (``S^3`` voxels give ``(S / 8 - 2)^3`` patches) (no sigmoid: use ``monai.losses.PatchAdversarialLoss(
-criterion="least_squares")``).
+to one logit per patch (``S^3`` voxels give ``(S / 8 - 2)^3`` patches; no sigmoid: use
+``monai.losses.PatchAdversarialLoss(criterion="least_squares")``).
 
 It is conditioned on the input views: each view is put into the volume's grid along its
 rays (:class:`~.common.ViewLifter`, the same lifting as the generator's skip connections)
@@ -19,9 +19,8 @@ import torch.nn as nn
 from monai.networks.nets import PatchDiscriminator
 
 from ..geometry import ProjectionGeometry
-from .common import ModelSpec, ViewLifter, check_choice, check_int, check_views, make_spec
-
-LIFT_MODES = ("perspective", "parallel")
+from .common import (LIFT_MODES, ModelSpec, ViewLifter, check_choice, check_int, check_views,
+                     make_spec)
 
 DISC_DEFAULTS: dict[str, Any] = {"disc_channels": 64, "disc_layers": 3, "disc_norm": "instance",
                                  "lift": "perspective"}

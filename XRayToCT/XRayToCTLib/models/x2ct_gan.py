@@ -38,12 +38,12 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers import Conv, get_act_layer, get_norm_layer
 
 from ..geometry import ProjectionGeometry
-from .common import (OUTPUT_ACTIVATIONS, ModelSpec, ViewLifter, activation_layer, check_choice,
-                     check_float, check_int, check_ints, check_views, layer_defaults, make_spec)
+from .common import (LIFT_MODES, OUTPUT_ACTIVATIONS, ModelSpec, ViewLifter, activation_layer,
+                     check_choice, check_float, check_int, check_ints, check_views,
+                     layer_defaults, make_spec)
 
 ACT = ("relu", {"inplace": True})
 NORM = "instance"
-LIFT_MODES = ("perspective", "parallel")
 
 SEED_WIDTH = {
     "stem_channels": 64, "growth_rate": 32, "bn_size": 4,
