@@ -117,12 +117,6 @@ def _read_hu(path: Path) -> Volume:
 # ----------------------------------------------------------------------------------------
 # alignment
 # ----------------------------------------------------------------------------------------
-def _same_grid(a: Volume, b: Volume) -> bool:
-    return (a.array.shape == b.array.shape and np.allclose(a.spacing, b.spacing, rtol=1e-5)
-            and np.allclose(a.origin, b.origin, atol=1e-3)
-            and np.allclose(a.direction, b.direction, atol=1e-5))
-
-
 def align(pred: Volume | np.ndarray, gt: Volume | np.ndarray, *,
           name: str | os.PathLike | None = None) -> tuple[np.ndarray, float]:
     """The prediction's values on the ground truth's grid, and the fraction of the ground
@@ -132,7 +126,7 @@ def align(pred: Volume | np.ndarray, gt: Volume | np.ndarray, *,
     prediction: -1000 HU). Arrays (no geometry) must have the same shape. Raises
     :class:`InputError` for a shape mismatch without geometry and for no overlap."""
     if isinstance(pred, Volume) and isinstance(gt, Volume):
-        if _same_grid(pred, gt):
+        if M.grids_match(pred, gt):
             return np.asarray(pred.array), 1.0
         res = resample_to_grid(pred, gt, None, "linear", default=math.nan).array
         outside = np.isnan(res)
@@ -198,7 +192,7 @@ def template_from_dataset(dataset: str | os.PathLike, *, split: str = "train",
         if ref is None:
             ref = v
             total = np.zeros(v.array.shape, np.float64)
-        arr = v.array if _same_grid(v, ref) else resample_to_grid(v, ref, None, "linear", AIR_HU).array
+        arr = v.array if M.grids_match(v, ref) else resample_to_grid(v, ref, None, "linear", AIR_HU).array
         total += arr
         report(progress, (n + 1) / len(ids), f"template: {cid}")
     assert ref is not None and total is not None
@@ -208,7 +202,7 @@ def template_from_dataset(dataset: str | os.PathLike, *, split: str = "train",
 
 def template_baseline(template: Volume, gt: Volume) -> np.ndarray:
     """The template on ``gt``'s grid (linear through LPS space; outside it: air)."""
-    if _same_grid(template, gt):
+    if M.grids_match(template, gt):
         return np.asarray(template.array, dtype=np.float32)
     return resample_to_grid(template, gt, None, "linear", AIR_HU).array
 

@@ -62,7 +62,7 @@ from .fsim import fsim, phase_congruency
 from .learned import (FID_ENV, LPIPS_ENV, LPIPSAlex, MetricUnavailable, fid, frechet_distance,
                       lpips)
 from .protocol import (ALL_METRICS, DEFAULT_METRICS, REGIONS, batch_metrics, compute_metrics,
-                       evaluate_pair, hu_tensor, region_masks, same_grid, to_window,
+                       evaluate_pair, grids_match, hu_tensor, region_masks, same_grid, to_window,
                        window_metrics)
 from .ssim import SSIM_DTYPE, gaussian_kernel, ssim, ssim_map, ssim_slices
 from .voxelwise import cosine, mae, mse, psnr
@@ -72,6 +72,6 @@ __all__ = [
     "ssim_map", "psnr", "mse", "mae", "cosine", "fsim", "phase_congruency", "lpips", "fid",
     "frechet_distance", "head_mask", "to_window", "window_range", "compute_metrics",
     "evaluate_pair", "batch_metrics", "MetricUnavailable", "LPIPS_ENV", "FID_ENV",
-    "window_metrics", "hu_tensor", "region_masks", "same_grid", "gaussian_kernel", "SSIM_DTYPE",
+    "window_metrics", "hu_tensor", "region_masks", "same_grid", "grids_match", "gaussian_kernel", "SSIM_DTYPE",
     "LPIPSAlex", "ArrayLike",
 ]

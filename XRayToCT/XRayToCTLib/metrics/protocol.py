@@ -119,14 +119,18 @@ def hu_tensor(v: ArrayLike, what: str) -> torch.Tensor:
     return t
 
 
+def grids_match(a: Volume, b: Volume) -> bool:
+    """True when two volumes are on the same grid for scoring: same shape, spacing to 1e-5
+    (relative), origin to 1e-3 mm, direction to 1e-5."""
+    return (a.array.shape == b.array.shape and np.allclose(a.spacing, b.spacing, rtol=1e-5)
+            and np.allclose(a.origin, b.origin, atol=1e-3)
+            and np.allclose(a.direction, b.direction, atol=1e-5))
+
+
 def same_grid(pred: ArrayLike, gt: ArrayLike) -> None:
     """InputError when two Volumes are on different grids (arrays carry no grid to check)."""
     if isinstance(pred, Volume) and isinstance(gt, Volume):
-        same = (pred.array.shape == gt.array.shape
-                and np.allclose(pred.spacing, gt.spacing, rtol=1e-5)
-                and np.allclose(pred.origin, gt.origin, atol=1e-3)
-                and np.allclose(pred.direction, gt.direction, atol=1e-5))
-        if not same:
+        if not grids_match(pred, gt):
             raise InputError(None, "the prediction and the ground truth are on different grids "
                                    "(resample onto the ground truth's grid first; "
                                    "XRayToCTLib.evaluation does)")

@@ -11,9 +11,9 @@ import yaml
 
 from ..errors import InputError
 from ..io import write_text
+from ..models.common import check_choice
 
-__all__ = ["TrainConfig", "LOG_COLUMNS", "LOSS_NAMES", "VAL_METRICS", "VAL_REGIONS",
-           "check_choice"]
+__all__ = ["TrainConfig", "LOG_COLUMNS", "LOSS_NAMES", "VAL_METRICS", "VAL_REGIONS"]
 
 VAL_METRICS = ("ssim", "psnr", "cosine")
 VAL_REGIONS = ("whole", "head")
@@ -32,12 +32,6 @@ _INR_DEFAULTS = dict(lambda_adv=0.0, lambda_rec=10.0, lambda_proj=10.0, recon_lo
 
 def _family_defaults(model: str) -> dict[str, Any]:
     return _INR_DEFAULTS if "inr" in model else _GAN_DEFAULTS
-
-
-def check_choice(name: str, value: Any, options) -> None:
-    """One-line ``ValueError`` unless ``value`` is one of ``options``."""
-    if value not in options:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
 
 
 @dataclasses.dataclass
@@ -182,10 +176,11 @@ class TrainConfig:
                               for k in fam})
         if cfg.lr_d is None:
             cfg = cfg.replace(lr_d=cfg.lr)
-        check_choice("recon_loss", cfg.recon_loss, ("l1", "mse"))
-        check_choice("projection_reference", cfg.projection_reference, ("auto", "input", "target"))
-        check_choice("amp", cfg.amp, ("auto", "off", "bf16", "fp16"))
-        check_choice("best_metric", cfg.best_metric,
+        check_choice("training", "recon_loss", cfg.recon_loss, ("l1", "mse"))
+        check_choice("training", "projection_reference", cfg.projection_reference,
+                     ("auto", "input", "target"))
+        check_choice("training", "amp", cfg.amp, ("auto", "off", "bf16", "fp16"))
+        check_choice("training", "best_metric", cfg.best_metric,
                      [f"{m}_{r}" for r in VAL_REGIONS for m in VAL_METRICS])
         for name in ("epochs", "batch_size"):
             if int(getattr(cfg, name)) < 1:

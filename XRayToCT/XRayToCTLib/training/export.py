@@ -10,8 +10,9 @@ import torch
 
 from ..errors import InputError, XRayToCTError
 from ..models import build_model, save_package
+from ..models.common import check_choice
 from .checkpoint import load_checkpoint
-from .config import VAL_REGIONS, check_choice
+from .config import VAL_REGIONS
 
 __all__ = ["export_run", "portable"]
 
@@ -41,7 +42,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
     ``fp16`` stores the weights in half precision (half the size; cast back to float32 at
     load). Returns ``out``."""
     try:
-        check_choice("checkpoint", checkpoint, ("best", "last"))
+        check_choice("export", "checkpoint", checkpoint, ("best", "last"))
     except ValueError as err:
         raise XRayToCTError(str(err)) from None
     run = Path(run_dir)
