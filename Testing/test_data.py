@@ -17,6 +17,7 @@ import torch
 
 from XRayToCTLib import data, io
 from XRayToCTLib import dataset as reader
+from XRayToCTLib import augment
 from XRayToCTLib.augment import augmentation_transform as augment_transform
 from XRayToCTLib import preprocess as pp
 from XRayToCTLib.cli import main
@@ -335,3 +336,150 @@ def test_unregistered_ct_is_centred_on_its_head(tmp_path):
     assert np.abs(back.array[deep] - 35.0).max() < 30
     assert np.abs(back.array[far] + 1000.0).max() < 60
     assert m["cases"]["ct-ellipsoid-aug01"]["registration"] == m["cases"]["ct-ellipsoid"]["registration"]
+
+
+def test_ct_sources_name_one_volume_folders_by_the_folder(tmp_path):
+    cts = tmp_path / "cts"
+    for rel in ("a.nii.gz", "pycerr_hn_pt1/ct.nii.gz", "pycerr_hn_pt1/NOTICE.txt",
+                "two/x.nii.gz", "two/y.nrrd", ".hidden/ct.nii.gz", "notes/readme.txt",
+                "b.mha", "b/ct.nrrd"):
+        (cts / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cts / rel).write_bytes(b"")
+    (cts / "empty").mkdir()
+    found = data._ct_sources(cts)
+    assert [(cid, p.relative_to(cts).as_posix()) for cid, p in found] == [
+        ("ct-a", "a.nii.gz"), ("ct-b", "b/ct.nrrd"), ("ct-b-2", "b.mha"),
+        ("ct-pycerr_hn_pt1", "pycerr_hn_pt1/ct.nii.gz")]
+    with pytest.raises(InputError, match="no CT found"):
+        data._ct_sources(cts / "notes")
+
+
+def test_forced_splits_override_the_hash_for_whole_groups(tmp_path):
+    (tmp_path / "cts").mkdir()
+    for name in ("a.nii.gz", "b.nrrd", "c.mha", "d.nii"):
+        (tmp_path / "cts" / name).write_bytes(b"")
+    base = {"ct_dir": str(tmp_path / "cts"), "augment": 2, "phantoms": 30, "seed": 3,
+            "splits": (0.5, 0.25, 0.25)}
+    hashed = {c["id"]: c["split"] for c in data._plan(base)}
+    plan = data._plan({**base, "ct_splits": {"a": "test", "ct-b": "val", "all": "train"}})
+    got = {c["id"]: c["split"] for c in plan}
+    for cid in ("ct-a", "ct-a-aug01", "ct-a-aug02"):
+        assert got[cid] == "test"
+    assert {got[c] for c in ("ct-b", "ct-b-aug01", "ct-b-aug02")} == {"val"}
+    assert {got[c] for c in got if c.startswith(("ct-c", "ct-d"))} == {"train"}
+    # phantoms keep the hashed split (and it does vary)
+    phantoms = {c: got[c] for c in got if c.startswith("phantom")}
+    assert phantoms == {c: hashed[c] for c in phantoms} and len(set(phantoms.values())) > 1
+    only = {c["id"]: c["split"] for c in data._plan({**base, "ct_splits": {"ct-c": "val"}})}
+    assert only["ct-c-aug02"] == "val" and only["ct-a"] == hashed["ct-a"]
+    with pytest.raises(InputError, match=r"named 'nope', 'ct-x' \(its CTs: ct-a, ct-b"):
+        data._plan({**base, "ct_splits": {"nope": "test", "ct-x": "val", "a": "test"}})
+    with pytest.raises(InputError, match="need a folder of CTs"):
+        data._plan({**base, "ct_dir": None, "augment": 0, "ct_splits": {"all": "test"}})
+    with pytest.raises(InputError, match="ct_splits maps a CT name to one of train, val, test"):
+        data.prepare_dataset(tmp_path / "x", ct_dir=tmp_path / "cts", register=False,
+                             ct_splits={"a": "testing"}, **SMALL)
+    # the CLI: NAME=SPLIT, repeatable; errors are one line
+    for argv, needle in (
+            (["--ct-split", "a"], "--ct-split takes NAME=SPLIT"),
+            (["--ct-split", "a=test", "--ct-split", "zz=val"], "no CT here is named 'zz'"),
+            (["--ct-split", "a=exam"], "ct_splits maps a CT name")):
+        code = main(["prepare", "--out", str(tmp_path / "cli"), "--ct-dir",
+                     str(tmp_path / "cts"), "--no-register", *argv])
+        assert code == 2, argv
+    assert not (tmp_path / "cli" / "cases").exists()
+
+
+def _couch_ct() -> tuple[pp.Volume, np.ndarray]:
+    """A long ellipsoid 'head and neck' (skull 1000 HU, inside 30 HU) lying on a couch slab
+    (150 HU, 10 to 40 mm behind it, foam between), on an anisotropic CT grid; and its centre."""
+    centre = np.array([5.0, -8.0, 12.0])
+    grid = pp.Grid.centered(centre, (66, 66, 54), (4.0, 4.0, 5.0))
+    ct = grid.volume(-1000.0)
+    kji = np.stack(np.meshgrid(*[np.arange(s) for s in grid.shape], indexing="ij"), -1)
+    p = grid.physical_points(kji[..., ::-1].reshape(-1, 3).astype(float)).reshape(*kji.shape)
+    p = p - centre
+    r = np.sqrt(((p / (65.0, 85.0, 120.0)) ** 2).sum(-1))
+    ct.array[r < 1.0] = 1000.0
+    ct.array[r < 0.92] = 30.0
+    ct.array[(r >= 1.0) & (p[..., 1] > 40.0) & (p[..., 1] < 95.0) & (np.abs(p[..., 0]) < 60)] = -880.0
+    ct.array[(p[..., 1] >= 95.0) & (p[..., 1] <= 125.0)] = 150.0
+    return ct, centre
+
+
+def test_real_ct_support_coverage_resolution_and_forced_split(tmp_path):
+    """Targets never hold the couch; the CT's own DRRs do, and each copy's DRRs as drawn; the
+    coverage cut and the slice blur follow the case seed; ct_splits puts every copy in one
+    split and is part of the settings."""
+    ct, _ = _couch_ct()
+    (tmp_path / "cts" / "couch_head").mkdir(parents=True)
+    io.write_volume(ct, tmp_path / "cts" / "couch_head" / "ct.nrrd")
+    fine = canonical_grid(64).volume(0.0)  # the 4 mm DRR volume's grid
+    draws = {}
+    for n in range(1, 9):  # enough copies to see each draw both ways
+        sid = data.case_seed(0, f"ct-couch_head-aug{n:02d}")
+        rec = augment.augment_scan(fine, sid, center=(0.0, 0.0, 0.0))[1]
+        draws[n] = (rec["crop"]["applied"], rec["resolution"]["applied"],
+                    augment.support_in_drrs(sid))
+        if all(len({d[i] for d in draws.values()}) == 2 for i in range(3)):
+            break
+    n_aug = len(draws)
+    out = tmp_path / "ds"
+    data.prepare_dataset(out, ct_dir=tmp_path / "cts", register=False, augment=n_aug,
+                         ct_splits={"couch_head": "val"}, **SMALL)
+    m = reader.load_manifest(out)
+    ids = ["ct-couch_head"] + [f"ct-couch_head-aug{n:02d}" for n in range(1, n_aug + 1)]
+    assert sorted(m["cases"]) == ids and m["split"]["val"] == ids
+    assert m["settings"]["ct_splits"] == {"couch_head": "val"} and m["ct_protocol"] == 2
+    assert m["split"]["forced"] == {"couch_head": "val"}
+    ds = reader.CaseDataset(out, None)
+    renderer = DRR(ds.geometries)
+    grid = canonical_grid(32)
+    kji = np.argwhere(np.ones(grid.shape, bool))
+    zyx = grid.physical_points(kji[:, ::-1].astype(float))[:, ::-1].reshape(*grid.shape, 3)
+    for i, cid in enumerate(ds.ids):
+        rec = json.loads((out / "cases" / cid / "case.json").read_text())
+        item = ds[i]
+        target = item["ct"][0].numpy()
+        # no couch in any target: nothing but air behind the head
+        assert np.all(target[zyx[..., 1] > 110.0] <= -999.0), cid
+        sup = rec["support"]
+        assert sup["in_target"] is False and sup["removed_ml"] > 500.0
+        ratio = {}
+        for view, rad in renderer.render(grid.with_array(target), device="cpu").items():
+            ratio[view] = item[view][0].numpy().sum() / rad.array.sum()
+        if sup["in_drrs"]:  # the couch adds to both views
+            assert ratio["lateral"] > 1.3 and ratio["ap"] > 1.1, (cid, ratio)
+        else:
+            assert abs(ratio["lateral"] - 1) < 0.03 and abs(ratio["ap"] - 1) < 0.03, (cid, ratio)
+        if cid == "ct-couch_head":
+            assert sup["in_drrs"] and "augmentation" not in rec
+            # the head is whole: inside, the CT's 30 HU, down to the end of the 'neck'
+            rr = np.sqrt(((zyx[..., ::-1] / (65.0, 85.0, 120.0)) ** 2).sum(-1))
+            assert np.abs(target[rr < 0.75] - 30.0).max() < 5.0
+            low = (zyx[..., 0] < -104.0) & (rr < 0.95)
+            assert low.sum() > 3 and (target[low] > 0).all()
+            continue
+        aug = rec["augmentation"]
+        n = int(cid[-2:])
+        assert (aug["crop"]["applied"], aug["resolution"]["applied"], sup["in_drrs"]) == draws[n]
+        assert aug["support"] == {"in_drrs": sup["in_drrs"]} and "scale" in aug
+        if aug["crop"]["applied"]:
+            level = aug["crop"]["z_mm"]
+            assert -110.0 <= level <= -60.0
+            assert np.all(target[zyx[..., 0] < level - 8.0] <= -999.0), cid
+            assert (target[zyx[..., 0] > level + 8.0] > 0).any()
+        else:
+            assert (target[(zyx[..., 0] < -108.0) & (np.abs(zyx[..., 1]) < 30)] > -500).any(), cid
+    # ct_splits is a case-defining setting: another one is refused; resuming keeps it
+    with pytest.raises(InputError, match="ct_splits"):
+        data.prepare_dataset(out, ct_dir=tmp_path / "cts", register=False, augment=n_aug,
+                             ct_splits={"all": "train"}, **SMALL)
+    data.prepare_dataset(out)
+    # a dataset of real CTs made by the first recipe is not mixed with this one
+    mpath = out / "manifest.json"
+    old = json.loads(mpath.read_text())
+    del old["ct_protocol"]
+    mpath.write_text(json.dumps(old))
+    with pytest.raises(InputError, match="real-CT recipe: 1 there, 2 now"):
+        data.prepare_dataset(out)

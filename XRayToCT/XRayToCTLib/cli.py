@@ -250,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-register", action="store_true",
                    help="do not register CTs: centre each on its head in patient space")
     p.add_argument("--augment", type=int, default=0, metavar="N",
-                   help="augmented copies per CT (elastic, pose, intensity, noise; default 0)")
+                   help="augmented copies per CT (elastic, scale, pose, slice thickness, "
+                   "coverage, support in the DRRs or not, intensity, noise; default 0)")
+    p.add_argument("--ct-split", action="append", metavar="NAME=SPLIT",
+                   help="put real CT NAME (its case id, with or without the ct- prefix) and all "
+                   "its copies in SPLIT (train, val or test) instead of the hashed split; "
+                   "NAME all: every real CT (a CT's own name wins); repeatable")
     p.add_argument("--findings", default="random", metavar="random|none|a,b",
                    help="phantom findings: random (default), none, or a comma-separated list")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
@@ -551,13 +556,21 @@ def _cmd_export(args) -> int:
 def _cmd_prepare(args) -> int:
     from .data import prepare_dataset
     from .dataset import load_manifest
+    ct_splits = None
+    for item in args.ct_split or []:
+        name, sep, split = item.partition("=")
+        if not sep or not name.strip() or not split.strip():
+            raise InputError(None, f"--ct-split takes NAME=SPLIT (SPLIT: train, val or test), "
+                                   f"got {item!r}")
+        ct_splits = {**(ct_splits or {}), name.strip(): split.strip()}
     cb, close = _tqdm_progress("prepare")
     try:
         manifest = prepare_dataset(
             args.out, ct_dir=args.ct_dir, phantoms=args.phantoms, size=args.size,
             pixels=args.pixels, window=args.window, template=args.template,
             register=not args.no_register, augment=args.augment, findings=args.findings,
-            workers=args.workers, seed=args.seed, drr_spacing=args.drr_spacing, progress=cb)
+            workers=args.workers, seed=args.seed, drr_spacing=args.drr_spacing,
+            ct_splits=ct_splits, progress=cb)
     finally:
         close()
     m = load_manifest(manifest)

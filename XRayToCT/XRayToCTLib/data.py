@@ -32,15 +32,27 @@ The DRR geometry is :func:`drr.biplanar_geometry` of that grid with isocentre (0
 and ``pixels x pixels`` detectors, the same for every case (:func:`dataset_geometries`).
 
 **Sources**: phantoms (``phantoms`` heads, ``phantom-00000``...), a folder of CTs
-(``ct-<name>``, any format :func:`io.read_volume` reads: NIfTI/NRRD/MetaImage files and
-DICOM series folders), and ``augment`` augmented copies of each CT (``ct-<name>-aug01``...;
-:mod:`~XRayToCTLib.augment` applied in canonical space and resampled from the source CT in a
-single interpolation through the composed transform; they reuse their CT's registration).
+(``ct-<name>``, any format :func:`io.read_volume` reads: NIfTI/NRRD/MetaImage files, DICOM
+series folders, and sub-folders holding exactly one volume file, named by the folder:
+``pyct/ct.nii.gz`` is ``ct-pyct``), and ``augment`` augmented copies of each CT
+(``ct-<name>-aug01``...; they reuse their CT's registration).
+
+**Real CTs** (recipe :data:`CT_PROTOCOL`): the **target** is the patient only -- the couch,
+head holder and thermoplastic mask are set to air (:func:`augment.remove_support`); the
+DRRs of the CT itself keep them (radiographs show them). An augmented copy is, in canonical
+space and deterministic by the case seed (:mod:`~XRayToCTLib.augment`): B-spline elastic,
+anisotropic scale and rigid pose resampled from the source CT in a single interpolation
+through the composed transform; then with p = 0.5 a thick-slice blur along z (FWHM 1-5 mm),
+with p = 0.5 a coverage cut (air below z = -60...-110 mm, lower neck to chin; in target and
+DRRs alike), intensity jitter and noise, the clip; the support is removed from the target,
+and from the DRRs with p = 0.5. ``case.json`` records it all (``augmentation``, ``support``).
 
 **Splits** are fixed by id: a case's *group* (its own id; for an augmented copy, its CT's
 id, so copies never leak across splits) is hashed (SHA-256 of the UTF-8 id, first 8 bytes
 as a fraction of 2^64) and compared with the cumulative ratios: ``< train`` -> train,
-``< train + val`` -> val, else test. Adding cases never moves existing ones.
+``< train + val`` -> val, else test. Adding cases never moves existing ones. ``ct_splits``
+forces the split of named real CTs' groups (``{"ct-a": "test"}``, the ``ct-`` prefix
+optional; ``"all"`` names every real CT, a CT's own name wins over it): leave-one-out folds.
 
 **Seeds**: a case's seed is the first 4 bytes (little-endian) of SHA-256 of
 ``"<dataset seed>/<case id>"``: the same dataset seed gives the same case under the same id.
@@ -74,7 +86,8 @@ import torch
 
 from . import __version__, drr, phantom
 from . import preprocess as pp
-from .augment import augment_intensity, augmentation_transform
+from .augment import (augment_intensity, augment_scan, augmentation_transform, remove_support,
+                      support_in_drrs)
 from .constants import DRR_AIR_THRESHOLD_HU, FIELD_OF_VIEW_MM, HU_CLIP, MU_WATER_PER_MM
 from .dataset import CASE_FILE, MANIFEST_VERSION, load_manifest
 from .errors import InputError, XRayToCTError
@@ -92,6 +105,11 @@ PHANTOM_MARGIN_MM = 16.0
 undoing their pose does not bring the generator's border into the field."""
 _CT_FILE = "ct.nii.gz"
 _CASE_SETTINGS = ("size", "pixels", "drr_spacing", "register", "findings", "seed", "template")
+CT_PROTOCOL = 2
+"""Version of the recipe that makes real-CT cases (1: no support removal, elastic + pose +
+intensity + noise; 2: the module doc's). Part of the settings key of datasets with real
+CTs only, so phantom-only datasets keep theirs."""
+SPLITS = ("train", "val", "test")
 
 
 # ----------------------------------------------------------------------------------------
@@ -166,23 +184,30 @@ def _ct_sources(ct_dir: Path) -> list[tuple[str, Path]]:
         raise InputError(ct_dir, "CT folder not found")
     if not ct_dir.is_dir():
         raise InputError(ct_dir, "the CT source must be a folder of CTs")
-    found: list[Path] = []
+    def is_volume(p: Path) -> bool:
+        return (p.is_file() and not p.name.startswith(".")
+                and any(p.name.lower().endswith(e) for e in VOLUME_EXTENSIONS))
+
+    found: list[tuple[str, Path]] = []  # (name, path)
     for p in sorted(ct_dir.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.is_file() and any(p.name.lower().endswith(e) for e in VOLUME_EXTENSIONS):
-            found.append(p)
+        if is_volume(p):
+            found.append((p.name, p))
         elif p.is_dir() and is_dicom_dir(p):
-            found.append(p)
+            found.append((p.name, p))
+        elif p.is_dir():
+            inner = [f for f in sorted(p.iterdir()) if is_volume(f)]
+            if len(inner) == 1:  # a folder holding one volume: named by the folder
+                found.append((p.name, inner[0]))
     if not found and is_dicom_dir(ct_dir):
-        found = [ct_dir]  # the folder is itself one DICOM series
+        found = [(ct_dir.name, ct_dir)]  # the folder is itself one DICOM series
     if not found:
-        raise InputError(ct_dir, "no CT found (expected .nii/.nii.gz/.nrrd/.mha files or "
-                                 "DICOM series folders)")
+        raise InputError(ct_dir, "no CT found (expected .nii/.nii.gz/.nrrd/.mha files, "
+                                 "DICOM series folders, or folders holding one such file)")
     out: list[tuple[str, Path]] = []
     used: set[str] = set()
-    for p in found:
-        stem = p.name
+    for stem, p in found:
         for e in sorted(VOLUME_EXTENSIONS, key=len, reverse=True):
             if stem.lower().endswith(e):
                 stem = stem[: -len(e)]
@@ -196,24 +221,69 @@ def _ct_sources(ct_dir: Path) -> list[tuple[str, Path]]:
     return out
 
 
+def _check_ct_splits(ct_splits: Any) -> dict[str, str]:
+    """``{name: split}`` with names stripped and splits checked (names are matched against
+    the CTs in :func:`_plan`)."""
+    if ct_splits is None:
+        return {}
+    if not isinstance(ct_splits, dict):
+        raise ValueError(f"ct_splits must map CT names to splits, got {ct_splits!r}")
+    out: dict[str, str] = {}
+    for name, split in ct_splits.items():
+        n = str(name).strip()
+        if not n or split not in SPLITS:
+            raise ValueError(f"ct_splits maps a CT name to one of {', '.join(SPLITS)}, "
+                             f"got {name!r}: {split!r}")
+        out[n] = split
+    return dict(sorted(out.items()))
+
+
+def _forced_splits(ct_splits: dict[str, str], ids: Sequence[str], where: Any) -> dict[str, str]:
+    """The forced split of each real CT id: ``ct_splits``' names matched to ``ids`` (the name
+    itself or ``ct-`` + name; ``all`` for every CT, a CT's own name winning). Unknown names
+    raise :class:`InputError` naming them."""
+    out: dict[str, str] = {}
+    if "all" in ct_splits:
+        out = {cid: ct_splits["all"] for cid in ids}
+    unknown = []
+    for name, split in ct_splits.items():
+        if name == "all":
+            continue
+        match = name if name in ids else ("ct-" + name if "ct-" + name in ids else None)
+        if match is None:
+            unknown.append(name)
+        else:
+            out[match] = split
+    if unknown:
+        raise InputError(where, "no CT here is named " + ", ".join(repr(u) for u in unknown)
+                         + " (its CTs: " + (", ".join(ids) or "none") + ")")
+    return out
+
+
 def _plan(settings: dict[str, Any]) -> list[dict[str, Any]]:
     """Every case the settings ask for, in build order (each CT before its copies)."""
     cases: list[dict[str, Any]] = []
     seed, splits = settings["seed"], settings["splits"]
+    ct_splits = settings.get("ct_splits") or {}
+    forced: dict[str, str] = {}
     if settings["ct_dir"] is not None:
-        for cid, path in _ct_sources(Path(settings["ct_dir"])):
+        sources = _ct_sources(Path(settings["ct_dir"]))
+        forced = _forced_splits(ct_splits, [cid for cid, _ in sources], settings["ct_dir"])
+        for cid, path in sources:
             cases.append({"id": cid, "kind": "ct", "group": cid, "source": str(path),
                           "seed": case_seed(seed, cid), "parent": None})
             for a in range(1, settings["augment"] + 1):
                 aid = f"{cid}-aug{a:02d}"
                 cases.append({"id": aid, "kind": "ct-augmented", "group": cid,
                               "source": str(path), "seed": case_seed(seed, aid), "parent": cid})
+    elif ct_splits:
+        raise InputError(None, "forced splits of real CTs need a folder of CTs")
     for i in range(settings["phantoms"]):
         pid = f"phantom-{i:05d}"
         cases.append({"id": pid, "kind": "phantom", "group": pid, "source": "phantom",
                       "seed": case_seed(seed, pid), "parent": None})
     for c in cases:
-        c["split"] = split_of(c["group"], splits)
+        c["split"] = forced.get(c["group"]) or split_of(c["group"], splits)
     return cases
 
 
@@ -221,6 +291,8 @@ def _settings_key(settings: dict[str, Any]) -> str:
     keyed = {k: settings[k] for k in _CASE_SETTINGS}
     keyed["template_sha256"] = settings.get("template_sha256")
     keyed["version"] = MANIFEST_VERSION
+    if settings.get("ct_dir") is not None:  # phantom-only datasets keep their key
+        keyed["ct_protocol"] = CT_PROTOCOL
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -278,21 +350,35 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
             known = pp.RigidRegistration.from_dict(parent_registration)
         meta["findings"] = []
     warp, record_aug = None, None
+    centre = (0.0, 0.0, 0.0)  # the head centre in the canonical frame
     if case["kind"] == "ct-augmented":
-        warp, record_aug = augmentation_transform(fine, case["seed"], center=(0.0, 0.0, 0.0))
+        warp, record_aug = augmentation_transform(fine, case["seed"], center=centre)
     report(progress, 0.05, f"{cid}: into the canonical frame")
     volume, reg = pp.to_canonical(
         src, fine, register=bool(settings["register"]), transform=known, warp=warp,
         template=_template(settings["template"]) if settings["register"] and known is None else None,
         progress=scaled(progress, 0.05, 0.7))
     t_source = time.perf_counter() - t0
-    if record_aug is not None:
-        volume, irecord = augment_intensity(volume, case["seed"])
-        volume = pp.clip_hu(volume, *pp.DEFAULT_CLIP)
-        meta["augmentation"] = {"seed": case["seed"], "strength": 1.0, **record_aug, **irecord,
-                                "applied": "in canonical space: canonical point q takes the "
-                                           "source CT at registration(pose^-1 / B-spline(q)), "
-                                           "then intensity and noise, then the clip"}
+    drr_source = volume
+    if case["kind"] != "phantom":
+        keep = True  # the CT's own DRRs show its support, as radiographs would
+        if record_aug is not None:
+            volume, srecord = augment_scan(volume, case["seed"], center=centre)
+            volume, irecord = augment_intensity(volume, case["seed"])
+            volume = pp.clip_hu(volume, *pp.DEFAULT_CLIP)
+            keep = support_in_drrs(case["seed"])
+            meta["augmentation"] = {
+                "seed": case["seed"], "strength": 1.0, **record_aug, **srecord, **irecord,
+                "support": {"in_drrs": keep},
+                "applied": "in canonical space: canonical point q takes the source CT at "
+                           "registration(B-spline(scale^-1(pose^-1(q)))), then the z blur, "
+                           "the coverage cut, intensity and noise, the clip; then the support "
+                           "removed from the target (and from the DRRs unless support.in_drrs)"}
+        report(progress, 0.65, f"{cid}: removing the patient support")
+        patient, support = remove_support(volume)
+        meta["support"] = {**support, "in_target": False, "in_drrs": keep}
+        drr_source = volume if keep else patient
+        volume = patient
     report(progress, 0.7, f"{cid}: target")
     target = pp.resample_to_size(volume, size)
     grid = canonical_grid(size)
@@ -311,7 +397,8 @@ def _build_case(out: str, case: dict[str, Any], settings: dict[str, Any],
     del src
 
     report(progress, 0.75, f"{cid}: rendering DRRs")
-    images = _case_drr(size, pixels).render(volume, device="cpu")
+    images = _case_drr(size, pixels).render(drr_source, device="cpu")
+    del drr_source
 
     cases_dir = Path(out) / "cases"
     tmp = cases_dir / f".tmp-{cid}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -408,6 +495,7 @@ def _resolve_settings(existing: dict | None, given: dict[str, Any]) -> dict[str,
     s["workers"] = _check_int(s["workers"], "workers", 1)
     s["seed"] = _check_int(s["seed"], "seed", 0)
     s["splits"] = list(_check_splits(s["splits"]))
+    s["ct_splits"] = _check_ct_splits(s.get("ct_splits"))
     s["findings"] = _check_findings(s["findings"])
     s["register"] = bool(s["register"])
     get_window(s["window"])
@@ -448,6 +536,7 @@ def prepare_dataset(out: str | os.PathLike, *, ct_dir: str | os.PathLike | None 
                     augment: int = 0, findings: str | Sequence[str] | None = "random",
                     workers: int = 1, seed: int = 0,
                     splits: Sequence[float] = (0.8, 0.1, 0.1), drr_spacing: float = 1.0,
+                    ct_splits: dict[str, str] | None = None,
                     progress: ProgressCallback | None = None) -> Path:
     """Build (or resume) a dataset of cases in ``out``; return the manifest's path.
 
@@ -468,6 +557,11 @@ def prepare_dataset(out: str | os.PathLike, *, ct_dir: str | os.PathLike | None 
         workers: processes building cases side by side (each with one torch/ITK thread).
         seed: dataset seed (each case's seed is derived from it and the case id).
         splits: train / val / test ratios (fixed by case group id, see the module doc).
+        ct_splits: ``{name: "train" | "val" | "test"}`` forcing the split of real CTs (and
+            all their copies) over the hash: a name is a CT's case id with or without the
+            ``ct-`` prefix, or ``"all"`` for every real CT (a CT's own name wins over it).
+            Recorded in the settings; a name that is no CT of ``ct_dir`` is an
+            :class:`InputError`.
         drr_spacing: mm per voxel of the fine volume DRRs are rendered from (the seed
             protocol's 1 mm; coarser only for quick tests). Must divide 256 mm.
         progress: ``(fraction, message)`` callback; returning False cancels
@@ -491,20 +585,24 @@ def prepare_dataset(out: str | os.PathLike, *, ct_dir: str | os.PathLike | None 
             ct_dir=None if ct_dir is None else str(ct_dir), phantoms=phantoms, size=size,
             pixels=pixels, window=window, template=None if template is None else str(template),
             register=register, augment=augment, findings=findings, workers=workers, seed=seed,
-            splits=splits, drr_spacing=drr_spacing))
+            splits=splits, drr_spacing=drr_spacing, ct_splits=ct_splits))
     except ValueError as err:
         raise InputError(None, str(err)) from None
     settings["settings_key"] = _settings_key(settings)
     if existing is not None:
         old = existing.get("settings", {})
-        diff = [k for k in (*_CASE_SETTINGS, "window", "splits")
+        diff = [(k, old[k], settings[k]) for k in (*_CASE_SETTINGS, "window", "splits")
                 if k in old and old[k] != settings[k]]
+        if (old.get("ct_splits") or {}) != settings["ct_splits"]:
+            diff.append(("ct_splits", old.get("ct_splits") or {}, settings["ct_splits"]))
+        if settings["ct_dir"] is not None and existing.get("ct_protocol") != CT_PROTOCOL:
+            diff.append(("real-CT recipe", existing.get("ct_protocol", 1), CT_PROTOCOL))
         if existing.get("settings_key") not in (None, settings["settings_key"]) and not diff:
-            diff = ["template contents"]
+            diff = [("template contents", "other", "these")]
         if diff:
             raise InputError(out_p, "holds a dataset built with other settings ("
-                             + ", ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now"
-                                         for k in diff[:3]) + "): use another --out")
+                             + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, a, b in diff[:3])
+                             + "): use another --out")
     plan = _plan(settings)
     cases_dir = out_p / "cases"
     cases_dir.mkdir(parents=True, exist_ok=True)
@@ -637,6 +735,7 @@ def _manifest(settings: dict[str, Any], plan: list[dict], done: dict[str, dict],
                 "rendered_from": f"the preprocessed volume at {settings['drr_spacing']:g} mm "
                                  "(256 mm field), not the target"},
         "settings": stored, "settings_key": settings["settings_key"],
+        **({"ct_protocol": CT_PROTOCOL} if settings["ct_dir"] is not None else {}),
         "sources": {"ct_dir": settings["ct_dir"], "phantoms": settings["phantoms"],
                     "augment_per_ct": settings["augment"], "template": settings["template"],
                     "template_sha256": settings.get("template_sha256"),
@@ -647,7 +746,9 @@ def _manifest(settings: dict[str, Any], plan: list[dict], done: dict[str, dict],
                   "cases": {c["id"]: c["seed"] for c in plan}},
         "split": {"ratios": dict(zip(("train", "val", "test"), settings["splits"])),
                   "rule": "sha256 of the case group id (augmented copies: their CT's id), "
-                          "first 8 bytes big-endian / 2^64, against the cumulative ratios",
+                          "first 8 bytes big-endian / 2^64, against the cumulative ratios; "
+                          "real CTs named in forced (settings ct_splits) go where it says",
+                  "forced": dict(settings["ct_splits"]),
                   **{s: sorted(c["id"] for c in plan if c["split"] == s)
                      for s in ("train", "val", "test")}},
         "planned": len(plan), "complete": len(cases),
