@@ -13,8 +13,8 @@ How each part is expressed (all in LPS millimetres, see :mod:`~XRayToCTLib.geome
   :data:`ELASTIC_CONTROL_MM` apart, coefficients i.i.d. Gaussian with standard deviation
   ``ELASTIC_SD_MM * strength`` in mm along each LPS axis (smooth: C2 everywhere). Also
   physical, so an anisotropic grid is deformed like an isotropic one. The output at point
-  ``q`` takes the input at ``B(P^-1(q))`` (``P`` the pose, ``B`` the B-spline map): the head
-  is deformed in its own frame and then posed.
+  ``q`` takes the input at ``B(P^-1(q))`` (``P`` the pose, ``B`` the B-spline map; with the
+  scale below, ``B(S^-1(P^-1(q)))``): the head is deformed in its own frame and then posed.
 * **Anisotropic scale** -- factors ``f = 1 + U(-SCALE, SCALE) * strength`` per LPS axis about
   the same centre ``c``: after the elastic deformation, a point ``p`` of the head appears at
   ``c + diag(f) (p - c)``, and is then posed. The output at ``q`` takes the input at
