@@ -345,17 +345,20 @@ def test_cli_reconstruct_errors_are_one_line(biplanar_file, ct_file, tmp_path, c
          "no_model"),
         (["--ct", ct_file, "--no-register", "--model", "no_such_model_name"], "no_such_model_name"),
         (["--ct", ct_file, "--no-register", "--model", biplanar_file, "--out",
-          tmp_path / "no_dir" / "o.nii.gz"], "does not exist"),
+          tmp_path / "o.nii.gz" / "sub" / "o.nii.gz"], "is a file"),
+        (["--ct", ct_file, "--no-register", "--model", biplanar_file, "--refine", "-3"],
+         "--refine"),
         (["--ct", ct_file, "--no-register", "--model", biplanar_file, "--out",
           tmp_path / "o.png"], "cannot write"),
     ]
+    (tmp_path / "o.nii.gz").write_text("a file where a folder is asked for")
     for args, needle in cases:
         if "--out" not in args:
             args = [*args, "--out", tmp_path / "o.nii.gz"]
         code, _, err = run(["reconstruct", *args], capsys)
         assert code == 2, (args, err)
         assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
-    assert not (tmp_path / "o.nii.gz").exists()
+    assert (tmp_path / "o.nii.gz").read_text().startswith("a file")
 
 
 def test_cli_models_lists_the_catalog(capsys):

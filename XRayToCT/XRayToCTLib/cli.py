@@ -176,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--ct: crop around the head in patient space instead of registering")
     p.add_argument("--invert", action="store_true",
                    help="invert the radiographs (for images where bone is dark)")
+    p.add_argument("--refine", nargs="?", type=int, const=-1, default=None, metavar="STEPS",
+                   help="fit the sCT to the input views through the differentiable DRR "
+                   "(per-tissue intensity, smooth deformation, small residual; at most STEPS "
+                   "steps, default 120, stopping early); the JSON keeps the consistency before "
+                   "and after")
     _add_device(p)
     _add_rescale(p)
     p.set_defaults(func=_cmd_reconstruct)
@@ -195,7 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "log.csv, checkpoints/last.pt and checkpoints/best.pt. Settings come from "
                        "--config YAML (the TrainConfig keys); flags override them. Under torchrun "
                        "it trains with DDP on every process.")
-    p.add_argument("--model", help="model name (x2ct_gan, x2ct_gan_single, cnn_inr)")
+    p.add_argument("--model", help="model name (x2ct_gan, x2ct_gan_single, cnn_inr; default "
+                   "x2ct_gan, or the --init package's)")
+    p.add_argument("--init", metavar="NAME|FILE",
+                   help="fine-tune: start from a model package's weights (a catalog name, see "
+                   "`xraytoct models`, or a .safetensors file); the model and its settings "
+                   "come from the package, the output size from the dataset or --size "
+                   "(the cnn_inr fits any size)")
     p.add_argument("--data", help="dataset folder made by `xraytoct prepare`")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     p.add_argument("--config", metavar="YAML", help="training settings (see configs/)")
@@ -273,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "and region, with the baselines, and write OUT/metrics.csv "
                        "(case,model,metric,window,region,value), OUT/summary.json (n, mean with "
                        "95% CI, median with IQR, Wilcoxon tests, gains over the baselines) and "
-                       "a self-contained OUT/report.html. A failed case is listed, not fatal.")
+                       "a self-contained OUT/report.html. A failed case is listed, not fatal. "
+                       "When a prediction has the JSON `xraytoct reconstruct` writes beside it, "
+                       "only the voxels inside the model's field of view are scored.")
     p.add_argument("--pred", action="append", required=True, metavar="DIR",
                    help="folder of predictions (one model; repeat for several)")
     p.add_argument("--name", action="append", metavar="NAME",
@@ -285,11 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", choices=["head", "none"], action="append",
                    help="region(s): head (ground truth > -500 HU, largest component, holes "
                         "filled) and/or none (whole volume); default: both")
-    p.add_argument("--baseline", action="append", choices=["template", "backprojection"],
-                   help="baseline(s) to evaluate beside the models (repeatable)")
+    p.add_argument("--baseline", action="append", choices=["outline", "template", "backprojection"],
+                   help="baseline(s) to evaluate beside the models (repeatable): outline (a "
+                        "constant inside the first prediction's own head outline), template "
+                        "(an average head placed through the prediction's canonical_to_ct), "
+                        "backprojection (the dataset's DRRs back-projected)")
     p.add_argument("--template", metavar="FILE",
-                   help="template volume (HU) for the template baseline (default: the mean "
-                        "of --dataset's training targets)")
+                   help="template volume (HU, in the model's frame) for the template baseline "
+                        "(default: the mean of --dataset's training targets, else the shipped "
+                        "head CT template)")
     p.add_argument("--dataset", metavar="DIR", help="dataset folder (manifest.json, "
                    "cases/<id>/): training targets, DRRs (default: --gt if it is one)")
     p.add_argument("--metric", action="append", metavar="NAME",
@@ -466,14 +483,17 @@ def _cmd_reconstruct(args) -> int:
         raise InputError(None, "give either --ct or radiographs (--ap/--lateral), not both")
     if not args.ct and not radiographs:
         raise InputError(None, "nothing to reconstruct from: give --ap AP [--lateral LAT] or --ct CT")
+    if args.refine is not None and args.refine < -1:
+        raise InputError(None, f"--refine takes a number of steps (0 or more), got {args.refine}")
     out = check_output_path(args.out)
     ct = _read_ct(args, args.ct) if args.ct else None
     images = {v: read_radiograph(f, view=v) for v, f in radiographs.items()}
     rec = Reconstructor(args.model, device=args.device)
     cb, close = _tqdm_progress("reconstruct")
+    refine = True if args.refine == -1 else args.refine
     try:
         result = rec.reconstruct(ct=ct, views=images, progress=cb, invert=args.invert,
-                                 template=args.template,
+                                 template=args.template, refine=refine,
                                  register=False if args.no_register else
                                  (True if args.template else "auto"))
     finally:
@@ -487,6 +507,11 @@ def _cmd_reconstruct(args) -> int:
                        for v, s in result.consistency["views"].items())
     print(f"wrote {out} (SYNTHETIC CT, not for diagnosis) on {result.info['device']} in "
           f"{result.info['time_s']:.1f} s; projection consistency: {scores}")
+    if "refine" in result.info:
+        fit, before = result.info["refine"], result.info["consistency_before_refine"]["mean"]
+        print(f"refined in {fit['steps_run']} steps ({fit['time_s']:.1f} s): view error "
+              f"{fit['view_error']['before']:.1%} -> {fit['view_error']['after']:.1%}, mean "
+              f"consistency SSIM {before['ssim']:.3f} -> {result.consistency['mean']['ssim']:.3f}")
     print(f"details in {files[-1]}")
     return 0
 
@@ -521,7 +546,8 @@ def _cmd_models(args) -> int:
 
 def _cmd_train(args) -> int:
     from .training import TrainConfig, train
-    flags = {"model": args.model, "data": args.data, "epochs": args.epochs, "lr": args.lr,
+    flags = {"model": args.model, "init": args.init, "data": args.data, "epochs": args.epochs,
+             "lr": args.lr,
              "size": args.size, "batch_size": args.batch_size, "device": args.device,
              "workers": args.workers, "val_every": args.val_every, "seed": args.seed}
     flags = {k: v for k, v in flags.items() if v is not None}

@@ -63,12 +63,13 @@ from .errors import InputError, XRayToCTError
 from .geometry import Grid, ProjectionGeometry, Radiograph, Volume, canonical_grid
 from .models import get_mapping, load_model
 from .progress import ProgressCallback, report, scaled
+from .refine import RefineSettings, refine as fit_to_views
 from .registration import resolve_template
 
 __all__ = [
     "ReconstructionResult", "Reconstructor", "reconstruct", "prepare_view",
     "run_with_cpu_fallback", "sidecar_path", "check_output_path", "write_result",
-    "REGISTER_CHOICES",
+    "REGISTER_CHOICES", "refine_settings",
 ]
 
 REGISTER_CHOICES = ("auto", True, False)
@@ -77,6 +78,27 @@ one is available (else places it by its head centre, with a warning in ``info["w
 ``True`` requires the template, ``False`` never registers."""
 
 T = TypeVar("T")
+
+RefineLike = Any
+"""``refine`` of the reconstruct methods: ``None``/``False``/``0`` (no fit), ``True`` (the
+default :class:`~XRayToCTLib.refine.RefineSettings`), a number of steps, or settings."""
+
+
+def refine_settings(refine: RefineLike) -> RefineSettings | None:
+    """The test-time fit's settings for a ``refine`` argument (see :data:`RefineLike`), or
+    None for no fit."""
+    if refine is None or refine is False:
+        return None
+    if isinstance(refine, RefineSettings):
+        return refine if refine.steps > 0 else None
+    if refine is True:
+        return RefineSettings()
+    if isinstance(refine, (int, np.integer)) and not isinstance(refine, bool):
+        if refine < 0:
+            raise InputError(None, f"refinement steps must be 0 or more, got {refine}")
+        return RefineSettings(steps=int(refine)) if refine > 0 else None
+    raise ValueError(f"refine must be None, a bool, a number of steps or RefineSettings, "
+                     f"got {refine!r}")
 
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -244,6 +266,10 @@ class Reconstructor:
             raise XRayToCTError(f"model {model!r} has no spec")
         self.model.eval()
         self.spec = self.model.spec
+        self.label = (self.spec.name if isinstance(model, torch.nn.Module)
+                      else Path(model).stem if str(model).endswith(".safetensors") else str(model))
+        """The model as the user named it (catalog name or file stem): the method's name in
+        results (``<label>+refine`` after a test-time fit)."""
         self.mapping = get_mapping(self.spec.intensity)
         self.grid = self.spec.grid()
         self.drr = DRR({v: self.spec.projection(v) for v in self.spec.views})
@@ -294,12 +320,35 @@ class Reconstructor:
                   for i, v in enumerate(names)}
         return scores, images
 
+    def _refine(self, sct: Volume, x: torch.Tensor, raw: Mapping[str, Radiograph],
+                settings: RefineSettings | None, info: dict[str, Any], scores: dict,
+                reproj: dict[str, Radiograph], timings: dict[str, float],
+                progress: ProgressCallback | None) -> tuple[Volume, dict, dict[str, Radiograph]]:
+        """The test-time fit (:func:`~XRayToCTLib.refine.refine`) of the canonical sCT to the
+        raw views, when asked; the fitted sCT, its consistency and reprojections. ``info``
+        gets the fit's record and the consistency before it."""
+        if settings is None:
+            return sct, scores, reproj
+        t = time.perf_counter()
+        geoms = {v: self.spec.projection(v) for v in self.spec.views}
+        (fitted, record), self.device = run_with_cpu_fallback(
+            lambda d: fit_to_views(sct, raw, geoms, settings, device=d, progress=progress),
+            self.device, "the test-time fit")
+        _label_synthetic(fitted, model=self.spec.name, method=f"{self.label}+refine")
+        timings["refine"] = time.perf_counter() - t
+        new_scores, new_reproj = self._consistency(fitted, x)
+        info["refine"] = record
+        info["consistency_before_refine"] = scores
+        info["method"] = f"{self.label}+refine"
+        return fitted, new_scores, new_reproj
+
     def _info(self, kind: str, t0: float, timings: dict[str, float]) -> dict[str, Any]:
         return {"synthetic": True, "description": SYNTHETIC_LABEL,
                 "model": {**self.package, "name": self.spec.name, "views": list(self.spec.views),
                           "image_size": self.spec.image_size, "output_size": self.spec.output_size,
                           "output_spacing": self.spec.output_spacing,
                           "intensity": self.spec.intensity},
+                "method": self.label,
                 "input_kind": kind, "device": self.device.type,
                 "time_s": round(time.perf_counter() - t0, 3),
                 "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -313,7 +362,7 @@ class Reconstructor:
     # -- radiographs -----------------------------------------------------------------
     def reconstruct_views(self, views: Mapping[str, Radiograph | np.ndarray],
                           progress: ProgressCallback | None = None, *,
-                          invert: bool = False) -> ReconstructionResult:
+                          invert: bool = False, refine: RefineLike = None) -> ReconstructionResult:
         """An sCT from radiographs, one per view of the model (``spec.views``).
 
         Args:
@@ -322,6 +371,9 @@ class Reconstructor:
             progress: ``(fraction, message)`` callback; returning False cancels
                 (:class:`~XRayToCTLib.errors.Cancelled`).
             invert: invert every image (bone dark -> bone bright).
+            refine: fit the sCT to the radiographs afterwards (:data:`RefineLike`;
+                :mod:`~XRayToCTLib.refine`). Images whose metadata say they are DRR line
+                integrals are matched in absolute units, others up to a gain and offset per view.
 
         Returns:
             a :class:`ReconstructionResult` whose ``sct`` is on the canonical grid.
@@ -341,6 +393,7 @@ class Reconstructor:
         prepared: dict[str, Radiograph] = {}
         inputs: dict[str, Any] = {}
         warn: list[str] = []
+        settings = refine_settings(refine)
         for v in names:
             img, geom = views[v], self.spec.projection(v)
             arr = prepare_view(img, geom, invert=invert)
@@ -356,22 +409,26 @@ class Reconstructor:
             if g0 is not None and not np.allclose([g0.sad, g0.sid], [geom.sad, geom.sid]):
                 warn.append(f"{v}: made at SAD/SID {g0.sad:g}/{g0.sid:g} mm, the model expects "
                             f"{geom.sad:g}/{geom.sid:g} mm")
-            prepared[v] = Radiograph(arr, None, geom, {**{k: meta[k] for k in ("source",) if k in meta},
+            keep = ("source",) if invert or meta.get("inverted") else ("source", "units")
+            prepared[v] = Radiograph(arr, None, geom, {**{k: meta[k] for k in keep if k in meta},
                                                        "view": v, "kind": "prepared radiograph"})
         for w in warn:
             warnings.warn(w, RuntimeWarning, stacklevel=2)
         timings["prepare"] = time.perf_counter() - t0
         raw = view_stack(prepared, names)
         t = time.perf_counter()
-        sct, x = self._run(raw, scaled(progress, 0.1, 0.8))
+        sct, x = self._run(raw, scaled(progress, 0.1, 0.5 if settings else 0.8))
         timings["model"] = time.perf_counter() - t
         t = time.perf_counter()
-        report(progress, 0.85, "projection consistency")
+        report(progress, 0.5 if settings else 0.85, "projection consistency")
         scores, reproj = self._consistency(sct, x)
         timings["consistency"] = time.perf_counter() - t
+        extra: dict[str, Any] = {}
+        sct, scores, reproj = self._refine(sct, x, prepared, settings, extra, scores, reproj,
+                                           timings, scaled(progress, 0.55, 0.95))
         info = self._info("radiographs", t0, timings)
         info.update({"inputs": inputs, "warnings": warn, "space": "canonical",
-                     "invert": bool(invert)})
+                     "invert": bool(invert), **extra})
         sct.metadata.update({"space": "canonical (template space translated to the origin)"})
         report(progress, 1.0, "done")
         return ReconstructionResult(sct, sct, prepared, scores, info, reproj)
@@ -379,7 +436,8 @@ class Reconstructor:
     # -- a CT ------------------------------------------------------------------------
     def reconstruct_ct(self, ct: Volume, *, template: Volume | str | os.PathLike | None = None,
                        register: bool | str = "auto", transform: Any = None,
-                       progress: ProgressCallback | None = None) -> ReconstructionResult:
+                       progress: ProgressCallback | None = None,
+                       refine: RefineLike = None) -> ReconstructionResult:
         """An sCT from a CT's DRRs, put back on the CT's own grid.
 
         Args:
@@ -389,6 +447,8 @@ class Reconstructor:
             register: ``"auto"``, True or False (:data:`REGISTER_CHOICES`).
             transform: a known canonical -> CT transform (skips the search).
             progress: ``(fraction, message)`` callback; returning False cancels.
+            refine: fit the sCT to the CT's DRRs (absolute units) before placing it
+                (:data:`RefineLike`; :mod:`~XRayToCTLib.refine`).
 
         Returns:
             a :class:`ReconstructionResult` whose ``sct`` has exactly the CT's size, spacing,
@@ -396,6 +456,7 @@ class Reconstructor:
         """
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
+        settings = refine_settings(refine)
         tmpl, register, warn = _registration_policy(register, template, transform)
         grid1 = self.drr_grid()
         vol1, tx = pp.to_canonical(ct, grid1, register=register, template=tmpl,
@@ -408,12 +469,15 @@ class Reconstructor:
             lambda d: self.drr.to(d).render(vol1), self.device, "DRR rendering")
         timings["drr"] = time.perf_counter() - t
         t = time.perf_counter()
-        sct_c, x = self._run(view_stack(drrs, names), scaled(progress, 0.55, 0.8))
+        sct_c, x = self._run(view_stack(drrs, names), scaled(progress, 0.55, 0.65))
         timings["model"] = time.perf_counter() - t
         t = time.perf_counter()
-        report(progress, 0.8, "projection consistency")
+        report(progress, 0.65, "projection consistency")
         scores, reproj = self._consistency(sct_c, x)
         timings["consistency"] = time.perf_counter() - t
+        extra: dict[str, Any] = {}
+        sct_c, scores, reproj = self._refine(sct_c, x, drrs, settings, extra, scores, reproj,
+                                             timings, scaled(progress, 0.65, 0.9))
         t = time.perf_counter()
         report(progress, 0.9, "placing the sCT on the CT grid")
         sct = pp.from_canonical(sct_c, tx, ct)
@@ -426,6 +490,7 @@ class Reconstructor:
                 rad.geometry = patient_geoms[v]
                 rad.metadata["frame"] = "the input CT's LPS space"
         info = self._info("ct", t0, timings)
+        info.update(extra)
         info["geometry"]["views_in_ct_space"] = {v: g.to_dict() for v, g in patient_geoms.items()}
         info["geometry"]["drr_grid"] = grid1.geometry_dict()
         info.update({"inputs": {"ct": ct.metadata.get("source"), "ct_grid": ct.geometry_dict()},
@@ -447,7 +512,7 @@ class Reconstructor:
                     views: Mapping[str, Radiograph | np.ndarray] | None = None,
                     register: bool | str = "auto",
                     template: Volume | str | os.PathLike | None = None,
-                    invert: bool = False,
+                    invert: bool = False, refine: RefineLike = None,
                     progress: ProgressCallback | None = None) -> ReconstructionResult:
         """An sCT from a CT **or** from radiographs: the one request every face makes.
 
@@ -459,6 +524,7 @@ class Reconstructor:
                 required) or False (:data:`REGISTER_CHOICES`).
             template: the template (Volume or file; ``None``: the default one).
             invert: radiographs only: bone is dark in the images.
+            refine: fit the sCT to its views afterwards (:data:`RefineLike`).
             progress: ``(fraction, message)`` callback.
 
         Raises:
@@ -470,8 +536,9 @@ class Reconstructor:
         if ct is None and not views:
             raise InputError(None, "nothing to reconstruct from: no CT and no radiographs")
         if ct is not None:
-            return self.reconstruct_ct(ct, template=template, register=register, progress=progress)
-        return self.reconstruct_views(views, progress, invert=invert)
+            return self.reconstruct_ct(ct, template=template, register=register,
+                                       progress=progress, refine=refine)
+        return self.reconstruct_views(views, progress, invert=invert, refine=refine)
 
 
 def _registration_policy(register: bool | str, template: Any, transform: Any
@@ -493,11 +560,12 @@ def reconstruct(model: str | os.PathLike | torch.nn.Module, *, ct: Volume | None
                 views: Mapping[str, Radiograph | np.ndarray] | None = None,
                 register: bool | str = "auto", template: Volume | str | os.PathLike | None = None,
                 invert: bool = False, device: str | torch.device = "auto",
+                refine: RefineLike = None,
                 progress: ProgressCallback | None = None) -> ReconstructionResult:
     """Load ``model`` and run :meth:`Reconstructor.reconstruct` (see there)."""
     return Reconstructor(model, device).reconstruct(ct=ct, views=views, register=register,
                                                     template=template, invert=invert,
-                                                    progress=progress)
+                                                    refine=refine, progress=progress)
 
 
 def _load(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -521,17 +589,25 @@ def sidecar_path(out: str | os.PathLike) -> Path:
 
 def check_output_path(out: str | os.PathLike) -> Path:
     """Refuse an output :func:`write_result` could not write, before any work is done:
-    InputError for a missing parent folder, an unknown file extension, or a non-empty
-    existing folder (a DICOM series needs a new or empty one)."""
+    InputError for an unknown file extension, a parent that is a file, or a non-empty
+    existing folder (a DICOM series needs a new or empty one). A missing parent folder is
+    created (as a user asking for ``out/sct.nii.gz`` expects)."""
     p = Path(out)
     parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(p, f"the folder {parent} does not exist")
+    if p.suffix != "" and not p.is_dir():
+        xio.volume_format(p)
+    for up in (parent, *parent.parents):
+        if up.exists():
+            if not up.is_dir():
+                raise InputError(p, f"{up} is a file, not a folder")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(p, f"cannot create the folder {parent}: {err.strerror or err}") from None
     if p.suffix == "" or p.is_dir():
         if p.exists() and (not p.is_dir() or any(p.iterdir())):
             raise InputError(p, "the output folder for a DICOM series exists and is not empty")
-    else:
-        xio.volume_format(p)
     return p
 
 
