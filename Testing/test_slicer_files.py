@@ -370,6 +370,8 @@ def test_ui_widgets_match_their_parameter_types():
             assert annotation in node_types, (name, annotation, node_types)
         elif cls == "QSpinBox":
             assert annotation == "int" or annotation.startswith("Annotated[int"), (name, annotation)
+        elif cls == "QCheckBox":
+            assert annotation == "bool", (name, annotation)
         elif cls in ("ctkSliderWidget", "QDoubleSpinBox", "ctkDoubleSpinBox"):
             assert annotation == "float" or annotation.startswith("Annotated[float"), (name, annotation)
         else:
@@ -912,9 +914,10 @@ class _StandInReconstructor:
                                      info={"model": {"name": "stand-in"}, "device": "cpu", "time_s": 0.1,
                                            "space": kind, "input_kind": kind})
 
-    def reconstruct(self, *, ct=None, views=None, register="auto", progress=None):
+    def reconstruct(self, *, ct=None, views=None, register="auto", progress=None, refine=None):
         """The one request, with inference.Reconstructor.reconstruct's choices and errors."""
         from XRayToCTLib.errors import InputError
+        self.refine_asked = refine
         if ct is not None and views:
             raise InputError(None, "both a CT and radiographs were given")
         if ct is None and not views:

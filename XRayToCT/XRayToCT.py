@@ -164,6 +164,7 @@ class XRayToCTParameterNode:
     modelName - catalog name or path of the model package (the panel's model list sets it).
     device - where PyTorch computes: auto, cuda or cpu.
     outputVolume - the synthetic CT (created by Apply when empty).
+    refine - fit the sCT to its radiographs after the model (test-time fitting).
     groundTruthVolume - the CT the sCT is compared with.
     differenceVolume - sCT minus ground truth, HU (created by Compare).
     metricsTable - the comparison's metrics (created by Compare).
@@ -176,6 +177,7 @@ class XRayToCTParameterNode:
     modelName: str = ""
     device: Annotated[str, Choice(DEVICES)] = "auto"
     outputVolume: vtkMRMLScalarVolumeNode
+    refine: bool = False
     groundTruthVolume: vtkMRMLScalarVolumeNode
     differenceVolume: vtkMRMLScalarVolumeNode
     metricsTable: vtkMRMLTableNode
@@ -404,7 +406,7 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._task = self.logic.startReconstruction(
                 parameters.apVolume, parameters.lateralVolume, modelName=parameters.modelName,
                 device=parameters.device, ctVolumeNode=parameters.ctVolume,
-                outputVolumeNode=parameters.outputVolume)
+                outputVolumeNode=parameters.outputVolume, refine=parameters.refine)
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self.ui.cancelButton.show()
@@ -796,18 +798,18 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         return all(node is None or mrml.is_drr_of(node, ctVolumeNode) for node in (apVolumeNode, lateralVolumeNode))
 
     def startReconstruction(self, apVolumeNode, lateralVolumeNode, modelName: str, device: str = "auto",
-                            ctVolumeNode=None, outputVolumeNode=None, register: Optional[bool] = None
-                            ) -> BackgroundTask:
+                            ctVolumeNode=None, outputVolumeNode=None, register: Optional[bool] = None,
+                            refine: Any = False) -> BackgroundTask:
         """Start a reconstruction in a worker thread; returns the :class:`BackgroundTask`
         (poll it, :meth:`~BackgroundTask.cancel` it, then :meth:`~BackgroundTask.result`
         gives the sCT node). See :meth:`reconstruct` for the arguments."""
         work, finish = self._reconstructionJob(apVolumeNode, lateralVolumeNode, modelName, device,
-                                               ctVolumeNode, outputVolumeNode, register)
+                                               ctVolumeNode, outputVolumeNode, register, refine)
         return BackgroundTask(work, finish, name="XRayToCT reconstruction").start()
 
     def reconstruct(self, apVolumeNode, lateralVolumeNode, modelName: str, device: str = "auto",
                     ctVolumeNode=None, outputVolumeNode=None, register: Optional[bool] = None,
-                    progress: Optional[Callable[[float, str], Any]] = None):
+                    progress: Optional[Callable[[float, str], Any]] = None, refine: Any = False):
         """Synthetic CT from radiographs or from a CT, into a scalar volume node (blocks).
 
         * From a CT: when ``ctVolumeNode`` is given and the radiograph nodes are None or its
@@ -821,14 +823,16 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         The output node (``outputVolumeNode`` or a new ``"<name> sCT (synthetic)"``) is
         labelled synthetic and carries the projection-consistency scores
         (``XRayToCT.Consistency``). ``progress(fraction, message)`` may raise
-        :class:`~XRayToCTLib.errors.Cancelled`. Returns the node.
+        :class:`~XRayToCTLib.errors.Cancelled`. ``refine`` (True or a number of steps) fits
+        the sCT to its views afterwards (:mod:`XRayToCTLib.refine`); the node's method is then
+        ``<model>+refine``. Returns the node.
         """
         work, finish = self._reconstructionJob(apVolumeNode, lateralVolumeNode, modelName, device,
-                                               ctVolumeNode, outputVolumeNode, register)
+                                               ctVolumeNode, outputVolumeNode, register, refine)
         return finish(work(progress))
 
     def _reconstructionJob(self, apVolumeNode, lateralVolumeNode, modelName, device, ctVolumeNode,
-                           outputVolumeNode, register):
+                           outputVolumeNode, register, refine=False):
         """``(work, finish)``: ``work(progress)`` computes with library objects only (it may run
         in a thread); ``finish(result)`` writes the scene (main thread)."""
         if not modelName:
@@ -856,7 +860,8 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
                 wanted = {view: views[view] for view in reconstructor.spec.views if view in views}
                 wanted = wanted if len(wanted) == len(reconstructor.spec.views) else views
             try:
-                return reconstructor.reconstruct(ct=ct, views=wanted, register=register, progress=progress)
+                return reconstructor.reconstruct(ct=ct, views=wanted, register=register, progress=progress,
+                                                 refine=refine or None)
             except TemplateUnavailable as err:
                 raise XRayToCTError(_("{problem}. Reinstall the extension (it ships a head CT "
                                       "template), set {env}, or reconstruct without "
@@ -881,7 +886,13 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
             consistency = {k: v for k, v in result.consistency.items() if not str(k).startswith("_")}
             info = {"model": result.info.get("model", {}).get("name", modelName),
                     "device": result.info.get("device"), "time_s": result.info.get("time_s"),
-                    "space": result.info.get("space"), "input_kind": result.info.get("input_kind")}
+                    "space": result.info.get("space"), "input_kind": result.info.get("input_kind"),
+                    "method": result.info.get("method")}
+            if "refine" in result.info:
+                fit = result.info["refine"]
+                info["refine"] = {"steps": fit.get("steps_run"), "time_s": fit.get("time_s"),
+                                  "view_error": fit.get("view_error"),
+                                  "consistency_before": result.info.get("consistency_before_refine")}
             mrml.update_node_from_sct(node, result.sct, model=str(modelName), consistency=consistency,
                                       source_node=ctVolumeNode if useCt else None, input_nodes=inputs, info=info)
             logging.info(f"XRayToCT: {node.GetName()} computed with {modelName} in "
