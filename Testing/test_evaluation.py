@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from XRayToCTLib import baselines as B
 from XRayToCTLib import evaluation as E
 from XRayToCTLib.cli import main
 from XRayToCTLib.drr import DRR, biplanar_geometry
 from XRayToCTLib.errors import InputError
-from XRayToCTLib.geometry import Volume
+from XRayToCTLib.geometry import Grid, RigidTransform, Volume, rotation_matrix
 from XRayToCTLib.io import write_radiograph, write_volume
 from XRayToCTLib.phantom import head_phantom
 
@@ -107,19 +108,19 @@ def test_align_resamples_through_physical_space_and_refuses_no_overlap():
 def test_backprojection_of_water_is_zero_hu_and_air_is_air():
     water = Volume(np.zeros((24, 24, 24), np.float32), (4.0, 4.0, 4.0), (-46.0, -46.0, -46.0))
     views = render_biplanar(water, pixels=48, device="cpu")
-    hu = E.backprojection_baseline(views, water)
+    hu = B.backprojection_baseline(views, water)
     assert hu.shape == water.array.shape
     assert np.abs(hu[4:-4, 4:-4, 4:-4]).max() < 20.0  # mean mu along every ray = water
     air = water.with_array(np.full(water.array.shape, -1000.0, np.float32))
-    assert np.allclose(E.backprojection_baseline(render_biplanar(air, pixels=48, device="cpu"), air),
+    assert np.allclose(B.backprojection_baseline(render_biplanar(air, pixels=48, device="cpu"), air),
                        -1000.0)
     with pytest.raises(InputError):
-        E.backprojection_baseline([], water)
+        B.backprojection_baseline([], water)
 
 
 def test_template_is_the_mean_of_training_targets(data):
     from XRayToCTLib.io import read_volume
-    t = E.template_from_dataset(data["ds"])
+    t = B.template_from_dataset(data["ds"])
     a = read_volume(data["ds"] / "cases" / "c0" / "ct.nii.gz").array
     b = read_volume(data["ds"] / "cases" / "c1" / "ct.nii.gz").array
     assert np.allclose(t.array, (a.astype(np.float64) + b) / 2, atol=1e-3)
@@ -196,3 +197,197 @@ def test_cli_evaluate_split_keeps_only_that_split(data, tmp_path):
     assert summary["failures"] == [] and summary["settings"]["split"] == "test"
     assert main(["evaluate", "--pred", str(data["good"]), "--gt", str(data["ds"]), "--out",
                  str(out), "--split", "nope"]) == 2
+
+
+# ----------------------------------------------------------------------------------------
+# the model's field of view, the outline and template baselines
+# ----------------------------------------------------------------------------------------
+FOV_SHIFT = (20.0, -8.0, 4.0)  # canonical -> CT translation, whole 4 mm voxels
+
+
+def _fov_head() -> Volume:
+    """A 40^3 grid of 4 mm (160 mm) holding a 'head': a textured ball of radius 60 mm in a
+    10 mm skull of 800 HU, air outside."""
+    grid = Grid.centered((0.0, 0.0, 0.0), 40, 4.0)
+    pts = grid.voxel_points().reshape(*grid.shape, 3)
+    r = np.linalg.norm(pts, axis=-1)
+    hu = np.full(grid.shape, -1000.0, np.float32)
+    hu[r < 60.0] = 30.0 + 10.0 * np.sin(pts[r < 60.0, 0] / 6.0)
+    hu[(r >= 50.0) & (r < 60.0)] = 800.0
+    return grid.with_array(hu)
+
+
+def _model_grid() -> Grid:
+    return Grid.centered((0.0, 0.0, 0.0), (12, 8, 10), 8.0)  # +-48, +-32, +-40 mm
+
+
+def _expected_field(grid: Grid, tx: RigidTransform, model: Grid) -> np.ndarray:
+    """Independently of the code under test: q = R^T (p - c - t) + c for each voxel centre
+    p, inside when |q| <= half the model grid's extent on every axis (its centre is 0)."""
+    r = rotation_matrix(np.degrees(tx.parameters[:3]))
+    c = np.asarray(tx.center)
+    q = (grid.voxel_points() - c - np.asarray(tx.parameters[3:])) @ r + c
+    half = np.asarray(model.size) * np.asarray(model.spacing) / 2.0
+    return np.all(np.abs(q) <= half + 1e-9, axis=1).reshape(grid.shape)
+
+
+def _write_sct(folder, cid, sct: Volume, tx: RigidTransform | None, model: Grid) -> None:
+    """An sCT and, when ``tx`` is given, the JSON `xraytoct reconstruct --ct` writes beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_volume(sct, folder / f"{cid}.nii.gz")
+    if tx is not None:
+        (folder / f"{cid}.json").write_text(json.dumps({
+            "space": "patient", "canonical_to_ct": tx.to_dict(),
+            "sct_model_space_geometry": model.geometry_dict(), "model": {"name": "cnn_inr"}}))
+
+
+@pytest.mark.parametrize("angles", [(0.0, 0.0, 0.0), (0.0, 0.0, 90.0), (20.0, -10.0, 35.0)])
+def test_field_of_view_mask_maps_the_truths_voxels_into_the_models_grid(angles):
+    gt = _fov_head()
+    model = _model_grid()
+    tx = RigidTransform((*np.radians(angles), *FOV_SHIFT), (3.0, -2.0, 1.0))
+    field = E.field_of_view_mask(gt, tx, model)
+    assert field.shape == gt.shape and field.dtype == bool
+    assert 0 < field.sum() < field.size
+    assert np.array_equal(field, _expected_field(gt, tx, model))
+    if angles == (0.0, 0.0, 0.0):  # the box [-28, 68] x [-40, 24] x [-36, 44] mm
+        i, j, k = (np.arange(40) * 4.0 - 78.0,) * 3
+        box = ((np.abs(k - 4.0) <= 40)[:, None, None] & (np.abs(j + 8.0) <= 32)[None, :, None]
+               & (np.abs(i - 20.0) <= 48)[None, None, :])
+        assert np.array_equal(field, box)
+
+
+def test_read_sidecar(tmp_path):
+    gt = _fov_head()
+    tx = RigidTransform.translation_by(FOV_SHIFT)
+    _write_sct(tmp_path, "c", gt, tx, _model_grid())
+    side = E.read_sidecar(tmp_path / "c.nii.gz")
+    assert side.space == "patient" and side.model_grid.same_as(_model_grid())
+    assert np.allclose(side.canonical_to_ct.matrix(), tx.matrix())
+    assert E.read_sidecar(tmp_path / "missing.nii.gz") is None
+    (tmp_path / "c.json").write_text(json.dumps({"space": "canonical",
+                                                 "sct_model_space_geometry": _model_grid().to_dict()}))
+    side = E.read_sidecar(tmp_path / "c.nii.gz")  # an sCT in the model's frame: identity
+    assert np.allclose(side.field_transform.matrix(), np.eye(4))
+    (tmp_path / "c.json").write_text('{"canonical_to_ct": {"parameters": [1, 2]}}')
+    with pytest.raises(InputError, match="JSON"):
+        E.read_sidecar(tmp_path / "c.nii.gz")
+    (tmp_path / "c.json").write_text('{"space": "patient"}')
+    assert E.prediction_field(E.read_sidecar(tmp_path / "c.nii.gz"), gt) is None
+
+
+def test_outline_baseline_is_a_constant_inside_the_predictions_own_outline():
+    pred = np.full((24, 24, 24), -1000.0, np.float32)
+    kk, jj, ii = np.mgrid[:24, :24, :24]
+    ball = (kk - 11) ** 2 + (jj - 11) ** 2 + (ii - 11) ** 2 < 64
+    pred[ball] = 40.0
+    pred[(kk - 11) ** 2 + (jj - 11) ** 2 + (ii - 11) ** 2 < 4] = -1000.0  # an enclosed air pocket
+    pred[1:3, 20:22, 20:22] = 500.0  # a small separate piece: not the head
+    out = B.outline_baseline(pred, 26.0)
+    assert out.dtype == np.float32 and out.shape == pred.shape
+    assert np.all(out[ball] == 26.0)  # the pocket is filled: inside the outline
+    assert np.all(out[~ball] == -1000.0)  # the separate piece and the air
+    assert np.all(B.outline_baseline(np.full((8, 8, 8), -1000.0), 26.0) == -1000.0)
+
+
+def test_outline_constant_from_a_dataset_is_the_median_inside_the_head(data):
+    from XRayToCTLib.hu import head_mask
+    from XRayToCTLib.io import read_volume
+    vals = []
+    for cid in ("c0", "c1"):  # the training split
+        a = read_volume(data["ds"] / "cases" / cid / "ct.nii.gz").array
+        vals.append(np.clip(np.rint(a[head_mask(a)]), -1000, 1000))
+    assert B.outline_hu_from_dataset(data["ds"]) == pytest.approx(np.median(np.concatenate(vals)), abs=1.0)
+
+
+def test_cormack_units_to_hu_known_values_monotone_and_round_trip():
+    from XRayToCTLib.registration import cormack_to_hu, hu_to_cormack
+    # Rorden's h2c: HU -1000 -> 0, -100 -> 900, [-100, 100] stretched tenfold, then slope 1
+    assert np.allclose(cormack_to_hu(np.array([0, 900, 1900, 2900, 3900])),
+                       [-1000, -100, 0, 100, 1100])
+    assert np.allclose(hu_to_cormack(np.array([-1024, -1000, -100, 0, 40, 100, 1000])),
+                       [0, 0, 900, 1900, 2300, 2900, 3800])
+    c = np.linspace(0.0, 12000.0, 2401)
+    h = cormack_to_hu(c)
+    assert np.all(np.diff(h) > 0)
+    assert np.allclose(hu_to_cormack(h), c, atol=1e-2)
+
+
+def test_the_shipped_template_in_hu_and_in_the_models_frame():
+    from XRayToCTLib.hu import head_center
+    from XRayToCTLib.registration import SHIPPED_TEMPLATE
+    if not SHIPPED_TEMPLATE.is_file():
+        pytest.skip(f"the shipped template is not installed ({SHIPPED_TEMPLATE.name})")
+    t = B.shipped_template_hu()
+    assert t.array.min() == pytest.approx(-1000.0) and 500.0 < t.array.max() < 1500.0
+    assert np.linalg.norm(head_center(t)) < 3.0  # head centre at the model frame's origin
+    soft = np.median(t.array[(t.array > -100) & (t.array < 100)])
+    assert 0.0 < soft < 80.0  # soft tissue where HU says it is
+
+
+def test_template_baseline_goes_through_the_predictions_transform():
+    gt = _fov_head()
+    tmpl = gt.translated(-np.asarray(FOV_SHIFT))  # the same head, in the model's frame
+    tx = RigidTransform.translation_by(FOV_SHIFT)
+    assert np.allclose(B.template_baseline(tmpl, gt, tx), gt.array, atol=1e-3)
+    assert not np.allclose(B.template_baseline(tmpl, gt), gt.array, atol=1.0)  # without it: off
+
+
+def test_evaluate_scores_only_inside_the_field_and_says_how_much_is_outside(tmp_path):
+    from XRayToCTLib.hu import head_mask
+    gt = _fov_head()
+    model = _model_grid()
+    tx = RigidTransform.translation_by(FOV_SHIFT)
+    field = _expected_field(gt, tx, model)
+    (tmp_path / "gt").mkdir()
+    write_volume(gt, tmp_path / "gt" / "h1.nii.gz")
+    sct = gt.with_array(np.where(field, gt.array, -1000.0).astype(np.float32))  # air outside
+    _write_sct(tmp_path / "with_json", "h1", sct, tx, model)
+    _write_sct(tmp_path / "no_json", "h1", sct, None, model)
+    write_volume(gt.translated(-np.asarray(FOV_SHIFT)), tmp_path / "tmpl.nii.gz")
+    out = tmp_path / "report"
+    rc = main(["evaluate", "--pred", str(tmp_path / "with_json"), "--pred", str(tmp_path / "no_json"),
+               "--name", "cnn_inr+refine", "--name", "plain", "--gt", str(tmp_path / "gt"),
+               "--out", str(out), "--baseline", "outline", "--baseline", "template",
+               "--template", str(tmp_path / "tmpl.nii.gz"), "--metric", "mae_hu",
+               "--metric", "ssim", "--window", "full"])
+    assert rc == 0
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = {(r["model"], r["metric"], r["region"]): float(r["value"]) for r in csv.DictReader(fh)}
+    assert {m for m, _, _ in rows} == {"cnn_inr+refine", "plain", "outline", "template"}
+    for region in ("head", "whole"):
+        assert rows["cnn_inr+refine", "mae_hu", region] == pytest.approx(0.0, abs=1e-3)
+        assert rows["template", "mae_hu", region] == pytest.approx(0.0, abs=1e-3)
+        assert rows["plain", "mae_hu", region] > 50.0  # no JSON: the air outside the field counts
+    assert rows["cnn_inr+refine", "ssim", "head"] > rows["plain", "ssim", "head"]
+    # the outline baseline: 26 HU inside the sCT's outline, scored inside the field only
+    head = head_mask(gt.array)
+    outline = np.where(head_mask(sct.array), 26.0, -1000.0)
+    expected = np.abs(outline - gt.array)[head & field].mean()
+    assert rows["outline", "mae_hu", "head"] == pytest.approx(expected, rel=1e-4)
+    summary = json.loads((out / "summary.json").read_text())
+    fov = {f["model"]: f for f in summary["field_of_view"]}
+    share = 1.0 - (head & field).sum() / head.sum()
+    assert 0.2 < share < 0.9
+    for name in ("cnn_inr+refine", "outline", "template"):
+        assert fov[name]["head_outside_fraction"] == pytest.approx(share)
+        assert fov[name]["volume_outside_fraction"] == pytest.approx(1.0 - field.mean())
+    assert fov["outline"]["field"] == "the field of cnn_inr+refine"
+    assert fov["plain"]["head_outside_fraction"] is None and "no JSON" in fov["plain"]["field"]
+    assert summary["settings"]["outline_hu"] == 26.0
+    assert summary["failures"] == []
+    html = (out / "report.html").read_text()
+    assert "Field of view" in html and f"{100 * share:.1f} %" in html
+    assert "cnn_inr+refine" in html and "no JSON" in html
+    assert "Field of view</h3>" in html and "canonical_to_ct" in html  # the definitions
+    assert html.count("data:image/png;base64,") == 2 + 1  # box plots + one case figure
+
+
+def test_a_head_wholly_outside_the_field_fails_that_case(tmp_path):
+    gt = _fov_head()
+    tx = RigidTransform.translation_by((500.0, 0.0, 0.0))  # the field is beside the grid
+    (tmp_path / "gt").mkdir()
+    write_volume(gt, tmp_path / "gt" / "h1.nii.gz")
+    _write_sct(tmp_path / "p", "h1", gt, tx, _model_grid())
+    result = E.evaluate([tmp_path / "p"], tmp_path / "gt", metrics=("mae_hu",), windows=("full",))
+    assert result.rows == [] and "field of view" in result.failures[0]["reason"]

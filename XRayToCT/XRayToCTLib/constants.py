@@ -23,6 +23,13 @@ MU_WATER_PER_MM = 0.022
 DRR_AIR_THRESHOLD_HU = -800.0
 """At or below this HU a voxel does not attenuate in a DRR (Plastimatch's convention)."""
 
+OUTLINE_BASELINE_HU = 26.0
+"""The constant (HU) of the evaluation's ``outline`` baseline when no dataset gives one: the
+median HU inside the head outline (:func:`XRayToCTLib.hu.head_mask`) of a real adult head CT,
+the InVesalius sample head 0051 (Siemens, vertex to C1; ``head_ct/invesalius_0051`` of the
+project's shared data): 26.2 HU. Its mean there, 159 HU (145 HU clipped to +-1000), is pulled
+up by the skull; the median is soft tissue and the constant with the least absolute error."""
+
 SYNTHETIC_LABEL = "SYNTHETIC CT (sCT) - not for diagnosis"
 """The one label every synthetic CT carries: metadata ``description``, file headers, Slicer
 node descriptions, DICOM series descriptions, JSON sidecars and reports (ASCII, so that

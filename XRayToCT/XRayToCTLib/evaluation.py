@@ -8,19 +8,19 @@ truth's grid through physical (LPS) space (linear; outside the prediction: air, 
 the covered fraction is recorded); no overlap fails the case with its reason. Every failure
 (unreadable file, NaN voxels, no overlap, missing partner) is listed and the batch goes on.
 
-Baselines (what no model achieves; reports show each model's gain over them):
+Field of view: a model only sees its own field (a 256 mm cube in its canonical frame); an
+sCT that ``xraytoct reconstruct --ct`` put back on the CT's grid is air wherever that field
+does not reach, and such voxels say nothing about the model. When the JSON that
+``xraytoct reconstruct`` writes beside an sCT (same name, ``.json``) gives the model's grid
+(``sct_model_space_geometry``) and the transform from the model's frame to the CT
+(``canonical_to_ct``; for an sCT in the model's frame, ``space: canonical``, the identity),
+every region is restricted to the ground-truth voxels whose centres, mapped back into the
+model's frame, fall inside that grid (:func:`field_of_view_mask`); the share of the ground
+truth's head outside the field is reported per case. Without such a JSON the whole volume
+counts, as it is.
 
-* ``template``: one volume for every case: the voxel-wise mean of the training-split targets of
-  a dataset (``manifest.json`` + ``cases/<id>/ct.nii.gz``; each resampled onto the first one's
-  grid if they differ), or a given template file (HU), resampled onto each case's grid.
-* ``backprojection``: the plain (unfiltered) back-projection of the case's two DRRs
-  (``cases/<id>/ap.nrrd`` and ``lateral.nrrd`` with their ProjectionGeometry from the NRRD
-  header, else ``cases/<id>/geometry.json`` or the manifest). A DRR pixel is the line integral
-  of mu / 10 (see :mod:`~XRayToCTLib.drr`); divided by the ray's own chord length through the
-  ground truth's grid (the DRR of a grid of ones, same renderer) it is the ray's mean
-  attenuation per mm. Each voxel gets the mean, over the views whose detector it projects
-  onto, of the mean attenuation of the ray through it (bilinear on the detector), and
-  ``HU = 1000 * (mu / 0.022 - 1)``; a voxel seen by no view is air (-1000 HU).
+Baselines (:mod:`~XRayToCTLib.baselines`: ``outline``, ``template``, ``backprojection``) are
+scored as models are; reports show each model's gain over them.
 """
 from __future__ import annotations
 
@@ -32,29 +32,44 @@ import os
 import re
 from io import StringIO
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import metrics as M
-from .constants import AIR_HU, MU_WATER_PER_MM
-from .drr import DRR
+from .baselines import (DEFINITIONS as BASELINE_DEFINITIONS, NAMES as BASELINES,
+                        backprojection_baseline, outline_baseline, outline_hu_from_dataset,
+                        read_case_views, read_hu, read_manifest, shipped_template_hu, split_ids,
+                        template_baseline, template_from_dataset)
+from .constants import AIR_HU, OUTLINE_BASELINE_HU
 from .errors import Cancelled, InputError, XRayToCTError
-from .geometry import ProjectionGeometry, Radiograph, Volume
-from .io import read_radiograph, read_volume, write_json, write_text
-from .preprocess import resample_to_grid, window_to_hu
+from .geometry import Grid, RigidTransform, Volume
+from .hu import head_mask
+from .io import read_volume, write_json, write_text
+from .preprocess import resample_to_grid
 from .progress import ProgressCallback, report, scaled
 from .report import comparison_png, write_html_report
 from .stats import higher_is_better, summarize
 
-__all__ = ["VOLUME_SUFFIXES", "CSV_COLUMNS", "BASELINES", "case_id", "find_volumes", "align",
-           "template_from_dataset", "template_baseline", "backprojection_baseline",
-           "read_case_views", "EvaluationResult", "evaluate", "write_csv"]
+__all__ = ["VOLUME_SUFFIXES", "CSV_COLUMNS", "BASELINES", "FIELD_OF_VIEW_DEFINITION", "case_id",
+           "find_volumes", "align", "Sidecar", "read_sidecar", "field_of_view_mask",
+           "prediction_field", "EvaluationResult", "evaluate", "write_csv", "write_summary",
+           "case_figures", "run_evaluation"]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 CSV_COLUMNS = ("case", "model", "metric", "window", "region", "value")
-BASELINES = ("template", "backprojection")
+FIELD_OF_VIEW_DEFINITION = (
+    "A model sees only its own field of view, a cube (256 mm for the shipped models) around "
+    "the head in its own frame. An sCT put back on a CT's grid is air wherever that cube does "
+    "not reach, which says nothing about the model. When the JSON written beside an sCT gives "
+    "the model's grid and the rigid transform from the model's frame to the CT, every region "
+    "(head and whole) is restricted to the ground-truth voxels whose centres fall inside the "
+    "model's grid; the baselines are scored inside the field of the case's first model. The "
+    "table gives, per case, the share of the ground truth's head (and of its whole volume) that "
+    "lies outside the field and is not scored. Without such a JSON the whole volume is scored "
+    "and the table says so.")
+"""How the field of view restricts the scoring, in words for the readers of a report."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -105,15 +120,6 @@ def find_volumes(folder: str | os.PathLike) -> dict[str, Path]:
     return out
 
 
-def _read_hu(path: Path) -> Volume:
-    """A volume in HU: a dataset target stored windowed (metadata ``window``) is mapped back."""
-    vol = read_volume(path)
-    win = vol.metadata.get("window")
-    if win is not None and str(vol.metadata.get("units", "")).startswith("window"):
-        vol = window_to_hu(vol, tuple(float(v) for v in win))
-    return vol
-
-
 # ----------------------------------------------------------------------------------------
 # alignment
 # ----------------------------------------------------------------------------------------
@@ -145,138 +151,78 @@ def align(pred: Volume | np.ndarray, gt: Volume | np.ndarray, *,
 
 
 # ----------------------------------------------------------------------------------------
-# baselines
+# the JSON beside a prediction, the model's field of view
 # ----------------------------------------------------------------------------------------
-def _manifest(dataset: Path) -> dict[str, Any]:
-    path = dataset / "manifest.json"
+@dataclasses.dataclass
+class Sidecar:
+    """What the JSON ``xraytoct reconstruct`` writes beside an sCT says about its frame:
+    ``space`` (``"patient"``: on the input CT's grid; ``"canonical"``: the model's frame),
+    the model's grid (``sct_model_space_geometry``) and the model-frame -> CT transform
+    (``canonical_to_ct``), each None when the JSON does not give it."""
+
+    path: Path
+    space: str | None = None
+    model_grid: Grid | None = None
+    canonical_to_ct: RigidTransform | None = None
+
+    @property
+    def field_transform(self) -> RigidTransform | None:
+        """The transform that places the model's grid in the prediction's space: the
+        ``canonical_to_ct`` transform, the identity for an sCT in the model's frame, None
+        when the JSON does not say."""
+        if self.canonical_to_ct is not None:
+            return self.canonical_to_ct
+        return RigidTransform() if self.space == "canonical" else None
+
+
+def read_sidecar(prediction: str | os.PathLike) -> Sidecar | None:
+    """The JSON beside a prediction (``<dir>/<case id>.json``), or None when there is none.
+
+    Raises:
+        InputError: the JSON is unreadable or its geometry or transform is malformed.
+    """
+    pred = Path(prediction)
+    path = pred.with_name(case_id(pred) + ".json")
     if not path.is_file():
-        raise InputError(dataset, "not a dataset: manifest.json is missing")
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"unreadable manifest: {err}") from err
+        d = json.loads(path.read_text())
+        grid = d.get("sct_model_space_geometry")
+        tx = d.get("canonical_to_ct")
+        return Sidecar(path, d.get("space"),
+                       None if grid is None else Grid.from_dict(grid),
+                       None if tx is None else RigidTransform.from_dict(tx))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise InputError(path, f"unreadable JSON beside the prediction: {_reason(err)}") from err
 
 
-def _split_ids(manifest: Mapping[str, Any], split: str) -> list[str]:
-    """Case ids of ``split`` from the manifest's ``cases`` (a list of dicts with ``id`` and
-    ``split``, or a dict id -> {split}) or from ``splits`` (split -> ids)."""
-    ids: list[str] = []
-    cases = manifest.get("cases")
-    if isinstance(cases, list):
-        ids = [str(c.get("id", c.get("case"))) for c in cases
-               if isinstance(c, Mapping) and c.get("split") == split]
-    elif isinstance(cases, Mapping):  # data.py's manifest: id -> {"split", "status", ...}
-        ids = [str(k) for k, c in cases.items() if isinstance(c, Mapping) and c.get("split") == split
-               and c.get("status", "complete") == "complete"]
-    if not ids and isinstance(manifest.get("splits"), Mapping):
-        ids = [str(i) for i in manifest["splits"].get(split, [])]
-    return ids
-
-
-def template_from_dataset(dataset: str | os.PathLike, *, split: str = "train",
-                          progress: ProgressCallback | None = None) -> Volume:
-    """The voxel-wise mean (HU) of a dataset's ``split`` targets ``cases/<id>/ct.*``, on the
-    first target's grid (others resampled onto it through LPS space)."""
-    root = Path(dataset)
-    ids = _split_ids(_manifest(root), split)
-    if not ids:
-        raise InputError(root / "manifest.json", f"no case of split {split!r}")
-    vols = find_volumes(root)
-    missing = [i for i in ids if i not in vols]
-    if missing:
-        raise InputError(root, f"{len(missing)} {split} case(s) without ct volume, e.g. {missing[0]}")
-    ref = None
-    total = None
-    for n, cid in enumerate(ids):
-        v = _read_hu(vols[cid])
-        if ref is None:
-            ref = v
-            total = np.zeros(v.array.shape, np.float64)
-        arr = v.array if M.grids_match(v, ref) else resample_to_grid(v, ref, None, "linear", AIR_HU).array
-        total += arr
-        report(progress, (n + 1) / len(ids), f"template: {cid}")
-    assert ref is not None and total is not None
-    return ref.with_array((total / len(ids)).astype(np.float32), kind="template baseline",
-                          template_cases=len(ids), template_split=split)
-
-
-def template_baseline(template: Volume, gt: Volume) -> np.ndarray:
-    """The template on ``gt``'s grid (linear through LPS space; outside it: air)."""
-    if M.grids_match(template, gt):
-        return np.asarray(template.array, dtype=np.float32)
-    return resample_to_grid(template, gt, None, "linear", AIR_HU).array
-
-
-def _geometries_from_json(d: Mapping[str, Any]) -> dict[str, ProjectionGeometry]:
-    views = d.get("views", d.get("geometry", d))
-    if isinstance(views, Mapping) and "views" in views:
-        views = views["views"]
-    out = {}
-    if isinstance(views, Mapping):
-        for k in ("ap", "lateral"):
-            if isinstance(views.get(k), Mapping):
-                out[k] = ProjectionGeometry.from_dict(views[k])
+def field_of_view_mask(grid: Grid, canonical_to_ct: RigidTransform, model_grid: Grid) -> np.ndarray:
+    """Where a model's output reaches on ``grid``: a bool ``[k, j, i]`` array, True for the
+    voxels whose centres, mapped through the inverse of ``canonical_to_ct`` (CT -> model
+    frame), fall inside ``model_grid``'s extent (its outer voxel edges: continuous index in
+    ``[-0.5, n - 0.5]`` on every axis, where a linear resampling of the model's output has a
+    value). The map from ``grid``'s index to ``model_grid``'s is one affine matrix
+    (:meth:`~XRayToCTLib.geometry.Grid.index_to_lps`, the inverse transform,
+    :meth:`~XRayToCTLib.geometry.Grid.lps_to_index`), applied one slice at a time."""
+    m = model_grid.lps_to_index() @ np.linalg.inv(canonical_to_ct.matrix()) @ grid.index_to_lps()
+    lo, hi = -0.5 - 1e-6, np.asarray(model_grid.size, dtype=float) - 0.5 + 1e-6
+    ni, nj, nk = grid.size
+    along_i = np.arange(ni, dtype=float)[:, None] * m[:3, 0]  # (ni, 3)
+    along_j = np.arange(nj, dtype=float)[:, None] * m[:3, 1]  # (nj, 3)
+    out = np.empty(grid.shape, dtype=bool)
+    for k in range(nk):
+        idx = (along_j + (k * m[:3, 2] + m[:3, 3]))[:, None, :] + along_i[None, :, :]
+        out[k] = np.all((idx >= lo) & (idx <= hi), axis=-1)
     return out
 
 
-def read_case_views(dataset: str | os.PathLike, cid: str) -> dict[str, Radiograph]:
-    """The AP and lateral DRRs of a dataset case, each with its ProjectionGeometry (from the
-    NRRD header, else ``cases/<id>/geometry.json``, else the manifest's ``geometry``)."""
-    d = Path(dataset) / "cases" / cid
-    rads = {}
-    for view in ("ap", "lateral"):
-        f = next((d / f"{view}{s}" for s in (".nrrd", ".nii.gz", ".mha") if (d / f"{view}{s}").is_file()), None)
-        if f is None:
-            raise InputError(d, f"no {view} DRR ({view}.nrrd) for the back-projection baseline")
-        rads[view] = read_radiograph(f, view=view)
-    if any(r.geometry is None for r in rads.values()):
-        geoms: dict[str, ProjectionGeometry] = {}
-        for src in (d / "geometry.json", Path(dataset) / "manifest.json"):
-            if src.is_file() and not geoms:
-                try:
-                    geoms = _geometries_from_json(json.loads(src.read_text()))
-                except (OSError, ValueError, TypeError) as err:
-                    raise InputError(src, f"unreadable geometry: {err}") from err
-        for view, r in rads.items():
-            if r.geometry is None:
-                if view not in geoms:
-                    raise InputError(d, f"no projection geometry for the {view} DRR")
-                rads[view] = Radiograph(r.array, None, geoms[view], r.metadata)
-    return rads
-
-
-def backprojection_baseline(views: Mapping[str, Radiograph] | Sequence[Radiograph],
-                            grid: Volume) -> np.ndarray:
-    """Plain unfiltered back-projection of DRRs onto ``grid`` (its voxel values unused), in HU
-    ``[k, j, i]`` float32; see the module doc for the definition."""
-    rads = list(views.values()) if isinstance(views, Mapping) else list(views)
-    if not rads or any(r.geometry is None for r in rads):
-        raise InputError(None, "back-projection needs radiographs with their projection geometry")
-    geoms = [r.geometry for r in rads]
-    shape = grid.array.shape
-    with torch.no_grad():
-        ones = torch.ones((1, 1, *shape), dtype=torch.float32)
-        # the DRR of mu = 1/mm is the chord length / 10, the same units as the DRR pixels
-        chords = [DRR([g], grid).project_mu(ones)[0, 0] for g in geoms]
-    pts = grid.voxel_points()  # flat [k, j, i] order
-    total = np.zeros(pts.shape[0])
-    count = np.zeros(pts.shape[0])
-    for rad, g, chord in zip(rads, geoms, chords):
-        img = torch.from_numpy(np.asarray(rad.array, dtype=np.float32))
-        mean_mu = torch.where(chord > 1e-3, img / chord.clamp(min=1e-3), torch.zeros_like(img))
-        rc = g.project(pts)  # (row, col), continuous
-        rows, cols = g.pixels
-        inside = (rc[:, 0] >= -0.5) & (rc[:, 0] <= rows - 0.5) & (rc[:, 1] >= -0.5) & (rc[:, 1] <= cols - 0.5)
-        # grid_sample coordinates (align_corners=False): x = (2 col + 1) / cols - 1
-        gxy = np.stack([(2 * rc[:, 1] + 1) / cols - 1, (2 * rc[:, 0] + 1) / rows - 1], axis=1)
-        samp = torch.nn.functional.grid_sample(
-            mean_mu[None, None], torch.from_numpy(gxy.astype(np.float32))[None, None],
-            mode="bilinear", padding_mode="border", align_corners=False)[0, 0, 0].double().numpy()
-        total += np.where(inside, samp, 0.0)
-        count += inside
-    mu = np.where(count > 0, total / np.maximum(count, 1), 0.0)
-    hu = 1000.0 * (mu / MU_WATER_PER_MM - 1.0)
-    return hu.reshape(shape).astype(np.float32)
+def prediction_field(sidecar: Sidecar | None, grid: Grid) -> np.ndarray | None:
+    """:func:`field_of_view_mask` on ``grid`` of the model that made a prediction, from its
+    JSON; None (the whole volume counts) without a JSON or without the model's grid and
+    frame in it."""
+    if sidecar is None or sidecar.model_grid is None or sidecar.field_transform is None:
+        return None
+    return field_of_view_mask(grid, sidecar.field_transform, sidecar.model_grid)
 
 
 # ----------------------------------------------------------------------------------------
@@ -287,7 +233,10 @@ class EvaluationResult:
     """What :func:`evaluate` found: ``rows`` (dicts with :data:`CSV_COLUMNS`), ``failures``
     (dicts ``case, model, reason``), ``coverage`` (``(case, model) -> fraction`` of the
     ground truth covered by a resampled prediction, when < 1), the model and baseline names,
-    the files of each case, and the settings."""
+    the files of each case, the settings, ``fields`` (``(case, model) ->`` where it was
+    scored: ``field`` (what restricted it, or why nothing did), ``head_outside_fraction`` and
+    ``volume_outside_fraction`` of the ground truth outside the model's field, None when the
+    whole volume counts), and the baselines' ``template`` volume and ``outline_hu``."""
 
     rows: list[dict[str, Any]]
     failures: list[dict[str, str]]
@@ -297,6 +246,80 @@ class EvaluationResult:
     pred_files: dict[str, dict[str, Path]]
     coverage: dict[tuple[str, str], float]
     settings: dict[str, Any]
+    fields: dict[tuple[str, str], dict[str, Any]] = dataclasses.field(default_factory=dict)
+    template: Volume | None = None
+    outline_hu: float | None = None
+
+
+@dataclasses.dataclass
+class _Candidate:
+    """One model's prediction or one baseline of a case, on the ground truth's grid."""
+
+    name: str
+    array: np.ndarray | None = None
+    covered: float = 1.0
+    field: np.ndarray | None = None  # bool [k, j, i]; None: the whole volume counts
+    field_note: str = "whole volume"
+    error: BaseException | None = None
+
+
+_ERRORS = (XRayToCTError, ValueError, OSError, RuntimeError)
+
+
+def _field_note(side: Sidecar | None) -> str:
+    if side is None:
+        return "whole volume: no JSON beside the prediction"
+    if side.model_grid is None or side.field_transform is None:
+        return f"whole volume: {side.path.name} gives no model grid and frame"
+    return f"the model's field of view ({side.path.name})"
+
+
+def _candidates(result: EvaluationResult, cid: str, gt_vol: Volume) -> Iterator[_Candidate]:
+    """Each model's prediction of case ``cid`` on the ground truth's grid with its field of
+    view, then each baseline (``outline`` and ``template`` from the first model prediction
+    that could be read, inside its field). A candidate that cannot be built carries its
+    ``error``."""
+    ref: _Candidate | None = None
+    ref_side: Sidecar | None = None
+    for name in result.models:
+        src = result.pred_files[name].get(cid)
+        try:
+            if src is None:
+                raise InputError(None, "no prediction for this case")
+            side = read_sidecar(src)
+            arr, cov = align(read_volume(src), gt_vol, name=src)
+            arr = np.asarray(arr, dtype=np.float32)
+            bad = int((~np.isfinite(arr)).sum())
+            if bad:
+                raise InputError(src, f"{bad} NaN or infinite voxels in the prediction")
+            cand = _Candidate(name, arr, cov, prediction_field(side, gt_vol), _field_note(side))
+        except Cancelled:
+            raise
+        except _ERRORS as err:
+            yield _Candidate(name, error=err)
+            continue
+        if ref is None:
+            ref, ref_side = cand, side
+        yield cand
+    for name in result.baselines:
+        try:
+            if name == "backprojection":
+                arr = backprojection_baseline(read_case_views(result.settings["dataset"], cid), gt_vol)
+            elif ref is None:
+                raise InputError(None, "no model prediction of this case to build the baseline from")
+            elif name == "outline":
+                arr = outline_baseline(ref.array, float(result.outline_hu))
+            else:
+                assert result.template is not None
+                arr = template_baseline(result.template, gt_vol,
+                                        None if ref_side is None else ref_side.canonical_to_ct)
+        except Cancelled:
+            raise
+        except _ERRORS as err:
+            yield _Candidate(name, error=err)
+            continue
+        note = "whole volume" if ref is None or ref.field is None else f"the field of {ref.name}"
+        yield _Candidate(name, arr, 1.0, None if ref is None else ref.field, note)
 
 
 def _model_names(preds: Sequence[str | os.PathLike], names: Sequence[str] | None) -> list[str]:
@@ -315,29 +338,68 @@ def _model_names(preds: Sequence[str | os.PathLike], names: Sequence[str] | None
     return out
 
 
+def _baseline_sources(baselines: Sequence[str], template: str | os.PathLike | Volume | None,
+                      dataset: str | os.PathLike | None, outline_hu: float | None
+                      ) -> tuple[Volume | None, str | None, float | None, str | None]:
+    """The template baseline's volume and the outline baseline's constant, with what each is."""
+    tmpl = tmpl_text = value = value_text = None
+    if "template" in baselines:
+        if isinstance(template, Volume):
+            tmpl, tmpl_text = template, str(template.metadata.get("source", "a given volume"))
+        elif template is not None:
+            tmpl, tmpl_text = read_hu(Path(template)), str(Path(template).resolve())
+        elif dataset is not None:
+            tmpl, tmpl_text = template_from_dataset(dataset), "mean of the dataset's training targets"
+        else:
+            tmpl = shipped_template_hu()
+            tmpl_text = ("the shipped Rorden head CT template (Cormack units converted to HU), "
+                         "its head centre at the model frame's origin")
+    if "outline" in baselines:
+        if outline_hu is not None:
+            value, value_text = float(outline_hu), "given"
+        elif dataset is not None:
+            value = outline_hu_from_dataset(dataset)
+            value_text = "median HU inside the head outline of the dataset's training targets"
+        else:
+            value = OUTLINE_BASELINE_HU
+            value_text = ("default: median HU inside the head outline of a real adult head CT "
+                          "(InVesalius sample 0051)")
+    return tmpl, tmpl_text, value, value_text
+
+
+def _head_np(masks: Mapping[str, torch.Tensor | None], gt: torch.Tensor) -> np.ndarray:
+    m = masks.get("head")
+    return (m if m is not None else head_mask(gt))[0, 0].cpu().numpy()
+
+
 def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
              names: Sequence[str] | None = None,
              windows: Sequence[str] = ("brain", "full"), regions: Sequence[str] = ("head", "whole"),
              metrics: Sequence[str] = ("ssim", "ssim_slices", "psnr", "mse", "mae_hu", "cosine"),
              baselines: Sequence[str] = (), template: str | os.PathLike | Volume | None = None,
              dataset: str | os.PathLike | None = None, split: str | None = None,
+             outline_hu: float | None = None,
              progress: ProgressCallback | None = None) -> EvaluationResult:
     """Evaluate every prediction folder against the ground-truth folder (see module doc).
 
     Args:
-        preds: prediction folders, one per model (files named by case id).
+        preds: prediction folders, one per model (files named by case id; the JSON
+            ``xraytoct reconstruct`` writes beside each, if there, gives the model's field).
         gt: ground-truth folder (files named by case id, or a dataset folder).
         names: model names (default: the folders' names).
         windows, regions, metrics: as :func:`~XRayToCTLib.metrics.evaluate_pair`.
-        baselines: any of ``template`` and ``backprojection``.
-        template: template volume (file or Volume, HU) for the ``template`` baseline (default:
-            the mean of ``dataset``'s training targets).
+        baselines: any of :data:`BASELINES`.
+        template: template volume (file or Volume, HU, in the model's frame) for the
+            ``template`` baseline (default: the mean of ``dataset``'s training targets, else
+            the shipped head CT template: :func:`shipped_template_hu`).
         dataset: dataset folder (``manifest.json``, ``cases/<id>/``): training targets for the
-            template, DRRs for the back-projection and the triptychs' input views; defaults to
-            ``gt`` when that is a dataset.
+            template and the outline constant, DRRs for the back-projection and the triptychs'
+            input views; defaults to ``gt`` when that is a dataset.
         split: only the ground-truth cases of this split of ``dataset``'s manifest (e.g.
             ``"test"``: the template baseline is the mean of the training split, so judge it
             on other cases); ``None``: every case.
+        outline_hu: the ``outline`` baseline's constant (default: from ``dataset``, else
+            :data:`~XRayToCTLib.constants.OUTLINE_BASELINE_HU`).
         progress: callback ``(fraction, message)``; returning False cancels.
     """
     for b in baselines:
@@ -349,7 +411,7 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
     if unknown or not metrics:
         raise InputError(None, f"unknown metrics {unknown}; choose from {list(M.ALL_METRICS)}")
     if dataset is not None:
-        _manifest(Path(dataset))
+        read_manifest(dataset)
     model_names = _model_names(preds, names)
     gt_files = all_gt = find_volumes(gt)
     if dataset is None and (Path(gt) / "manifest.json").is_file():
@@ -357,7 +419,7 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
     if split is not None:
         if dataset is None:
             raise InputError(None, "a split needs a dataset (a folder with manifest.json) as the ground truth")
-        keep = set(_split_ids(_manifest(Path(dataset)), split))
+        keep = set(split_ids(read_manifest(dataset), split))
         gt_files = {c: f for c, f in gt_files.items() if c in keep}
         if not gt_files:
             raise InputError(Path(gt), f"no ground-truth case of split {split!r}")
@@ -366,70 +428,71 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
     for n, files in pred_files.items():
         for cid in sorted(set(files) - set(all_gt)):  # other splits' cases are not failures
             failures.append({"case": cid, "model": n, "reason": "no ground truth with this case id"})
-    tmpl: Volume | None = None
-    if "template" in baselines:
-        if isinstance(template, Volume):
-            tmpl = template
-        elif template is not None:
-            tmpl = _read_hu(Path(template))
-        elif dataset is not None:
-            tmpl = template_from_dataset(dataset)
-        else:
-            raise InputError(None, "the template baseline needs a template CT or a dataset (its training-split mean)")
     if "backprojection" in baselines and dataset is None:
         raise InputError(None, "the backprojection baseline needs a dataset (its DRRs)")
-    rows: list[dict[str, Any]] = []
-    coverage: dict[tuple[str, str], float] = {}
+    tmpl, tmpl_text, value, value_text = _baseline_sources(baselines, template, dataset, outline_hu)
+    settings = {"windows": list(windows), "regions": list(regions), "metrics": list(metrics),
+                "baselines": list(baselines), "gt": str(Path(gt).resolve()), "split": split,
+                "preds": {n: str(Path(p).resolve()) for n, p in zip(model_names, preds)},
+                "dataset": None if dataset is None else str(Path(dataset).resolve()),
+                "template": tmpl_text, "outline_hu": value, "outline_hu_source": value_text}
+    result = EvaluationResult([], failures, model_names, list(baselines), gt_files, pred_files,
+                              {}, settings, {}, tmpl, value)
     cases = sorted(gt_files)
     for n_case, cid in enumerate(cases):
         report(progress, n_case / len(cases), f"case {cid}")
         try:
-            gt_vol = _read_hu(gt_files[cid])
+            gt_vol = read_hu(gt_files[cid])
             g = M.hu_tensor(gt_vol, "ground truth")
             masks = M.region_masks(g, regions)
         except (XRayToCTError, ValueError, OSError) as err:
             for n in model_names + list(baselines):
                 failures.append({"case": cid, "model": n, "reason": f"ground truth: {_reason(err)}"})
             continue
-        candidates: list[tuple[str, Any]] = [(n, pred_files[n].get(cid)) for n in model_names]
-        candidates += [(b, b) for b in baselines]
-        for name, src in candidates:
+        head = None
+        for cand in _candidates(result, cid, gt_vol):
             try:
-                if src is None:
-                    raise InputError(None, "no prediction for this case")
-                if name == "template":
-                    arr, cov = template_baseline(tmpl, gt_vol), 1.0
-                elif name == "backprojection":
-                    arr, cov = backprojection_baseline(read_case_views(dataset, cid), gt_vol), 1.0
-                else:
-                    arr, cov = align(read_volume(src), gt_vol, name=src)
-                p = torch.from_numpy(np.asarray(arr)).to(torch.float32)[None, None]
-                bad = int((~torch.isfinite(p)).sum())
-                if bad:
-                    raise InputError(src if isinstance(src, Path) else None,
-                                     f"{bad} NaN or infinite voxels in the prediction")
-                if cov < 1.0:
-                    coverage[cid, name] = cov
-                for w in windows:
-                    vals = M.window_metrics(p, g, w, masks, list(metrics))
-                    for m in metrics:
-                        for r in regions:
-                            rows.append({"case": cid, "model": name, "metric": m, "window": w,
-                                         "region": r, "value": float(vals[m, r][0])})
+                if cand.error is not None:
+                    raise cand.error
+                if cand.field is not None and head is None:
+                    head = _head_np(masks, g)  # the truth's head, for the share outside the field
+                _score(result, cid, cand, g, masks, windows, metrics, regions, head)
             except Cancelled:
                 raise
-            except (XRayToCTError, ValueError, OSError, RuntimeError) as err:
-                failures.append({"case": cid, "model": name, "reason": _reason(err)})
+            except _ERRORS as err:
+                failures.append({"case": cid, "model": cand.name, "reason": _reason(err)})
     report(progress, 1.0, "done")
-    settings = {"windows": list(windows), "regions": list(regions), "metrics": list(metrics),
-                "baselines": list(baselines), "gt": str(Path(gt).resolve()), "split": split,
-                "preds": {n: str(Path(p).resolve()) for n, p in zip(model_names, preds)},
-                "dataset": None if dataset is None else str(Path(dataset).resolve()),
-                "template": (str(Path(template).resolve()) if isinstance(template, (str, os.PathLike))
-                             else ("mean of the dataset's training targets" if tmpl is not None
-                                   and template is None else None))}
-    return EvaluationResult(rows, failures, model_names, list(baselines), gt_files, pred_files,
-                            coverage, settings)
+    return result
+
+
+def _score(result: EvaluationResult, cid: str, cand: _Candidate, g: torch.Tensor,
+           masks: Mapping[str, torch.Tensor | None], windows: Sequence[str],
+           metrics: Sequence[str], regions: Sequence[str], head: np.ndarray | None) -> None:
+    """Every metric of one candidate in every window and region (inside its field), appended
+    to ``result.rows``; its field of view and coverage recorded."""
+    info: dict[str, Any] = {"case": cid, "model": cand.name, "field": cand.field_note,
+                            "head_outside_fraction": None, "volume_outside_fraction": None}
+    if cand.field is not None and head is not None:
+        inside = int(np.count_nonzero(cand.field))
+        if inside == 0:
+            raise InputError(None, "no voxel of the ground truth lies inside the model's field of view")
+        n_head = max(int(np.count_nonzero(head)), 1)
+        info["head_outside_fraction"] = 1.0 - int(np.count_nonzero(head & cand.field)) / n_head
+        info["volume_outside_fraction"] = 1.0 - inside / cand.field.size
+        if "head" in regions and info["head_outside_fraction"] >= 1.0:
+            raise InputError(None, "the ground truth's head lies wholly outside the model's field of view")
+        f = torch.from_numpy(cand.field)[None, None]
+        masks = {r: f if m is None else (m & f) for r, m in masks.items()}
+    result.fields[cid, cand.name] = info
+    if cand.covered < 1.0:
+        result.coverage[cid, cand.name] = cand.covered
+    p = torch.from_numpy(np.asarray(cand.array, dtype=np.float32))[None, None]
+    for w in windows:
+        vals = M.window_metrics(p, g, w, masks, list(metrics))
+        for m in metrics:
+            for r in regions:
+                result.rows.append({"case": cid, "model": cand.name, "metric": m, "window": w,
+                                    "region": r, "value": float(vals[m, r][0])})
 
 
 def _reason(err: BaseException) -> str:
@@ -458,43 +521,34 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
 def write_summary(result: EvaluationResult, path: str | os.PathLike, *,
                   ci: str = "t") -> dict[str, Any]:
     """``summary.json``: the statistics of :func:`~XRayToCTLib.stats.summarize` per model,
-    metric, window and region, the failures, the coverage notes, the settings and the metric
-    definitions (non-finite numbers as ``null``: :func:`~XRayToCTLib.io.to_jsonable`). Returns
-    the summary."""
+    metric, window and region, the failures, the coverage notes, each case's field of view
+    (``field_of_view``: the share of the ground truth's head outside the model's field, or
+    why the whole volume counts), the settings and the definitions (non-finite numbers as
+    ``null``: :func:`~XRayToCTLib.io.to_jsonable`). Returns the summary."""
     summary = summarize(result.rows, baselines=result.baselines, ci=ci)
     summary.update({
         "models": result.models, "baselines": result.baselines,
         "cases": sorted(result.gt_files), "failures": result.failures,
         "partial_coverage": [{"case": c, "model": m, "covered_fraction": f}
                              for (c, m), f in sorted(result.coverage.items())],
+        "field_of_view": [result.fields[k] for k in sorted(result.fields)],
         "settings": result.settings,
         "definitions": (M.__doc__ or "").strip(),
-        "baseline_definitions": (__doc__ or "").split("Baselines", 1)[-1].strip(),
+        "field_of_view_definition": FIELD_OF_VIEW_DEFINITION,
+        "baseline_definitions": "\n\n".join(f"{b}: {t}" for b, t in BASELINE_DEFINITIONS.items()
+                                             if b in result.baselines),
     })
     write_json(path, summary)
     return summary
 
 
-def _prediction_on_gt(result: EvaluationResult, name: str, cid: str, gt_vol: Volume,
-                      template: Volume | None) -> np.ndarray | None:
-    dataset = result.settings.get("dataset")
-    try:
-        if name == "template":
-            return None if template is None else template_baseline(template, gt_vol)
-        if name == "backprojection":
-            return backprojection_baseline(read_case_views(dataset, cid), gt_vol)
-        src = result.pred_files[name].get(cid)
-        return None if src is None else align(read_volume(src), gt_vol, name=src)[0]
-    except (XRayToCTError, ValueError, OSError):
-        return None
-
-
 def case_figures(result: EvaluationResult, *, metric: str | None = None,
-                 window: str | None = None, region: str | None = None,
-                 template: Volume | None = None) -> dict[str, tuple[str, str, bytes]]:
+                 window: str | None = None, region: str | None = None
+                 ) -> dict[str, tuple[str, str, bytes]]:
     """Triptych figures (:func:`~XRayToCTLib.report.comparison_png`) of the best, median and
     worst case of the first model by ``metric`` (default ``ssim``, the first window, region
-    ``head``): ground truth, every model's and baseline's sCT and difference map, and the
+    ``head``; one figure per case, so fewer when cases repeat): ground truth, every model's
+    and baseline's sCT and difference map (blank outside the model's field of view), and the
     input DRRs when the dataset has them. ``{label: (case, "metric = value", png)}``."""
     s = result.settings
     metric = metric or ("ssim" if "ssim" in s["metrics"] else s["metrics"][0])
@@ -509,16 +563,19 @@ def case_figures(result: EvaluationResult, *, metric: str | None = None,
                   reverse=higher_is_better(metric))
     if not vals:
         return {}
-    picks = {"best": vals[0], "median": vals[(len(vals) - 1) // 2], "worst": vals[-1]}
+    picks: dict[tuple[float, str], list[str]] = {}
+    for label, pick in (("best", vals[0]), ("median", vals[(len(vals) - 1) // 2]),
+                        ("worst", vals[-1])):
+        picks.setdefault(pick, []).append(label)
     lo, hi = M.window_range(window)
     out = {}
-    for label, (value, cid) in picks.items():
-        gt_vol = _read_hu(result.gt_files[cid])
+    for (value, cid), labels in picks.items():
+        gt_vol = read_hu(result.gt_files[cid])
         preds = {}
-        for name in result.models + result.baselines:
-            arr = _prediction_on_gt(result, name, cid, gt_vol, template)
-            if arr is not None:
-                preds[name] = arr
+        for cand in _candidates(result, cid, gt_vol):
+            if cand.error is None:
+                preds[cand.name] = (cand.array if cand.field is None
+                                    else np.where(cand.field, cand.array, np.float32(np.nan)))
         mask = M.head_mask(gt_vol.array)
         point = None
         if mask.any():
@@ -531,6 +588,7 @@ def case_figures(result: EvaluationResult, *, metric: str | None = None,
             except XRayToCTError:
                 views = None
         text = f"{metric} ({window}, {region}) of {first} = {value:.4g}"
+        label = ", ".join(labels)
         png = comparison_png(gt_vol, preds, (lo, hi), point=point, views=views,
                              title=f"{label} case {cid}: {text}")
         out[label] = (cid, text, png)
@@ -540,31 +598,19 @@ def case_figures(result: EvaluationResult, *, metric: str | None = None,
 def run_evaluation(out_dir: str | os.PathLike, preds: Sequence[str | os.PathLike],
                    gt: str | os.PathLike, *, png_dir: str | os.PathLike | None = None,
                    progress: ProgressCallback | None = None, **kwargs: Any) -> dict[str, Path]:
-    """:func:`evaluate`, then write ``metrics.csv``, ``summary.json`` and ``report.html``
-    into ``out_dir``. Returns ``{"csv", "summary", "report"}`` paths."""
+    """:func:`evaluate` (``kwargs`` are its own), then write ``metrics.csv``,
+    ``summary.json`` and ``report.html`` into ``out_dir``. Returns ``{"csv", "summary",
+    "report"}`` paths."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")
-    template = kwargs.get("template")
-    if "template" in kwargs.get("baselines", ()) and not isinstance(template, Volume):
-        if template is not None:
-            kwargs["template"] = _read_hu(Path(template))
-        else:
-            ds = kwargs.get("dataset") or (gt if (Path(gt) / "manifest.json").is_file() else None)
-            if ds is not None:
-                kwargs["template"] = template_from_dataset(ds)
     result = evaluate(preds, gt, progress=scaled(progress, 0.0, 0.85), **kwargs)
-    if isinstance(template, (str, os.PathLike)):
-        result.settings["template"] = str(Path(template).resolve())
-    elif kwargs.get("template") is not None and template is None:
-        result.settings["template"] = "mean of the dataset's training targets"
     out.mkdir(parents=True, exist_ok=True)  # only once the inputs have been read
     paths = {"csv": write_csv(result.rows, out / "metrics.csv")}
     summary = write_summary(result, out / "summary.json")
     paths["summary"] = out / "summary.json"
     report(progress, 0.9, "figures")
-    tmpl = kwargs.get("template") if isinstance(kwargs.get("template"), Volume) else None
-    figs = case_figures(result, template=tmpl)
+    figs = case_figures(result)
     paths["report"] = write_html_report(out / "report.html", result, summary, cases=figs,
                                         png_dir=png_dir)
     report(progress, 1.0, "done")

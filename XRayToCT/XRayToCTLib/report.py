@@ -230,6 +230,27 @@ def _comparisons_table(summary: dict) -> str:
     return "\n".join(out)
 
 
+def _pct(v) -> str:
+    return "–" if v is None else f"{100.0 * v:.1f} %"
+
+
+def _field_table(summary: dict) -> str:
+    """The share of each case's ground truth outside the model's field of view (not scored)."""
+    rows = summary.get("field_of_view") or []
+    if not rows:
+        return ""
+    out = ["<h2>Field of view</h2><p>Only the ground truth's voxels inside the model's field of "
+           "view are scored (see Definitions). Share of the ground truth outside it, not scored:"
+           "</p><table><tr><th>case</th><th>model</th><th>head outside the field</th>"
+           "<th>volume outside the field</th><th>field</th></tr>"]
+    for r in rows:
+        out.append(f"<tr><td>{_esc(r['case'])}</td><td>{_esc(r['model'])}</td>"
+                   f"<td>{_pct(r['head_outside_fraction'])}</td>"
+                   f"<td>{_pct(r['volume_outside_fraction'])}</td><td>{_esc(r['field'])}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
 def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
                       png_dir=None) -> Path:
     """Write the self-contained evaluation report (``report.html``) atomically.
@@ -251,7 +272,8 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
             images.append((f"box_{w}_{r}", f"Box plots: window {w}, region {r}",
                            boxplot_png(result.rows, w, r, metrics, models)))
     for label, (cid, value, png) in (cases or {}).items():
-        images.append((f"case_{label}", f"{label} case: {cid} ({value})", png))
+        key = "case_" + "_".join("".join(c if c.isalnum() else " " for c in label).split())
+        images.append((key, f"{label} case: {cid} ({value})", png))
     if png_dir is not None:
         for key, _, png in images:
             Path(png_dir).mkdir(parents=True, exist_ok=True)
@@ -279,9 +301,11 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
                          f"<td>{_esc(f['reason'])}</td></tr>" for f in result.failures) + "</table>")
     if result.coverage:
         parts.append("<p>Predictions resampled onto the truth's grid that cover only part of "
-                     "it (the rest counted as air): " + ", ".join(
+                     "it (the rest counted as air, except outside the model's field of view, "
+                     "which is not scored): " + ", ".join(
                          f"{_esc(c)}/{_esc(m)} {f:.1%}" for (c, m), f in sorted(result.coverage.items()))
                      + "</p>")
+    parts.append(_field_table(summary))
     parts.append("<h2>Statistics</h2>" + _stats_table(summary))
     parts.append("<h2>Model comparisons</h2>" + _comparisons_table(summary))
     parts.append("<h2>Figures</h2>")
@@ -290,6 +314,10 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
                      f"{base64.b64encode(png).decode('ascii')}'><figcaption>{_esc(caption)}"
                      "</figcaption></figure>")
     parts.append("<h2>Definitions</h2><pre>" + _esc(summary.get("definitions", "")) + "</pre>")
-    parts.append("<h3>Baselines</h3><pre>" + _esc(summary.get("baseline_definitions", "")) + "</pre>")
+    if summary.get("field_of_view_definition"):
+        parts.append("<h3>Field of view</h3><p>" + _esc(summary["field_of_view_definition"]) + "</p>")
+    if summary.get("baseline_definitions"):
+        parts.append("<h3>Baselines</h3>" + "".join(
+            f"<p>{_esc(t)}</p>" for t in summary["baseline_definitions"].split("\n\n")))
     parts.append("</body></html>")
     return write_text(path, "\n".join(parts))
