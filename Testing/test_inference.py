@@ -491,3 +491,32 @@ def test_shipped_model_sct_overlays_a_posed_ct():
     assert dice(ct.array > -500.0, res.sct.array > -500.0) > 0.85  # the head
     assert dice(ct.array > 300.0, res.sct.array > 300.0) > 0.6     # the skull
     assert res.consistency["mean"]["ssim"] > 0.6  # measured 0.73 (64³ at 4 mm)
+
+
+def test_cli_refine_keeps_both_scores_and_evaluate_reports_it_with_the_view_baselines(
+        biplanar_file, ct, ct_file, tmp_path, capsys):
+    """``reconstruct --refine`` writes the fitted sCT, the consistency before and after and the
+    method ``<model>+refine``; ``evaluate`` scores it under that name next to the baselines
+    that read the images beside it (atlas, back-projection) and the outline baseline."""
+    pred = tmp_path / "pred" / "head.nii.gz"  # the folder does not exist yet: it is created
+    code, out, err = run(["reconstruct", "--ct", ct_file, "--no-register", "--model",
+                          biplanar_file, "--out", pred, "--device", "cpu", "--refine", "8"], capsys)
+    assert code == 0, err
+    assert "refined in" in out
+    side = json.loads(pred.with_suffix("").with_suffix(".json").read_text())
+    assert side["method"] == "tiny_biplanar+refine"
+    assert side["refine"]["steps_run"] <= 8 and side["refine"]["match"] == "absolute"
+    assert side["refine"]["view_error"]["after"] <= side["refine"]["view_error"]["before"]
+    assert set(side["consistency_before_refine"]["views"]) == {"ap", "lateral"}
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    write_volume(ct, gt / "head.nii.gz")
+    rep = tmp_path / "rep"
+    code, _, err = run(["evaluate", "--pred", pred.parent, "--name", side["method"], "--gt", gt,
+                        "--out", rep, "--window", "full", "--metric", "ssim", "--metric",
+                        "mae_hu", "--baseline", "outline", "--baseline", "atlas",
+                        "--baseline", "backprojection"], capsys)
+    assert code == 0, err
+    rows = (rep / "metrics.csv").read_text().splitlines()
+    methods = {r.split(",")[1] for r in rows[1:]}
+    assert methods == {"tiny_biplanar+refine", "outline", "atlas", "backprojection"}, methods

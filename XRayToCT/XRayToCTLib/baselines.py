@@ -37,14 +37,15 @@ from .hu import head_center, head_mask
 from .io import read_radiograph, read_volume
 from .preprocess import from_canonical, resample_to_grid, window_to_hu
 from .progress import ProgressCallback, report
+from .refine import refine
 from .registration import SHIPPED_TEMPLATE, cormack_to_hu, load_template
 
 __all__ = ["NAMES", "DEFINITIONS", "read_hu", "read_manifest", "split_ids", "dataset_targets",
            "template_from_dataset", "shipped_template_hu", "template_baseline",
            "outline_hu_from_dataset", "outline_baseline", "read_case_views",
-           "backprojection_baseline"]
+           "backprojection_baseline", "prediction_views", "atlas_baseline"]
 
-NAMES = ("outline", "template", "backprojection")
+NAMES = ("outline", "template", "atlas", "backprojection")
 """The baselines, in the order reports list them."""
 
 DEFINITIONS = {
@@ -65,6 +66,14 @@ DEFINITIONS = {
         "rigid transform that brought the case's CT into the model's frame for its DRRs (the "
         "prediction's canonical_to_ct), not registered to the ground truth. It shows what the "
         "registration and an average head are worth without the radiographs."),
+    "atlas": (
+        "The classical 2D/3D method: the same average head as the template baseline, in the "
+        "model's frame, fitted to the case's own input views by the test-time fit that "
+        "`--refine` applies to a model's sCT (XRayToCTLib.refine: per-tissue HU curve, affine "
+        "and coarse deformation, small residual, through the differentiable DRR), then placed "
+        "like the template. It shows what the radiographs add to an average head without a "
+        "learned model. It needs the JSON and the input images that `xraytoct reconstruct` "
+        "writes beside the case's first model prediction."),
     "backprojection": (
         "The case's two DRRs smeared back along their rays: each voxel gets the mean "
         "attenuation per mm of the rays through it (each ray's DRR value divided by its length "
@@ -269,3 +278,37 @@ def backprojection_baseline(views: Mapping[str, Radiograph] | Sequence[Radiograp
     mu = np.where(count > 0, total / np.maximum(count, 1), 0.0)
     hu = 1000.0 * (mu / MU_WATER_PER_MM - 1.0)
     return hu.reshape(shape).astype(np.float32)
+
+
+def prediction_views(sidecar_json: str | os.PathLike) -> tuple[dict[str, Radiograph],
+                                                               dict[str, ProjectionGeometry]]:
+    """The images a model saw for one sCT (``<stem>_<view>_drr.nrrd`` or ``_input.nrrd``
+    beside it, as :func:`~XRayToCTLib.inference.write_result` names them) and their view
+    geometries in the model's frame (the JSON's ``geometry.views``)."""
+    path = Path(sidecar_json)
+    try:
+        d = json.loads(path.read_text())
+        geoms = {v: ProjectionGeometry.from_dict(g) for v, g in d["geometry"]["views"].items()}
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise InputError(path, f"no view geometry for the atlas baseline: {err}") from err
+    stem = path.name[: -len(".json")]
+    views = {}
+    for v in geoms:
+        f = next((path.with_name(f"{stem}_{v}_{kind}.nrrd") for kind in ("drr", "input")
+                  if path.with_name(f"{stem}_{v}_{kind}.nrrd").is_file()), None)
+        if f is None:
+            raise InputError(path, f"no {v} image beside it ({stem}_{v}_drr.nrrd or "
+                                   f"{stem}_{v}_input.nrrd) for the atlas baseline")
+        views[v] = read_radiograph(f, view=v)
+    return views, geoms
+
+
+def atlas_baseline(template: Volume, model_grid: Grid, views: Mapping[str, Radiograph],
+                   geometries: Mapping[str, ProjectionGeometry], gt: Grid,
+                   canonical_to_ct: RigidTransform | None = None) -> np.ndarray:
+    """The template (HU, model frame) on ``model_grid``, fitted to ``views``
+    (:func:`~XRayToCTLib.refine.refine`, default settings), then on ``gt``'s grid as
+    :func:`template_baseline` places it."""
+    prior = resample_to_grid(template, model_grid, None, "linear", AIR_HU)
+    fitted, _ = refine(prior, views, geometries)
+    return template_baseline(fitted, gt, canonical_to_ct)

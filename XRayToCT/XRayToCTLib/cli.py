@@ -298,11 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", choices=["head", "none"], action="append",
                    help="region(s): head (ground truth > -500 HU, largest component, holes "
                         "filled) and/or none (whole volume); default: both")
-    p.add_argument("--baseline", action="append", choices=["outline", "template", "backprojection"],
+    p.add_argument("--baseline", action="append",
+                   choices=["outline", "template", "atlas", "backprojection"],
                    help="baseline(s) to evaluate beside the models (repeatable): outline (a "
                         "constant inside the first prediction's own head outline), template "
                         "(an average head placed through the prediction's canonical_to_ct), "
-                        "backprojection (the dataset's DRRs back-projected)")
+                        "atlas (that average head fitted to the case's views, as --refine fits "
+                        "an sCT: the classical 2D/3D method), backprojection (the case's DRRs "
+                        "back-projected: the dataset's, else those beside the prediction)")
     p.add_argument("--template", metavar="FILE",
                    help="template volume (HU, in the model's frame) for the template baseline "
                         "(default: the mean of --dataset's training targets, else the shipped "

@@ -39,7 +39,7 @@ import torch
 
 from . import metrics as M
 from .baselines import (DEFINITIONS as BASELINE_DEFINITIONS, NAMES as BASELINES,
-                        backprojection_baseline, outline_baseline, outline_hu_from_dataset,
+                        atlas_baseline, backprojection_baseline, prediction_views, outline_baseline, outline_hu_from_dataset,
                         read_case_views, read_hu, read_manifest, shipped_template_hu, split_ids,
                         template_baseline, template_from_dataset)
 from .constants import AIR_HU, OUTLINE_BASELINE_HU
@@ -304,11 +304,28 @@ def _candidates(result: EvaluationResult, cid: str, gt_vol: Volume) -> Iterator[
     for name in result.baselines:
         try:
             if name == "backprojection":
-                arr = backprojection_baseline(read_case_views(result.settings["dataset"], cid), gt_vol)
+                ds = result.settings.get("dataset")
+                if ds is not None and (Path(ds) / "cases" / cid).is_dir():
+                    rads = read_case_views(ds, cid)
+                elif ref_side is not None:  # the images beside the prediction, as placed
+                    rads = {v: r for v, r in prediction_views(ref_side.path)[0].items()}
+                else:
+                    raise InputError(None, "the backprojection baseline needs a dataset or the "
+                                           "images `xraytoct reconstruct` writes beside the "
+                                           "prediction")
+                arr = backprojection_baseline(rads, gt_vol)
             elif ref is None:
                 raise InputError(None, "no model prediction of this case to build the baseline from")
             elif name == "outline":
                 arr = outline_baseline(ref.array, float(result.outline_hu))
+            elif name == "atlas":
+                if ref_side is None or ref_side.model_grid is None:
+                    raise InputError(None, "the atlas baseline needs the JSON `xraytoct "
+                                           "reconstruct` writes beside the prediction")
+                assert result.template is not None
+                views, geoms = prediction_views(ref_side.path)
+                arr = atlas_baseline(result.template, ref_side.model_grid, views, geoms, gt_vol,
+                                     ref_side.canonical_to_ct)
             else:
                 assert result.template is not None
                 arr = template_baseline(result.template, gt_vol,
@@ -343,7 +360,7 @@ def _baseline_sources(baselines: Sequence[str], template: str | os.PathLike | Vo
                       ) -> tuple[Volume | None, str | None, float | None, str | None]:
     """The template baseline's volume and the outline baseline's constant, with what each is."""
     tmpl = tmpl_text = value = value_text = None
-    if "template" in baselines:
+    if "template" in baselines or "atlas" in baselines:
         if isinstance(template, Volume):
             tmpl, tmpl_text = template, str(template.metadata.get("source", "a given volume"))
         elif template is not None:
@@ -428,8 +445,6 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
     for n, files in pred_files.items():
         for cid in sorted(set(files) - set(all_gt)):  # other splits' cases are not failures
             failures.append({"case": cid, "model": n, "reason": "no ground truth with this case id"})
-    if "backprojection" in baselines and dataset is None:
-        raise InputError(None, "the backprojection baseline needs a dataset (its DRRs)")
     tmpl, tmpl_text, value, value_text = _baseline_sources(baselines, template, dataset, outline_hu)
     settings = {"windows": list(windows), "regions": list(regions), "metrics": list(metrics),
                 "baselines": list(baselines), "gt": str(Path(gt).resolve()), "split": split,
