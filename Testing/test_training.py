@@ -105,14 +105,15 @@ def test_yaml_round_trip_and_overrides(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     from XRayToCTLib.models import build_discriminator, build_model
-    cfg = TrainConfig.from_yaml(path).resolved()
-    assert cfg.size in (64, 128) and not cfg.data and not cfg.out
+    cfg = TrainConfig.from_yaml(path).resolved()  # an init package's settings are read
+    size = cfg.size or 128  # None: the dataset's
+    assert size in (64, 128) and not cfg.data and not cfg.out
     with torch.device("meta"):  # the architecture only, no memory for the weights
-        model = build_model(cfg.model, {**cfg.model_config, "image_size": cfg.size,
-                                        "output_size": cfg.size})
+        model = build_model(cfg.model, {**cfg.model_config, "image_size": size,
+                                        "output_size": size})
         if cfg.lambda_adv > 0:
             build_discriminator({**model.spec.config, **cfg.discriminator_config})
-    assert model.spec.name == cfg.model and model.spec.output_size == cfg.size
+    assert model.spec.name == cfg.model and model.spec.output_size == size
     if cfg.points_per_step:
         assert hasattr(model, "query")
 
@@ -248,7 +249,7 @@ def test_projection_loss_uses_the_renderer_at_the_dataset_geometry(dataset, tmp_
     assert engine.drr.gate_hu == cfg.proj_gate_hu and engine.drr.views == engine.views
     batch = next(iter(engine._loader(engine.train_ds, train=True)))
     x = engine.normalize(views_tensor(batch, engine.views, "cpu"))
-    gt = engine.mapping.to_model(engine._target(batch))
+    gt = engine.model_target(batch)
     good = engine.projection(gt, x, gt).item()
     blank = engine.projection(torch.zeros_like(gt), x, gt).item()
     assert good < 0.1 < blank
@@ -449,3 +450,153 @@ def test_checkpoint_is_not_unpickled(tmp_path):
     bad.write_bytes(pickle.dumps({"format": training.CHECKPOINT_FORMAT, "x": Evil()}, protocol=2))
     with pytest.raises(InputError, match="not a readable training checkpoint"):
         load_checkpoint(bad)
+
+
+# -- fine-tuning from a model package (init) ------------------------------------------------------
+
+def _package(dataset: Path, tmp_path: Path, model: str) -> Path:
+    """A tiny package of ``model`` trained one epoch on the test dataset (16^3)."""
+    run = train(_config(dataset, tmp_path / f"pkg-{model}", model=model, epochs=1, val_every=0))
+    return export_run(run, tmp_path / f"{model}.safetensors", checkpoint="last")
+
+
+def test_init_fine_tunes_a_cnn_inr_package_at_another_size(dataset, tmp_path, capsys):
+    """A 16^3 CNN-INR package fine-tuned at 32^3 (the INR samples points: its weights fit any
+    output size): the model and its settings come from the package, its weights are the
+    start, and the package is recorded in config.yaml, the checkpoint and the export."""
+    from XRayToCTLib.models import load_package
+    pkg = _package(dataset, tmp_path, "cnn_inr")
+    ref, info = load_package(pkg)
+    cfg = TrainConfig(init=str(pkg), data=str(dataset), out=str(tmp_path / "e"),
+                      device="cpu", size=2 * SIZE, points_per_step=64).resolved()
+    assert cfg.model == "cnn_inr" and cfg.model_config["hidden"] == INR_CFG["hidden"]
+    engine = Engine(cfg, Dist("cpu"), None)
+    assert engine.model.spec.output_size == 2 * SIZE
+    assert engine.model.spec.field_mm == pytest.approx(ref.spec.field_mm)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(engine.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    assert engine.init_record["sha256"] == info["sha256"]
+    # the command line: no --model, another size
+    run = tmp_path / "ft"
+    code = main(["train", "--init", str(pkg), "--data", str(dataset), "--out", str(run),
+                 "--size", str(2 * SIZE), "--epochs", "1", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["model"], saved["init"], saved["size"]) == ("cnn_inr", str(pkg), 2 * SIZE)
+    assert saved["model_config"]["hidden"] == INR_CFG["hidden"]
+    out = export_run(run, tmp_path / "ft.safetensors")
+    model, ft = load_package(out)
+    assert model.spec.output_size == 2 * SIZE
+    assert model.spec.output_spacing == pytest.approx(ref.spec.output_spacing / 2)
+    assert ft["training"]["init"]["sha256"] == info["sha256"]
+    assert ft["training"]["init"]["file"] == pkg.name and str(tmp_path) not in json.dumps(ft["training"])
+    with torch.no_grad():
+        assert model(torch.rand(1, 2, SIZE, SIZE)).shape == (1, 1, 2 * SIZE, 2 * SIZE, 2 * SIZE)
+    # a resumed fine-tuning needs its checkpoint, not the package any more
+    pkg.unlink()
+    code = main(["train", "--out", str(run), "--resume", "--epochs", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+    assert json.loads(load_checkpoint(run / "checkpoints" / "last.pt")["init"])["sha256"] == info["sha256"]
+
+
+def test_init_refuses_another_architecture_in_one_line(dataset, tmp_path, capsys):
+    gan = _package(dataset, tmp_path, "x2ct_gan")
+    base = ["--data", str(dataset), "--epochs", "1", "--device", "cpu"]
+    code = main(["train", "--init", str(gan), "--model", "cnn_inr", "--out",
+                 str(tmp_path / "a"), *base])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "holds the model x2ct_gan, not cnn_inr" in err
+    # other layers than the package's
+    with pytest.raises(InputError, match="growth_rate"):
+        TrainConfig(init=str(gan), model_config={"growth_rate": 8}).resolved()
+    # the X2CT-GAN's weights depend on the sizes: 16^3 weights do not fit a 32^3 run
+    code = main(["train", "--init", str(gan), "--size", str(2 * SIZE), "--out",
+                 str(tmp_path / "b"), *base])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "weights do not fit" in err
+    assert not (tmp_path / "b" / "checkpoints").exists()
+    # only packages: a training checkpoint (a pickle) is not read
+    ckpt = tmp_path / "pkg-x2ct_gan" / "checkpoints" / "last.pt"
+    with pytest.raises(InputError, match="not a safetensors model package"):
+        TrainConfig(init=str(ckpt)).resolved()
+    with pytest.raises(InputError, match="unknown model 'nope'"):
+        TrainConfig(init="nope").resolved()
+
+
+def test_init_from_the_catalog(dataset, tmp_path):
+    """A catalog name: the shipped 64^3 CNN-INR starts a run on 16^2 views (its SHA-256
+    checked at load)."""
+    from XRayToCTLib.models import catalog, load_model
+    if "cnn_inr_phantom64" not in [e["name"] for e in catalog()]:
+        pytest.skip("the catalog has no cnn_inr_phantom64")
+    cfg = TrainConfig(init="cnn_inr_phantom64", data=str(dataset), out=str(tmp_path / "c"),
+                      device="cpu").resolved()
+    assert cfg.model == "cnn_inr" and "geometry" not in cfg.model_config
+    engine = Engine(cfg, Dist("cpu"), None)
+    ref, _ = load_model("cnn_inr_phantom64")
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(engine.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    assert engine.init_record["catalog"] == "cnn_inr_phantom64"
+    assert engine.model.spec.image_size == SIZE and engine.model.spec.output_size == SIZE
+
+
+# -- speed: the same results, less work ------------------------------------------------------------
+
+def test_a_loader_worker_gives_the_same_run(dataset, tmp_path):
+    """One loader pass over all epochs, its worker reading ahead (workers=1), trains exactly
+    as reading in the main process (the random points come from the same stream)."""
+    kw = dict(model="cnn_inr", epochs=3, points_per_step=64, lambda_proj=0.0, val_every=2)
+    a = train(_config(dataset, tmp_path / "w0", workers=0, **kw))
+    b = train(_config(dataset, tmp_path / "w1", workers=1, **kw))
+    sa = load_checkpoint(a / "checkpoints" / "last.pt")
+    sb = load_checkpoint(b / "checkpoints" / "last.pt")
+    for k, v in sa["model"].items():
+        torch.testing.assert_close(sb["model"][k], v, rtol=0, atol=0, msg=k)
+    assert [r["loss_g"] for r in _log(a)] == [r["loss_g"] for r in _log(b)]
+
+
+def test_the_target_reference_is_rendered_once_per_case(dataset, tmp_path):
+    """The ``target`` projection reference (the target's DRRs) is rendered once per case,
+    not every step, and is what rendering it again gives."""
+    cfg = _config(dataset, tmp_path / "ref", model="cnn_inr", epochs=2, val_every=0,
+                  projection_reference="target").resolved()
+    engine = Engine(cfg, Dist("cpu"), None)
+    assert engine.projection.reference == "target"
+    rendered = []
+    render = engine.projection.render_reference
+    engine.projection.render_reference = lambda t: rendered.append(t.shape[0]) or render(t)
+    engine.run.mkdir(parents=True)
+    engine.fit()
+    assert engine.step == 4 and sum(rendered) == len(engine.train_ds) == 3
+    batch = next(iter(engine._loader(engine.train_ds, train=True)))
+    target = engine.model_target(batch)
+    x = engine.normalize(views_tensor(batch, engine.views, "cpu"))
+    torch.testing.assert_close(engine._projection_reference(batch, x, target), render(target))
+
+
+def test_split_conv3d_is_the_same_convolution():
+    from XRayToCTLib.models import build_discriminator, build_model
+    from XRayToCTLib.training.cpu import SplitConv3d, fast_conv3d
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv3d(4, 3, 3, padding=1)
+    split = torch.nn.Conv3d(4, 3, 3, padding=1)
+    split.load_state_dict(conv.state_dict())
+    assert fast_conv3d(split) == 1 and isinstance(split, SplitConv3d)
+    x = torch.rand(1, 4, 16, 12, 10, generator=gen, requires_grad=True)
+    assert split._split(x) and not split._split(torch.rand(2, 4, 16, 12, 10))
+    y0, y1 = conv(x), split(x)
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    g = torch.rand(y0.shape, generator=gen)
+    grads0 = torch.autograd.grad(y0, [x, conv.weight, conv.bias], g)
+    grads1 = torch.autograd.grad(y1, [x, split.weight, split.bias], g)
+    for a, b in zip(grads0, grads1):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    strided = torch.nn.Conv3d(4, 3, 3, padding=1, stride=2)
+    fast_conv3d(strided)
+    assert not strided._split(x)  # other convolutions are nn.Conv3d's own
+    # a generator keeps its weights and their names
+    model = build_model("x2ct_gan", {**GAN_CFG, "image_size": SIZE, "output_size": SIZE})
+    keys = list(model.state_dict())
+    assert fast_conv3d(model) > 0 and list(model.state_dict()) == keys
+    assert fast_conv3d(build_discriminator({"disc_channels": 4, "disc_layers": 2})) > 0

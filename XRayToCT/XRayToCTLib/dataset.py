@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -52,6 +52,12 @@ class CaseDataset(_TorchDataset):
         split: ``"train"``, ``"val"``, ``"test"`` or ``None`` (all cases).
         cache_in_memory: keep each case's tensors after its first read (per process:
             each DataLoader worker has its own cache).
+        exclude: case ids or groups to leave out (a real CT's id leaves out its augmented
+            copies too: they share its group); an unknown name is an InputError.
+        transform: applied to each case's dict after it is read (in the DataLoader's worker
+            processes when there are any; the training puts its targets on the output grid
+            and into the model's intensity there); it must be deterministic: with
+            ``cache_in_memory`` its result is what is kept.
 
     ``dataset[i]`` is ``{"id": str, "ct": FloatTensor[1, S, S, S]`` (HU, array order
     ``k, j, i`` of the canonical grid), ``"ap"``, ``"lateral": FloatTensor[1, P, P]`` (DRR
@@ -65,17 +71,26 @@ class CaseDataset(_TorchDataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str | None = "train", *,
-                 cache_in_memory: bool = False):
+                 cache_in_memory: bool = False,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 exclude: Sequence[str] = ()):
         if split not in ("train", "val", "test", None):
             raise ValueError(f"split must be 'train', 'val', 'test' or None, got {split!r}")
         p = Path(root).expanduser()
         self.root = p.parent if p.is_file() else p
         self.manifest = load_manifest(self.root)
         self.split = split
-        self.ids = sorted(cid for cid, c in self.manifest["cases"].items()
-                          if c.get("status") == "complete" and (split is None or c["split"] == split))
+        cases = self.manifest["cases"]
+        left_out = set(exclude)
+        unknown = sorted(left_out - set(cases) - {c.get("group") for c in cases.values()})
+        if unknown:
+            raise InputError(self.root, f"no case or group named {', '.join(unknown)} to leave out")
+        self.ids = sorted(cid for cid, c in cases.items()
+                          if c.get("status") == "complete" and (split is None or c["split"] == split)
+                          and cid not in left_out and c.get("group") not in left_out)
         self.cache_in_memory = bool(cache_in_memory)
         self._cache: dict[int, dict[str, Any]] = {}
+        self.transform = transform
 
     @property
     def size(self) -> int:
@@ -129,6 +144,8 @@ class CaseDataset(_TorchDataset):
             if arr.shape != shape:
                 raise InputError(path, f"shape {arr.shape} differs from the dataset's {shape}")
             item[name] = torch.from_numpy(np.ascontiguousarray(arr))[None]
+        if self.transform is not None:
+            item = self.transform(item)
         if self.cache_in_memory:
             self._cache[index] = item
         return dict(item)

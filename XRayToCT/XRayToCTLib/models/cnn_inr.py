@@ -19,10 +19,12 @@ Yu et al. 2021), adapted to cone-beam radiographs.
   the average to the intensity.
 
 ``query(views, points)`` evaluates any points; ``render(views, grid)`` any output grid and
-spacing, in chunks of points to bound memory; ``forward(views)`` renders the canonical grid.
+spacing, in chunks of points to bound memory; ``forward(views)`` renders the canonical grid
+(in training mode the grid's points are computed once and kept).
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Mapping, Sequence
 
@@ -146,6 +148,7 @@ class CNNINR(nn.Module):
         self.half_field = self.spec.field_mm / 2.0
         # plain float64 attribute, not a buffer: module.half() must not round the geometry
         self.matrices = projection_matrices(self.spec.projections())
+        self._points_cache: tuple[Any, torch.Tensor] | None = None  # see _grid_points
 
     # -- pieces ---------------------------------------------------------------------------
     def _view_index(self, view_names: Sequence[str] | None) -> list[int]:
@@ -196,8 +199,9 @@ class CNNINR(nn.Module):
         for j, i in enumerate(idx):
             g = detector_to_grid(rc[:, j], (pixels, pixels))[:, None].to(base.dtype)  # [B,1,N,2]
             h = F.grid_sample(feats[j], g, mode="bilinear", padding_mode="zeros",
-                              align_corners=False)[:, :, 0]  # [B, H, N]
-            h = h.add_(base).add_(self.view_embedding[i][:, None]).relu_()
+                              align_corners=False)[:, :, 0]  # [B, H, N], a view
+            # out of place first: in-place ops on the view would copy it whole in backward
+            h = torch.add(h, base).add_(self.view_embedding[i][:, None]).relu_()
             for layer in self.view_mlp:
                 h = _linear(layer, h).relu_()
             acc = h if acc is None else acc + h
@@ -226,11 +230,23 @@ class CNNINR(nn.Module):
         n = math.prod(grid.shape)
         dt = self.pe.weight.dtype
         out = torch.empty(b, n, dtype=dt, device=views.device)
+        whole = self._grid_points(grid, views.device) if self.training else None
         for s in range(0, n, chunk):
-            pts = grid_points(grid, s, min(n, s + chunk), views.device, torch.float32)
+            pts = (whole[s:s + chunk] if whole is not None
+                   else grid_points(grid, s, min(n, s + chunk), views.device, torch.float32))
             out[:, s:s + pts.shape[0]] = self.decode(
                 feats, pts[None].expand(b, -1, -1), view_names).to(dt)
         return out.reshape(b, 1, *grid.shape)
+
+    def _grid_points(self, grid: Grid, device: torch.device) -> torch.Tensor:
+        """All of ``grid``'s voxel centres ``[n, 3]`` (float32), kept for the next call: in
+        training the same grid is rendered every step (at inference, :meth:`render` computes
+        each chunk's points and keeps none)."""
+        key = (json.dumps(grid.geometry_dict(), sort_keys=True, default=str), str(device))
+        if self._points_cache is None or self._points_cache[0] != key:
+            n = math.prod(grid.shape)
+            self._points_cache = (key, grid_points(grid, 0, n, device, torch.float32))
+        return self._points_cache[1]
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         return self.render(views, self.spec.grid())

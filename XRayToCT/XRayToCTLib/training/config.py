@@ -12,6 +12,7 @@ import yaml
 from ..errors import InputError
 from ..io import write_text
 from ..models.common import check_choice
+from .finetune import resolve_init
 
 __all__ = ["TrainConfig", "LOG_COLUMNS", "LOSS_NAMES", "VAL_METRICS", "VAL_REGIONS"]
 
@@ -30,6 +31,10 @@ _GAN_DEFAULTS = dict(lambda_adv=0.1, lambda_rec=10.0, lambda_proj=10.0, recon_lo
 _INR_DEFAULTS = dict(lambda_adv=0.0, lambda_rec=10.0, lambda_proj=10.0, recon_loss="mse")
 
 
+DEFAULT_MODEL = "x2ct_gan"
+"""The model of a config that names none (and starts from no package)."""
+
+
 def _family_defaults(model: str) -> dict[str, Any]:
     return _INR_DEFAULTS if "inr" in model else _GAN_DEFAULTS
 
@@ -42,11 +47,22 @@ class TrainConfig:
     (the run folder's ``config.yaml`` holds resolved values).
 
     Attributes:
-        model: registry name (``x2ct_gan``, ``x2ct_gan_single``, ``cnn_inr``).
+        model: registry name (``x2ct_gan``, ``x2ct_gan_single``, ``cnn_inr``); ``None``: the
+            ``init`` package's model, else ``x2ct_gan``.
         data: dataset folder made by ``xraytoct prepare`` (``manifest.json`` inside).
         out: run folder.
         model_config: the model's own settings (width etc., passed to ``build_model``;
             ``image_size``/``output_size``/``output_spacing`` are set from the dataset).
+            With ``init``: the package's, and the keys given here must equal its.
+        init: fine-tuning: a model package (a catalog name or a ``.safetensors`` file) whose
+            weights the generator starts from (:mod:`.finetune`); ``model`` and
+            ``model_config`` come from it, a different architecture or views are refused.
+            The dataset sets the output size (the CNN-INR's weights fit any size; the
+            X2CT-GAN's only the package's sizes). Recorded in the checkpoints and the
+            exported package (``training.init``: name, file name, SHA-256).
+        exclude: case ids or case groups left out of training and validation (a real CT's
+            id ``ct-<name>`` leaves out the CT and all its augmented copies): leave-one-head-out
+            runs on one dataset. Recorded in the run's config and the exported package.
         discriminator_config: settings for ``build_discriminator``.
         epochs: training epochs (seed 001: 170).
         batch_size: cases per step and per process (seed 001: 1).
@@ -75,7 +91,12 @@ class TrainConfig:
             was seen to reach a NaN loss in some runs there (the engine then stops with an
             error saying so).
         compile: wrap the generator in ``torch.compile`` (CUDA; off by default: not measured).
-        workers: DataLoader worker processes.
+        workers: DataLoader worker processes (they read the cases and make the targets
+            off the training loop; one is enough on a CPU).
+        cache_mb: keep the training cases in memory after their first read (their targets
+            as the loader makes them, in each loader process) when the whole training split
+            fits in this many MiB (counted once per worker process); 0: read every case every
+            epoch.
         val_every: validate every N epochs (and after the last epoch); 0 = never.
         checkpoint_every: write ``last.pt`` every N epochs (and after the last epoch).
         best_metric: the logged validation metric that picks ``best.pt`` (higher is better),
@@ -87,11 +108,13 @@ class TrainConfig:
         tensorboard: write TensorBoard events when ``tensorboard`` is importable.
     """
 
-    model: str = "x2ct_gan"
+    model: str | None = None
     data: str = ""
     out: str = ""
     model_config: dict = dataclasses.field(default_factory=dict)
     discriminator_config: dict = dataclasses.field(default_factory=dict)
+    init: str | None = None
+    exclude: list = dataclasses.field(default_factory=list)
     epochs: int = 170
     batch_size: int = 1
     lr: float = 3e-5
@@ -110,6 +133,7 @@ class TrainConfig:
     amp: str = "auto"
     compile: bool = False
     workers: int = 0
+    cache_mb: int = 2048
     val_every: int = 1
     checkpoint_every: int = 1
     best_metric: str = "ssim_head"
@@ -169,11 +193,19 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def resolved(self) -> "TrainConfig":
-        """Fill the model's seed defaults in the ``None`` settings and validate everything
-        (``ValueError`` with a clear message on a bad value)."""
-        fam = _family_defaults(self.model)
-        cfg = self.replace(**{k: (fam[k] if getattr(self, k) is None else getattr(self, k))
-                              for k in fam})
+        """Fill the model's seed defaults in the ``None`` settings (and, with ``init``, the
+        package's model and model_config: :func:`.finetune.resolve_init`, which reads the
+        package's header) and validate everything (``ValueError`` with a clear message on a
+        bad value; :class:`InputError` for a bad ``init`` package)."""
+        if self.init is not None and not (isinstance(self.init, str) and self.init.strip()):
+            raise ValueError(f"init must be a model package (a catalog name or a "
+                             f".safetensors file), got {self.init!r}")
+        cfg = resolve_init(self)  # the model and model_config of an init package
+        if cfg.model is None:
+            cfg = cfg.replace(model=DEFAULT_MODEL)
+        fam = _family_defaults(cfg.model)
+        cfg = cfg.replace(**{k: (fam[k] if getattr(cfg, k) is None else getattr(cfg, k))
+                             for k in fam})
         if cfg.lr_d is None:
             cfg = cfg.replace(lr_d=cfg.lr)
         check_choice("training", "recon_loss", cfg.recon_loss, ("l1", "mse"))
@@ -185,7 +217,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(cfg, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-        for name in ("workers", "val_every", "checkpoint_every", "points_per_step"):
+        for name in ("workers", "val_every", "checkpoint_every", "points_per_step", "cache_mb"):
             if int(getattr(cfg, name)) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
         for name in ("lr", "lr_d", "proj_gate_hu"):
@@ -200,4 +232,5 @@ class TrainConfig:
             raise ValueError(f"size must be at least 8, got {cfg.size}")
         if not cfg.model:
             raise ValueError("no model given (a registry name such as x2ct_gan)")
+
         return cfg

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -28,13 +29,13 @@ import random
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .. import models
 from ..dataset import CaseDataset
@@ -47,7 +48,9 @@ from ..progress import ProgressCallback, report
 from .checkpoint import (CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint,
                          seed_everything, set_rng_state)
 from .config import LOG_COLUMNS, LOSS_NAMES, VAL_METRICS, VAL_REGIONS, TrainConfig
+from .cpu import fast_conv3d
 from .distributed import Dist, unwrap
+from .finetune import load_init_weights
 from .losses import AdversarialLoss, ProjectionLoss, ReconstructionLoss, sample_points
 
 __all__ = ["Engine", "train", "check_dataset", "views_tensor"]
@@ -90,6 +93,49 @@ def views_tensor(batch: dict, views: tuple[str, ...], device) -> torch.Tensor:
     return torch.cat([batch[v] for v in views], dim=1).to(device, torch.float32)
 
 
+class CaseTargets:
+    """A case's target on the run's output grid, made where the data loader reads the case
+    (in its worker processes when it has any, off the training loop): the CT resampled
+    (trilinear, the same field of view) when the run's size differs from the dataset's,
+    and, with ``intensity`` (the training batches), in the model's intensity as
+    ``"target"`` instead of ``"ct"`` (HU); without (validation), ``"ct"`` in HU.
+    Picklable: a size and a mapping name."""
+
+    def __init__(self, size: int, intensity: str | None = None):
+        self.size, self.intensity = int(size), intensity
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        ct = item.pop("ct").to(torch.float32)
+        if tuple(ct.shape[-3:]) != (self.size,) * 3:
+            ct = F.interpolate(ct[None], size=(self.size,) * 3, mode="trilinear",
+                               align_corners=False)[0]
+        if self.intensity is None:
+            item["ct"] = ct
+        else:
+            item["target"] = models.get_mapping(self.intensity).to_model(ct)
+        return item
+
+
+class _EpochBatches(Sampler):
+    """The batches of epochs ``start .. stop - 1`` one after the other: each epoch is
+    ``sampler`` (a ``DistributedSampler``) at that epoch, cut into ``batch_size`` batches (the
+    last one of an epoch may be shorter, as a per-epoch loader gives)."""
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int, start: int, stop: int):
+        self.sampler, self.batch_size = sampler, int(batch_size)
+        self.start, self.stop = int(start), int(stop)
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0) * math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for epoch in range(self.start, self.stop):
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)
+            for i in range(0, len(order), self.batch_size):
+                yield order[i:i + self.batch_size]
+
+
 def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % (2 ** 32)
     np.random.seed(seed)
@@ -103,18 +149,21 @@ def _worker_init(worker_id: int) -> None:
 
 class Engine:
     """One training run (built by :func:`train`): the data, the networks, their optimisers
-    and losses, the precision and the process group."""
+    and losses, the precision and the process group. With ``cfg.init`` the generator starts
+    from that package's weights (:mod:`.finetune`) unless ``load_init`` is false (a resumed
+    run: its checkpoint holds the weights)."""
 
-    def __init__(self, cfg: TrainConfig, dist: Dist, progress: ProgressCallback | None):
+    def __init__(self, cfg: TrainConfig, dist: Dist, progress: ProgressCallback | None,
+                 *, load_init: bool = True):
         self.cfg, self.dist, self.progress = cfg, dist, progress
         self.device = dist.device
         self.run = Path(cfg.out)
         root = check_dataset(cfg.data)
-        self.train_ds = CaseDataset(root, split="train")
+        self.train_ds = CaseDataset(root, split="train", exclude=cfg.exclude)
         if len(self.train_ds) == 0:
             raise InputError(root, "the dataset has no training cases")
         try:
-            self.val_ds: CaseDataset | None = CaseDataset(root, split="val")
+            self.val_ds: CaseDataset | None = CaseDataset(root, split="val", exclude=cfg.exclude)
         except (InputError, ValueError, KeyError):
             self.val_ds = None
         ds = self.train_ds
@@ -136,6 +185,10 @@ class Engine:
             self.model = models.build_model(cfg.model, dict(self.model_config)).to(self.device)
         except ValueError as err:
             raise XRayToCTError(f"invalid model_config for {cfg.model}: {err}") from err
+        # what the generator started from (a package's record, or None: random weights)
+        self.init_record: dict[str, Any] | None = None
+        if cfg.init and load_init:
+            self.init_record = load_init_weights(self.model, cfg.init)
         spec = self.model.spec
         self.views = tuple(spec.views)
         missing = [v for v in self.views if v not in ds.geometries]
@@ -144,6 +197,14 @@ class Engine:
                              f"{cfg.model} needs")
         self.grid = spec.grid()  # S^3 canonical grid, centred on the origin
         self.mapping = models.get_mapping(spec.intensity)
+        # the targets are made per case where the loader reads it (workers: off the loop),
+        # and kept there when the training split fits in cache_mb (in each loader process)
+        self.train_ds.transform = CaseTargets(self.size, spec.intensity)
+        case_bytes = 4 * (self.size ** 3 + len(ds.geometries) * int(ds.pixels) ** 2)
+        self.train_ds.cache_in_memory = (len(self.train_ds) * case_bytes * max(cfg.workers, 1)
+                                         <= cfg.cache_mb * 2 ** 20)
+        if self.val_ds is not None:
+            self.val_ds.transform = CaseTargets(self.size)
         self.normalize = normalize_views  # the models' input convention
 
         # the losses; the run's one DRR chain, at the dataset's geometry on the output grid
@@ -153,6 +214,7 @@ class Engine:
         self.drr = DRR([ds.geometries[v] for v in self.views], self.grid, attenuation="soft",
                        gate_hu=cfg.proj_gate_hu)
         self.projection = ProjectionLoss(self.drr, self.mapping, ref).to(self.device)
+        self._reference: dict[str, torch.Tensor] = {}  # "target" reference DRRs, per case
         self.reconstruction = ReconstructionLoss(cfg.recon_loss)
         self.adversarial: AdversarialLoss | None = None
         self.disc = None
@@ -169,6 +231,9 @@ class Engine:
             self.disc_config = dcfg
             self.disc = models.build_discriminator(dict(dcfg)).to(self.device)
             self.adversarial = AdversarialLoss()
+        if self.device.type == "cpu":  # oneDNN for the one-case 3D convolutions (.cpu)
+            fast_conv3d(self.model)
+            fast_conv3d(self.disc)
         self.points = int(cfg.points_per_step)
         if self.points and not hasattr(self.model, "query"):
             raise XRayToCTError(f"points_per_step needs a model with query() (cnn_inr); "
@@ -214,20 +279,69 @@ class Engine:
         self.tb = None
 
     # -- loaders ---------------------------------------------------------------------------
-    def _loader(self, ds: CaseDataset, *, train: bool) -> DataLoader:
-        sampler = (DistributedSampler(ds, num_replicas=self.dist.world, rank=self.dist.rank,
-                                      shuffle=True, seed=self.cfg.seed) if train else None)
-        return DataLoader(ds, batch_size=self.cfg.batch_size if train else 1, sampler=sampler,
-                          shuffle=False, num_workers=self.cfg.workers,
-                          worker_init_fn=_worker_init if self.cfg.workers else None,
-                          persistent_workers=False, pin_memory=self.device.type == "cuda")
+    def _sampler(self, ds: CaseDataset) -> DistributedSampler:
+        return DistributedSampler(ds, num_replicas=self.dist.world, rank=self.dist.rank,
+                                  shuffle=True, seed=self.cfg.seed)
+
+    def _loader(self, ds: CaseDataset, *, train: bool, batch_sampler: Sampler | None = None
+                ) -> DataLoader:
+        """One epoch's loader (validation: in order), or the one over ``batch_sampler``."""
+        workers = int(self.cfg.workers)
+        common = dict(num_workers=workers, worker_init_fn=_worker_init if workers else None,
+                      pin_memory=self.device.type == "cuda")
+        if batch_sampler is not None:
+            return DataLoader(ds, batch_sampler=batch_sampler, **common)
+        return DataLoader(ds, batch_size=self.cfg.batch_size if train else 1,
+                          sampler=self._sampler(ds) if train else None, shuffle=False,
+                          **common)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps per epoch and process."""
+        return math.ceil(len(self._sampler(self.train_ds)) / self.cfg.batch_size)
+
+    def epochs(self, start: int, stop: int) -> Iterator[Iterator[dict]]:
+        """Per epoch ``start .. stop - 1``, an iterator over its training batches (each epoch's
+        order is the ``DistributedSampler``'s for that epoch). All come from one pass of one
+        loader, so its workers read the next epoch's first cases while an epoch ends.
+
+        A loader's pass draws its workers' base seed from the global RNG when it starts; one
+        loader per epoch (as before) drew once per epoch: the draw is repeated here at every
+        later epoch's start, so the random stream (and a resumed run) stays the same."""
+        loader = self._loader(self.train_ds, train=True, batch_sampler=_EpochBatches(
+            self._sampler(self.train_ds), self.cfg.batch_size, start, stop))
+        batches = iter(loader)
+        for epoch in range(start, stop):
+            if epoch > start:
+                torch.empty((), dtype=torch.int64).random_()
+            yield itertools.islice(batches, self.steps_per_epoch)
 
     def _target(self, batch) -> torch.Tensor:
-        """The batch's CTs in HU on the output grid ``[B, 1, S, S, S]``."""
+        """The batch's CTs in HU on the output grid ``[B, 1, S, S, S]`` (the loader's
+        :class:`CaseTargets` resampled them already)."""
         ct = batch["ct"].to(self.device, torch.float32)
-        if self.size != self.data_size:
+        if tuple(ct.shape[-3:]) != (self.size,) * 3:
             ct = F.interpolate(ct, size=(self.size,) * 3, mode="trilinear", align_corners=False)
         return ct
+
+    def model_target(self, batch) -> torch.Tensor:
+        """The batch's targets in the model's intensity on the output grid ``[B, 1, S, S, S]``
+        (made by the training loader's :class:`CaseTargets`, or here from ``"ct"``)."""
+        if "target" in batch:
+            return batch["target"].to(self.device, torch.float32)
+        return self.mapping.to_model(self._target(batch))
+
+    def _projection_reference(self, batch, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The projection loss's reference: the normalised input views, or (reference
+        ``"target"``) the targets' DRRs, rendered once per case and kept."""
+        if self.projection.reference == "input":
+            return x
+        ids = list(batch["id"])
+        todo = [i for i, c in enumerate(ids) if c not in self._reference]
+        if todo:
+            rendered = self.projection.render_reference(target[todo])
+            self._reference.update({ids[i]: r for i, r in zip(todo, rendered)})
+        return torch.stack([self._reference[c] for c in ids])
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -240,7 +354,7 @@ class Engine:
         returns the step's losses (``nan`` for the terms the run does not have)."""
         cfg = self.cfg
         x = self.normalize(views_tensor(batch, self.views, self.device))
-        target = self.mapping.to_model(self._target(batch))
+        target = self.model_target(batch)
         pred = None
         if self.need_grid:
             with self._autocast():
@@ -253,7 +367,7 @@ class Engine:
         loss = cfg.lambda_rec * rec
         proj = torch.zeros((), device=self.device)
         if cfg.lambda_proj > 0:
-            proj = self.projection(pred, x, target)
+            proj = self.projection(pred, reference=self._projection_reference(batch, x, target))
             loss = loss + cfg.lambda_proj * proj
         if self.adversarial is not None:
             self.disc.requires_grad_(False)  # the generator step moves G only
@@ -337,6 +451,7 @@ class Engine:
             "spec": json.dumps(spec.to_dict(), default=str),
             "config": json.dumps(self.cfg.to_dict()),
             "data": json.dumps(self.description),
+            "init": json.dumps(self.init_record),
             "model": unwrap(self.model).state_dict(),
             "discriminator": self.disc.state_dict() if self.disc is not None else {},
             "opt_g": self.opt_g.state_dict(),
@@ -360,6 +475,7 @@ class Engine:
             raise InputError(path, "the checkpoint's model settings differ from this run's "
                              "(size or model_config changed): resume with the run's config.yaml")
         self.model.load_state_dict(state["model"])
+        self.init_record = json.loads(state.get("init") or "null")
         self.opt_g.load_state_dict(state["opt_g"])
         if self.disc is not None:
             if not state["discriminator"]:
@@ -422,8 +538,7 @@ class Engine:
     def fit(self) -> None:
         """Train from the current epoch to ``cfg.epochs``: log, validate and checkpoint."""
         cfg, dist = self.cfg, self.dist
-        loader = self._loader(self.train_ds, train=True)
-        total = cfg.epochs * len(loader)
+        total = cfg.epochs * self.steps_per_epoch
         if dist.main and cfg.tensorboard:
             self._open_tensorboard()
         self.model.train()
@@ -431,13 +546,12 @@ class Engine:
             self.disc.train()
         report(self.progress, self.step / max(total, 1),
                f"epoch {self.epoch}/{cfg.epochs}" + (" (resumed)" if self.epoch else ""))
-        while self.epoch < cfg.epochs:
+        for batches in self.epochs(self.epoch, cfg.epochs):
             t0 = time.perf_counter()
-            loader.sampler.set_epoch(self.epoch)
             sums = torch.zeros(len(LOSS_NAMES), dtype=torch.float64)
             n = 0
             step_time = 0.0
-            for batch in loader:
+            for batch in batches:
                 ts = time.perf_counter()
                 losses = self.train_step(batch)
                 step_time += time.perf_counter() - ts
@@ -511,7 +625,7 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None) -> P
         torch.use_deterministic_algorithms(True, warn_only=True)
     dist = Dist(cfg.device)
     try:
-        engine = Engine(cfg, dist, progress)
+        engine = Engine(cfg, dist, progress, load_init=not cfg.resume)
         if cfg.resume:
             state = load_checkpoint(last, map_location=dist.device)
             engine.load_state(state, last)

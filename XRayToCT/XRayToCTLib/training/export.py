@@ -37,7 +37,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
     (``models.package.save_package``): the weights, plus in its header the model's spec
     (views, sizes, DRR geometry, intensity mapping), its config, the training-data
     description from the dataset manifest, the training settings, and the validation
-    metrics of that checkpoint; file paths in them are reduced to names (:func:`portable`). ``checkpoint`` is ``"best"`` or ``"last"``; ``"best"``
+    metrics of that checkpoint, and (``training.init``) the package a fine-tuning run started
+    from (name, file name, SHA-256); file paths in them are reduced to names (:func:`portable`). ``checkpoint`` is ``"best"`` or ``"last"``; ``"best"``
     falls back to ``"last"`` (and says so in the metadata) when the run never validated.
     ``fp16`` stores the weights in half precision (half the size; cast back to float32 at
     load). Returns ``out``."""
@@ -66,7 +67,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
                      "step": int(state["step"]), "best_metric": cfg.get("best_metric"),
                      "best": state.get("best"), "best_epoch": state.get("best_epoch"),
                      "world_size": state.get("world_size", 1), "saved": state.get("saved"),
-                     "settings": cfg},
+                     "init": json.loads(state.get("init") or "null"), "settings": cfg},
     })
     out = Path(out)
     save_package(model, out, metadata=metadata, dtype=torch.float16 if fp16 else torch.float32)

@@ -102,16 +102,25 @@ class ProjectionLoss(nn.Module):
         """Normalised DRRs ``[B, V, P, P]`` of volumes in model intensity (float32)."""
         return self.drr.normalized(self.mapping.to_hu(x_model.float()))
 
-    def forward(self, pred: torch.Tensor, views: torch.Tensor | None,
-                target: torch.Tensor | None) -> torch.Tensor:
+    def render_reference(self, target: torch.Tensor) -> torch.Tensor:
+        """The ``"target"`` reference: the normalised DRRs ``[B, V, P, P]`` of ``target`` (model
+        intensity), without gradients (the training renders each case's once and keeps it)."""
+        with torch.no_grad(), torch.autocast(target.device.type, enabled=False):
+            return self.project(target)
+
+    def forward(self, pred: torch.Tensor, views: torch.Tensor | None = None,
+                target: torch.Tensor | None = None, *,
+                reference: torch.Tensor | None = None) -> torch.Tensor:
         """``pred`` and ``target`` in model intensity, ``views`` the normalised inputs (only
-        the reference needs to be given)."""
+        the reference needs to be given); or the ``reference`` views themselves (what
+        ``views`` or :meth:`render_reference` would give)."""
         with torch.autocast(pred.device.type, enabled=False):
-            if self.reference == "input":
+            if reference is not None:
+                ref = reference
+            elif self.reference == "input":
                 ref = views
             else:
-                with torch.no_grad():
-                    ref = self.project(target)
+                ref = self.render_reference(target)
             return F.l1_loss(self.project(pred), ref)
 
 
