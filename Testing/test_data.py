@@ -483,3 +483,24 @@ def test_real_ct_support_coverage_resolution_and_forced_split(tmp_path):
     mpath.write_text(json.dumps(old))
     with pytest.raises(InputError, match="real-CT recipe: 1 there, 2 now"):
         data.prepare_dataset(out)
+
+
+def test_a_dataset_leaves_out_a_head_and_all_its_copies(tmp_path):
+    """CaseDataset(exclude=[...]) / train --exclude: a real CT's id leaves out the CT and its
+    augmented copies (they share its group), other cases stay; an unknown name is refused."""
+    from XRayToCTLib.dataset import MANIFEST_VERSION, CaseDataset
+
+    def case(group, split="train"):
+        return {"group": group, "split": split, "status": "complete", "files": {}}
+
+    cases = {"ct-a": case("ct-a"), "ct-a-aug01": case("ct-a"), "ct-a-aug02": case("ct-a", "val"),
+             "ct-b": case("ct-b"), "phantom-00000": case("phantom-00000")}
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"kind": "xraytoct dataset", "version": MANIFEST_VERSION, "cases": cases}))
+    assert CaseDataset(tmp_path, "train").ids == ["ct-a", "ct-a-aug01", "ct-b", "phantom-00000"]
+    assert CaseDataset(tmp_path, "train", exclude=["ct-a"]).ids == ["ct-b", "phantom-00000"]
+    assert CaseDataset(tmp_path, "val", exclude=["ct-a"]).ids == []
+    assert CaseDataset(tmp_path, None, exclude=["ct-a-aug01"]).ids == [
+        "ct-a", "ct-a-aug02", "ct-b", "phantom-00000"]
+    with pytest.raises(InputError, match="ct-zzz"):
+        CaseDataset(tmp_path, "train", exclude=["ct-zzz"])

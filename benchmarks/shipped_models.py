@@ -7,8 +7,9 @@ Builds the dataset if ``--data`` holds none (``xraytoct prepare --phantoms 200 -
 --drr-spacing 2 --seed 0``: the dataset the shipped models were trained on; only its
 train split was used for training and its validation split for choosing checkpoints), then
 reconstructs every case of the **test split** from its two DRRs with each model
-(``Reconstructor.reconstruct_views``, CPU), and runs ``xraytoct evaluate`` with the template
-(mean training target) and back-projection baselines. Prints a Markdown table of mean
+(``Reconstructor.reconstruct_views``, CPU; with ``--refine`` also followed by the test-time
+fit, rows ``<model>+refine``), and runs ``xraytoct evaluate`` with the outline (a constant inside
+the first model's outline), template (mean training target) and back-projection baselines. Prints a Markdown table of mean
 (95 % CI) per model for SSIM, PSNR (brain window L40/W40 and full range, head region) and MAE
 (HU, full range, head), and as its last line a JSON object with the same numbers.
 """
@@ -41,6 +42,8 @@ def main(argv=None) -> int:
                     "every bundled model)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--refine", action="store_true",
+                    help="also each model followed by the test-time fit (rows <model>+refine)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.out)
@@ -53,19 +56,25 @@ def main(argv=None) -> int:
     ids = list(manifest["split"][args.split])
     models = args.models or [e["name"] for e in catalog()]
     names = [Path(m).stem if m.endswith(".safetensors") else m for m in models]
-    preds = []
+    preds, methods = [], []
     for model, name in zip(models, names):
         rec = Reconstructor(model, device="cpu")
-        folder = out / "predictions" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        for cid in ids:
-            views = {v: read_radiograph(data / "cases" / cid / f"{v}.nrrd") for v in rec.spec.views}
-            write_volume(rec.reconstruct_views(views).sct, folder / f"{cid}.nii.gz")
-        print(f"{name}: {len(ids)} cases in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        preds.append(folder)
+        for refine, method in ((None, name), (True, f"{name}+refine"))[:2 if args.refine else 1]:
+            folder = out / "predictions" / method
+            folder.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            for cid in ids:
+                views = {v: read_radiograph(data / "cases" / cid / f"{v}.nrrd")
+                         for v in rec.spec.views}
+                write_volume(rec.reconstruct_views(views, refine=refine).sct,
+                             folder / f"{cid}.nii.gz")
+            print(f"{method}: {len(ids)} cases in {time.perf_counter() - t0:.1f} s",
+                  file=sys.stderr)
+            preds.append(folder)
+            methods.append(method)
+    names = methods
     paths = run_evaluation(out / "report", preds, data, names=names, split=args.split,
-                           baselines=["template", "backprojection"], dataset=data)
+                           baselines=["outline", "template", "backprojection"], dataset=data)
     summary = json.loads(Path(paths["summary"]).read_text())
     table = _table(summary)
     print(table)

@@ -139,6 +139,9 @@ class SCTFit(torch.nn.Module):
         dt = prior.dtype
         self.register_buffer("prior", prior.detach().clone())
         self.register_buffer("knots", torch.tensor(INTENSITY_KNOTS_HU, dtype=dt))
+        seg, t = self._segments(self.prior)
+        self.register_buffer("prior_seg", seg)
+        self.register_buffer("prior_t", t)
         # voxel centres in LPS mm (from the grid: the one index <-> mm conversion) and the
         # LPS -> normalised grid_sample coordinate map
         d, h, w = grid.shape
@@ -159,14 +162,20 @@ class SCTFit(torch.nn.Module):
         self.residual = torch.nn.Parameter(torch.zeros(1, 1, *_lattice(grid, settings.residual_mm),
                                                        dtype=dt))
 
-    def curve(self, hu: torch.Tensor) -> torch.Tensor:
-        """The intensity correction: HU -> HU, piecewise linear through the knots (air's knot
-        fixed), constant offset beyond the last knot."""
-        offsets = torch.cat([self.intensity.new_zeros(1), self.intensity])
+    def _segments(self, hu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each value's knot interval and its position in it (``seg``, ``t`` in [0, 1])."""
         x = hu.clamp(self.knots[0], self.knots[-1])
         seg = torch.bucketize(x, self.knots[1:-1])
         x0, x1 = self.knots[seg], self.knots[seg + 1]
-        t = (x - x0) / (x1 - x0)
+        return seg, (x - x0) / (x1 - x0)
+
+    def curve(self, hu: torch.Tensor, segments: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> torch.Tensor:
+        """The intensity correction: HU -> HU, piecewise linear through the knots (air's knot
+        fixed), constant offset beyond the last knot. ``segments``: :meth:`_segments` of
+        ``hu`` when known (the prior's are computed once)."""
+        offsets = torch.cat([self.intensity.new_zeros(1), self.intensity])
+        seg, t = self._segments(hu) if segments is None else segments
         return hu + offsets[seg] * (1 - t) + offsets[seg + 1] * t
 
     def _dense(self, lattice: torch.Tensor) -> torch.Tensor:
@@ -175,7 +184,7 @@ class SCTFit(torch.nn.Module):
 
     def forward(self) -> torch.Tensor:
         """The fitted sCT in HU, ``[D, H, W]``."""
-        corrected = self.curve(self.prior)
+        corrected = self.curve(self.prior, (self.prior_seg, self.prior_t))
         # output point p takes the corrected prior at q = (I + A)(p - c) + c + t + u(p)
         p = self.points - self.center
         u = self._dense(self.displacement).permute(1, 2, 3, 0)  # [D, H, W, 3] mm (LPS)
