@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="data loader processes (default 0)")
     p.add_argument("--val-every", type=int, help="validate every N epochs (default 1)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--exclude", action="append", metavar="ID",
+                   help="leave a case or case group out of training and validation (repeatable; "
+                   "a real CT's id, e.g. ct-invesalius_0051, leaves out its augmented copies too)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("export", help="package a training checkpoint as a model file",
@@ -552,7 +555,8 @@ def _cmd_train(args) -> int:
     flags = {"model": args.model, "init": args.init, "data": args.data, "epochs": args.epochs,
              "lr": args.lr,
              "size": args.size, "batch_size": args.batch_size, "device": args.device,
-             "workers": args.workers, "val_every": args.val_every, "seed": args.seed}
+             "workers": args.workers, "val_every": args.val_every, "seed": args.seed,
+             "exclude": args.exclude}
     flags = {k: v for k, v in flags.items() if v is not None}
     saved = Path(args.out) / "config.yaml"
     if args.config:
