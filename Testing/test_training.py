@@ -200,7 +200,10 @@ def test_gan_training_lowers_the_loss_and_logs(dataset, tmp_path):
 
 
 def test_cnn_inr_trains_without_a_discriminator(dataset, tmp_path):
-    run = train(_config(dataset, tmp_path / "inr", model="cnn_inr", epochs=1))
+    threads, seen = torch.get_num_threads(), []
+    run = train(_config(dataset, tmp_path / "inr", model="cnn_inr", epochs=1, threads=1),
+                progress=lambda f, m: seen.append(torch.get_num_threads()))
+    assert set(seen) == {1} and torch.get_num_threads() == threads  # the run's, then restored
     rows = _log(run)
     assert len(rows) == 1 and rows[0]["loss_d"] == "" and float(rows[0]["loss_proj"]) > 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["discriminator"] == {}

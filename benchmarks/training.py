@@ -30,9 +30,60 @@ steps alternate in ``--rounds`` rounds of the same number of steps (at least ``-
 seconds each); the figures are medians over the rounds. ``ratio`` = engine s/step over
 plain s/step: 1.0 means training costs no more than its networks.
 
+``case load s`` is what the loader's worker does per case when the training split does not
+fit ``cache_mb`` (reading it, making its target), measured here in the main process: a worker
+keeps up while it is below the engine's s/step (the 2-case split here is cached after the
+first epoch, as any split that fits).
+
 The machine is shared and noisy: compare ratios measured in one run, not seconds across
 runs. The thread count (``torch.set_num_threads``) is printed; the data loader's worker
 runs one thread in its own process. The last line printed is a JSON object.
+
+Results on this project's shared 2-core CPU (no GPU), one thread, load average 3-4 (other
+jobs running), ``nice -n 5 .venv/bin/python benchmarks/training.py`` (the defaults:
+``--sizes 64,128 --threads 1 --rounds 2 --min-time 3``; about 4 minutes, and 20 s more to make
+the datasets, which ``--workdir DIR`` keeps for the next run). *Before*: the engine
+of commit 0ded5e5 measured the same way (its ``fit`` made a new loader each epoch), run
+within minutes of *after*:
+
+==============  ====  =======================  =======================  =========
+case            size  before s/step (ratio)    after s/step (ratio)     steps/s
+==============  ====  =======================  =======================  =========
+cnn_inr           64  0.175 (1.90)             0.090 (1.04)             x1.9
+cnn_inr+proj      64  2.11 (1.05)              1.49 (1.00)              x1.4
+x2ct_gan          64  3.82 (1.08)              1.93 (1.01)              x2.0
+cnn_inr          128  0.385 (2.02)             0.184 (1.08)             x2.1
+cnn_inr+proj     128  18.0 (1.06)              15.1 (1.01)              x1.2
+x2ct_gan         128  18.3 (1.04)              17.1 (1.03)              x1.07
+==============  ====  =======================  =======================  =========
+
+(A first *before* run, under heavier load, gave ratios 1.67, 1.00, 1.03, 2.12, 1.23, 0.91.)
+What the profiles (``torch.profiler``, ``cProfile``) showed and what changed:
+
+* the CNN-INR on points: its step is short (0.1-0.2 s), so the main loop's waits were most of
+  the overhead: the loader's worker started anew every epoch (and the next epoch's first case
+  waited for it), the target's intensity mapping (and resampling at another ``size``) ran
+  in the loop. Now one loader pass covers all epochs (the worker reads ahead across epoch
+  ends; the random stream is unchanged, so results are bit-identical), the targets are made
+  per case in the worker (``engine.CaseTargets``) and a split that fits ``cache_mb`` is kept
+  in memory;
+* the networks themselves (the plain step got faster too): the CNN-INR's in-place additions
+  on ``grid_sample``'s output view copied that whole tensor in backward, and its full-grid
+  render recomputed the grid's coordinates in float64 every step (about 1 s at 128^3): both
+  gone, bit-identical, full-grid forward + backward -27 % at 64^3. PyTorch sends a one-case
+  3D convolution with ``C * D * H <= 20480`` to its im2col kernel, not oneDNN — every 3x3x3
+  convolution of the X2CT-GAN at 64^3: ``training.cpu.SplitConv3d`` runs it as a batch of two
+  halves (the same convolution up to float32 rounding), generator forward + backward
+  2.7 s -> 1.0 s;
+* the DRR projection is not a cost (forward + backward 0.03 s at 64^3, 0.13 s at 128^3); it
+  compares with the stored input DRRs, and the ``target`` reference (the brain mapping) is now
+  rendered once per case instead of every step;
+* threads: with 2 torch threads a step took 13-35x longer than with one whenever another job
+  used the CPU (OpenMP threads wait on each other): ``TrainConfig.threads`` /
+  ``xraytoct train --threads``, 1 in the CPU configs;
+* left: per-step host syncs (``float(loss)``) cost nothing on a CPU; ``cnn_inr+proj`` and the
+  GAN at 128^3 are network-bound (the CNN-INR's full-grid ``grid_sample`` backward, the GAN's
+  and PatchGAN's 3D convolutions).
 """
 from __future__ import annotations
 
@@ -129,6 +180,20 @@ def _batches(engine: Engine) -> Iterator[dict]:
         yield from batches
 
 
+def _case_load_s(engine: Engine) -> float:
+    """Seconds to read one training case and make its target (what a loader worker does per
+    case when the split does not fit ``cache_mb``), median over the cases, in this process."""
+    ds = engine.train_ds
+    cache, ds.cache_in_memory = ds.cache_in_memory, False
+    times = []
+    for i in range(len(ds)):
+        t0 = time.perf_counter()
+        ds[i]
+        times.append(time.perf_counter() - t0)
+    ds.cache_in_memory = cache
+    return statistics.median(times)
+
+
 def measure(case: str, data: Path, size: int, rounds: int, min_time: float,
             run_dir: Path) -> dict[str, Any]:
     """One case at one size: engine and plain s/step (medians over the rounds)."""
@@ -138,6 +203,7 @@ def measure(case: str, data: Path, size: int, rounds: int, min_time: float,
     dist = Dist("cpu")
     try:
         engine = Engine(cfg, dist, None)
+        load = _case_load_s(engine)
         batches = _batches(engine)
         engine.model.train()
         if engine.disc is not None:
@@ -169,6 +235,7 @@ def measure(case: str, data: Path, size: int, rounds: int, min_time: float,
     e, p = statistics.median(eng), statistics.median(pl)
     return {"case": case, "size": size, "config": name, "overrides": overrides,
             "steps_per_round": n, "rounds": rounds, "engine_s": e, "plain_s": p,
+            "case_load_s": load, "cached": engine.train_ds.cache_in_memory,
             "engine_rounds_s": eng, "plain_rounds_s": pl,
             "engine_steps_per_s": 1.0 / e, "plain_steps_per_s": 1.0 / p, "ratio": e / p,
             "reference": "generator + discriminator" if engine.disc is not None
@@ -202,7 +269,7 @@ def main() -> None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
               f"{os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}")
         print(f"{'case':14s} {'size':>4s} {'engine s/step':>13s} {'steps/s':>8s} "
-              f"{'plain s/step':>12s} {'ratio':>6s}  reference")
+              f"{'plain s/step':>12s} {'ratio':>6s} {'case load s':>11s}  reference")
         rows = []
         for size in sizes:
             for case in cases:
@@ -211,7 +278,8 @@ def main() -> None:
                 rows.append(r)
                 print(f"{case:14s} {size:4d} {r['engine_s']:13.3f} "
                       f"{r['engine_steps_per_s']:8.2f} {r['plain_s']:12.3f} "
-                      f"{r['ratio']:6.2f}  {r['reference']}", flush=True)
+                      f"{r['ratio']:6.2f} {r['case_load_s']:11.3f}  {r['reference']}",
+                      flush=True)
     print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__,
                       "rows": rows}))
 

@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--workers", type=int, help="data loader processes (default 0)")
+    p.add_argument("--threads", type=int, help="torch threads (default: one per core; on a "
+                   "CPU shared with other jobs 1 is much faster)")
     p.add_argument("--val-every", type=int, help="validate every N epochs (default 1)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--exclude", action="append", metavar="ID",
@@ -555,7 +557,8 @@ def _cmd_train(args) -> int:
     flags = {"model": args.model, "init": args.init, "data": args.data, "epochs": args.epochs,
              "lr": args.lr,
              "size": args.size, "batch_size": args.batch_size, "device": args.device,
-             "workers": args.workers, "val_every": args.val_every, "seed": args.seed,
+             "workers": args.workers, "threads": args.threads, "val_every": args.val_every,
+             "seed": args.seed,
              "exclude": args.exclude}
     flags = {k: v for k, v in flags.items() if v is not None}
     saved = Path(args.out) / "config.yaml"

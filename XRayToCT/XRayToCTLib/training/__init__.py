@@ -12,7 +12,9 @@ Modules, one per concern:
 * :mod:`.checkpoint` -- :data:`CHECKPOINT_FORMAT`, :func:`load_checkpoint`, atomic saving,
   RNG states and seeding;
 * :mod:`.distributed` -- the process group under ``torchrun`` (DDP);
-* :mod:`.export` -- :func:`export_run`, a checkpoint packaged as one ``.safetensors`` file.
+* :mod:`.export` -- :func:`export_run`, a checkpoint packaged as one ``.safetensors`` file;
+* :mod:`.finetune` -- ``TrainConfig.init``: a run that starts from a model package's weights;
+* :mod:`.cpu` -- oneDNN for the one-case 3D convolutions PyTorch would run slowly on a CPU.
 
 A run folder holds ``config.yaml`` (the resolved settings), ``checkpoints/last.pt``,
 ``checkpoints/best.pt`` and ``log.csv`` (and ``tensorboard/`` when TensorBoard is

@@ -93,6 +93,10 @@ class TrainConfig:
         compile: wrap the generator in ``torch.compile`` (CUDA; off by default: not measured).
         workers: DataLoader worker processes (they read the cases and make the targets
             off the training loop; one is enough on a CPU).
+        threads: torch threads of the training process (``torch.set_num_threads`` for the run,
+            restored after it); ``None``: PyTorch's default, one per core. On a CPU that other
+            jobs share, 1 is far faster: with 2 threads on this project's 2-core machine, a
+            step took 13-35x longer while another job ran (``benchmarks/training.py``).
         cache_mb: keep the training cases in memory after their first read (their targets
             as the loader makes them, in each loader process) when the whole training split
             fits in this many MiB (counted once per worker process); 0: read every case every
@@ -133,6 +137,7 @@ class TrainConfig:
     amp: str = "auto"
     compile: bool = False
     workers: int = 0
+    threads: int | None = None
     cache_mb: int = 2048
     val_every: int = 1
     checkpoint_every: int = 1
@@ -228,6 +233,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
         if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {cfg.betas}")
+        if cfg.threads is not None and int(cfg.threads) < 1:
+            raise ValueError(f"threads must be at least 1, got {cfg.threads}")
         if cfg.size is not None and int(cfg.size) < 8:
             raise ValueError(f"size must be at least 8, got {cfg.size}")
         if not cfg.model:

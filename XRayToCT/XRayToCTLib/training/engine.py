@@ -623,6 +623,9 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None) -> P
     check_dataset(cfg.data)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     dist = Dist(cfg.device)
     try:
         engine = Engine(cfg, dist, progress, load_init=not cfg.resume)
@@ -638,4 +641,5 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None) -> P
         engine.fit()
     finally:
         dist.close()
+        torch.set_num_threads(threads)
     return run
