@@ -68,7 +68,7 @@ def test_the_fit_recovers_a_miscalibrated_and_shifted_head(head):
     arr[soft] += 60.0
     truth = head.with_array(np.roll(arr, 1, axis=2))  # one 8 mm voxel along x (LPS left)
     views, geoms = _views(truth, head)
-    out, rec = refine(head, views, geoms, RefineSettings(steps=120, fit_spacing_mm=8))
+    out, rec = refine(head, views, geoms, RefineSettings(steps=120, fit_spacing_mm=8, noise=0.02))
     assert rec["view_error"]["after"] < 0.5 * rec["view_error"]["before"]
     assert _mae_head(out, truth, truth) < 0.8 * _mae_head(head, truth, truth)
     assert rec["steps_run"] <= 120 and rec["time_s"] > 0
@@ -78,7 +78,7 @@ def test_views_in_unknown_units_are_matched_up_to_gain_and_offset(head):
     truth = head.with_array(np.roll(head.array, 1, axis=2))  # 8 mm along x (LPS left)
     views, geoms = _views(truth, head)
     raw = {v: 3.0 * r.array + 7.0 for v, r in views.items()}  # arrays: no units known
-    out, rec = refine(head, raw, geoms, RefineSettings(steps=80, fit_spacing_mm=8))
+    out, rec = refine(head, raw, geoms, RefineSettings(steps=80, fit_spacing_mm=8, noise=0.02))
     assert rec["match"] == "affine"
     assert rec["view_error"]["after"] < 0.6 * rec["view_error"]["before"]
     assert _mae_head(out, truth, truth) < 0.8 * _mae_head(head, truth, truth)
@@ -98,7 +98,7 @@ def test_a_fine_prior_is_fitted_coarse_and_corrected_at_full_resolution(head):
     # views as detailed as the 8 mm fit grid can explain (finer ones would ask the coarse fit
     # for detail it cannot hold): the truth's DRRs at 8 mm on 16 pixels
     views, geoms = _views(coarsen(truth, 8.0, default=-1000.0), canonical_grid(32), pixels=16)
-    out, rec = refine(prior, views, geoms, RefineSettings(steps=40, fit_spacing_mm=8))
+    out, rec = refine(prior, views, geoms, RefineSettings(steps=40, fit_spacing_mm=8, noise=0.02))
     assert out.same_as(prior) and out.array.shape == (64, 64, 64)
     assert rec["fit_grid"]["size"] == [32, 32, 32]
     assert rec["view_error"]["after"] < 0.5 * rec["view_error"]["before"]
