@@ -391,3 +391,21 @@ def test_a_head_wholly_outside_the_field_fails_that_case(tmp_path):
     _write_sct(tmp_path / "p", "h1", gt, tx, _model_grid())
     result = E.evaluate([tmp_path / "p"], tmp_path / "gt", metrics=("mae_hu",), windows=("full",))
     assert result.rows == [] and "field of view" in result.failures[0]["reason"]
+
+
+def test_evaluate_with_no_pair_is_refused_and_writes_nothing(tmp_path, capsys):
+    """No prediction shares a case id with the ground truth: exit 2, one line saying how files
+    are paired, no report."""
+    from XRayToCTLib.geometry import canonical_grid
+    from XRayToCTLib.io import write_volume
+    vol = canonical_grid(16).with_array(np.zeros((16, 16, 16), np.float32))
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    write_volume(vol, tmp_path / "pred" / "case01.nii.gz")
+    write_volume(vol, tmp_path / "gt" / "case02.nii.gz")
+    rc = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+               "--out", str(tmp_path / "rep")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "\n" not in err, err
+    assert "paired by case id" in err
+    assert not (tmp_path / "rep").exists()

@@ -520,3 +520,10 @@ def test_cli_refine_keeps_both_scores_and_evaluate_reports_it_with_the_view_base
     rows = (rep / "metrics.csv").read_text().splitlines()
     methods = {r.split(",")[1] for r in rows[1:]}
     assert methods == {"tiny_biplanar+refine", "outline", "atlas", "backprojection"}, methods
+
+
+def test_a_view_mismatch_names_the_model_the_user_typed():
+    """The error names the catalog model (cnn_inr_phantom64), not its architecture (cnn_inr)."""
+    rec = inference.Reconstructor("cnn_inr_phantom64", device="cpu")
+    with pytest.raises(InputError, match="'cnn_inr_phantom64' takes 2 view"):
+        rec.reconstruct_views({"ap": np.zeros((16, 16), np.float32)})

@@ -441,6 +441,11 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
         if not gt_files:
             raise InputError(Path(gt), f"no ground-truth case of split {split!r}")
     pred_files = {n: find_volumes(p) for n, p in zip(model_names, preds)}
+    if not any(set(files) & set(gt_files) for files in pred_files.values()):
+        raise InputError(Path(preds[0]), "no prediction matches a ground-truth case: files are "
+                         "paired by case id, the file name without .nii.gz/.nii/.nrrd/.mha (a "
+                         "dataset's cases/<id>/ct.nii.gz), e.g. PRED/case01.nii.gz with "
+                         "GT/case01.nii.gz")
     failures: list[dict[str, str]] = []
     for n, files in pred_files.items():
         for cid in sorted(set(files) - set(all_gt)):  # other splits' cases are not failures

@@ -293,7 +293,7 @@ class Reconstructor:
         canonical grid and the normalised views."""
         names = list(self.spec.views)
         if raw.shape[1] != len(names):
-            raise InputError(None, f"model {self.spec.name!r} takes {len(names)} view(s) "
+            raise InputError(None, f"model {self.label!r} takes {len(names)} view(s) "
                                    f"({', '.join(names)}); got {raw.shape[1]}")
         x = normalize_views(raw).float()
         report(progress, 0.0, f"running {self.spec.name} on {self.device.type}")
@@ -386,7 +386,7 @@ class Reconstructor:
         names = list(self.spec.views)
         given = list(views)
         if sorted(given) != sorted(names):
-            raise InputError(None, f"model {self.spec.name!r} takes {len(names)} view(s) "
+            raise InputError(None, f"model {self.label!r} takes {len(names)} view(s) "
                                    f"({', '.join(names)}); got {len(given)} "
                                    f"({', '.join(given) or 'none'})")
         report(progress, 0.0, "preparing the radiographs")
