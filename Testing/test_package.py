@@ -165,6 +165,46 @@ def test_bundled_catalog_is_valid():
         header = {k: v for k, v in info.items() if k != "path"}  # path: where it was read from
         for text in (json.dumps(e), json.dumps(header, default=str)):
             assert not re.search(r'"(/|[A-Za-z]:\\\\)[^"]*"', text), e["name"]
+        # what a user needs about the training data, not the development run's case ids
+        trained = e["trained_on"]
+        assert not package.DEVELOPMENT_KEYS & set(trained), e["name"]
+        assert {"description", "sources", "settings", "split"} <= set(trained), e["name"]
+        assert all(isinstance(trained["split"][k], int) for k in ("train", "val", "test"))
+        header_record = package.user_training_record(info["training_data"])
+        assert {k: v for k, v in trained.items() if k in header_record} == header_record
+
+
+def test_catalog_entry_keeps_only_the_user_facing_training_record(tmp_path):
+    """Case id lists, the dataset folder and absolute paths stay out of a catalog entry."""
+    m = models.build_model("cnn_inr", SMALL_INR)
+    record = {"kind": "xraytoct dataset", "size": 32, "description": "3 phantoms",
+              "sources": {"ct_dir": "/home/someone/cts", "phantoms": 3,
+                          "template": "C:\\data\\scct.nii.gz"},
+              "settings": {"size": 32, "ct_dir": "/home/someone/cts"},
+              "split": {"train": 2, "val": 1, "test": 0}, "settings_key": "abc",
+              "train_cases": ["phantom-00000", "phantom-00001"], "path": "/home/someone/ds32"}
+    path = models.save_package(m, tmp_path / "inr.safetensors",
+                               metadata={**META, "training_data": record})
+    entry = package.catalog_entry(path, name="t", title="T", description="d",
+                                  catalog_dir=tmp_path)
+    trained = entry["trained_on"]
+    assert "train_cases" not in trained and "path" not in trained
+    assert "settings_key" not in trained
+    assert trained["split"] == {"train": 2, "val": 1, "test": 0}
+    assert trained["sources"] == {"ct_dir": "cts", "phantoms": 3, "template": "scct.nii.gz"}
+    assert trained["settings"]["ct_dir"] == "cts" and trained["description"] == "3 phantoms"
+    assert not re.search(r'"(/|[A-Za-z]:\\\\)[^"]*"', json.dumps(entry))
+
+
+def test_models_command_lists_the_bundled_catalog(capsys):
+    """`xraytoct models --json` reads the catalog: every entry present, checksum ok."""
+    from XRayToCTLib.cli import main
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == [e["name"] for e in models.catalog()]
+    for r in rows:
+        assert r["present"] and r["sha256_ok"], r["name"]
+        assert "train_cases" not in r["trained_on"] and "path" not in r["trained_on"]
 
 
 def test_bundled_models_rebuild_from_their_config():

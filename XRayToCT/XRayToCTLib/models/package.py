@@ -240,11 +240,39 @@ def load_model(name_or_path: str | os.PathLike, *, device: str | torch.device = 
     return model, info
 
 
+#: Parts of a package's training record that describe the development run, not the model:
+#: the dataset folder it was read from, per-case id lists, the dataset's resume key.
+DEVELOPMENT_KEYS = frozenset({"path", "train_cases", "val_cases", "test_cases", "settings_key"})
+
+
+def _no_machine_paths(value: Any) -> Any:
+    """``value`` with every absolute path string reduced to its last part (a folder or file
+    name), recursively through dicts and lists."""
+    if isinstance(value, dict):
+        return {k: _no_machine_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_machine_paths(v) for v in value]
+    if isinstance(value, str) and (value.startswith(("/", "\\")) or
+                                   (len(value) > 2 and value[1] == ":" and value[2] in "/\\")):
+        return Path(value.replace("\\", "/")).name
+    return value
+
+
+def user_training_record(training_data: Any) -> Any:
+    """The parts of a package's ``training_data`` a catalog shows a user: sources, sizes,
+    settings, split counts, DRR conventions, real heads, description; without
+    :data:`DEVELOPMENT_KEYS` and with absolute paths reduced to names."""
+    if not isinstance(training_data, dict):
+        return training_data
+    return _no_machine_paths({k: v for k, v in training_data.items()
+                              if k not in DEVELOPMENT_KEYS})
+
+
 def catalog_entry(path: str | os.PathLike, *, name: str, title: str, description: str,
                   catalog_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """A catalog entry for a package file (sha256, size, views, output size and training
-    data read from it); ``file`` is relative to ``catalog_dir`` (default: the bundled
-    catalog's folder)."""
+    """A catalog entry for a package file (sha256, size, views, output size and the
+    user-facing part of its training record, :func:`user_training_record`, read from it);
+    ``file`` is relative to ``catalog_dir`` (default: the bundled catalog's folder)."""
     path = Path(path).resolve()
     info = read_info(path)
     base = Path(catalog_dir) if catalog_dir is not None else CATALOG_PATH.parent
@@ -254,4 +282,5 @@ def catalog_entry(path: str | os.PathLike, *, name: str, title: str, description
             "size": path.stat().st_size, "model": info["model"], "views": spec["views"],
             "image_size": spec["image_size"], "output_size": spec["output_size"],
             "output_spacing": spec["output_spacing"], "intensity": spec["intensity"],
-            "trained_on": info.get("training_data", {}), "validation": info.get("validation", {})}
+            "trained_on": user_training_record(info.get("training_data", {})),
+            "validation": info.get("validation", {})}
