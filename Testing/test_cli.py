@@ -14,7 +14,7 @@ from XRayToCTLib.geometry import Volume
 from XRayToCTLib.io import read_radiograph, read_volume, write_volume
 from XRayToCTLib.phantom import head_phantom
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SUBCOMMANDS = ["convert", "preprocess", "drr", "phantom", "demo"]
 
 
@@ -54,10 +54,13 @@ def test_drr_writes_both_views_and_geometry(small_ct, tmp_path, capsys):
     code, _, err = run(["drr", small_ct, "--out-dir", out, "--pixels", 40, "--device", "cpu"],
                        capsys)
     assert code == 0, err
-    geometry = json.loads((out / "geometry.json").read_text())
+    stem = Path(small_ct).name.split(".")[0]  # side files are <stem>_<view>_<kind>.nrrd
+    assert sorted(f.name for f in out.iterdir()) == sorted(
+        [f"{stem}_ap_drr.nrrd", f"{stem}_lateral_drr.nrrd", f"{stem}_drr.json"])
+    geometry = json.loads((out / f"{stem}_drr.json").read_text())
     assert set(geometry["views"]) == {"ap", "lateral"}
     for view in ("ap", "lateral"):
-        rad = read_radiograph(out / f"{view}.nrrd")
+        rad = read_radiograph(out / f"{stem}_{view}_drr.nrrd")
         assert rad.array.shape == (40, 40)
         assert rad.geometry is not None and rad.geometry.view == view
         assert rad.geometry.to_dict()["normal"] == geometry["views"][view]["normal"]
@@ -72,8 +75,9 @@ def test_drr_plastimatch_backend_matches_torch(small_ct, tmp_path, capsys):
         code, _, err = run(["drr", small_ct, "--out-dir", tmp_path / backend, "--pixels", 40,
                             "--backend", backend, "--device", "cpu"], capsys)
         assert code == 0, err
-    a = read_radiograph(tmp_path / "torch" / "ap.nrrd").array
-    b = read_radiograph(tmp_path / "plastimatch" / "ap.nrrd").array
+    stem = Path(small_ct).name.split(".")[0]
+    a = read_radiograph(tmp_path / "torch" / f"{stem}_ap_drr.nrrd").array
+    b = read_radiograph(tmp_path / "plastimatch" / f"{stem}_ap_drr.nrrd").array
     assert np.abs(a - b).sum() / b.sum() < 0.05
 
 
@@ -119,7 +123,7 @@ def test_bad_input_gives_one_line_and_status_2(case, small_ct, tmp_path, capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and str(path) in err
     assert "Traceback" not in err
-    assert not (out / "ap.nrrd").exists()
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_not_hu_is_refused_with_how_to_rescale(tmp_path, capsys):
@@ -140,7 +144,7 @@ def test_tilted_series_drr(tmp_path, capsys):
     code, _, err = run(["drr", folder, "--out-dir", tmp_path, "--pixels", 48, "--device", "cpu"],
                        capsys)
     assert code == 0, err
-    lateral = read_radiograph(tmp_path / "lateral.nrrd").array
+    lateral = read_radiograph(tmp_path / f"{folder.name}_lateral_drr.nrrd").array
     # a head: about 180 mm of tissue and skull along the ray (0.022/mm water, /10)
     assert 0.3 < lateral.max() < 2.0
 
@@ -153,7 +157,8 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     assert code == 0, err
     d = tmp_path / "demo"
     for name in ("ct/phantom_seed0.nii.gz", "sct/phantom_seed0.nii.gz", "sct/phantom_seed0.json",
-                 "sct/phantom_seed0_ap_drr.nrrd", "report/report.html", "report/metrics.csv",
+                 "sct/phantom_seed0_ap_input.nrrd", "sct/phantom_seed0_lateral_reprojection.nrrd",
+                 "report/report.html", "report/metrics.csv",
                  "drr_ap.png", "sct_brain_window.png", "README.txt"):
         assert (d / name).is_file(), name
     assert f"report: {(d / 'report' / 'report.html').resolve()}" in out
@@ -171,7 +176,7 @@ def test_console_script_and_training_script_share_the_parser(small_ct, tmp_path)
                            str(tmp_path / "t"), "--pixels", "24", "--device", "cpu"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "t" / "ap.nrrd").is_file()
+    assert (tmp_path / "t" / f"{Path(small_ct).name.split('.')[0]}_ap_drr.nrrd").is_file()
     proc = subprocess.run([sys.executable, str(script), "drr", str(tmp_path / "missing.nii")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

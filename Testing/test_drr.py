@@ -16,7 +16,7 @@ from XRayToCTLib.drr_plastimatch import plastimatch_executable, render_plastimat
 from XRayToCTLib.geometry import Grid, ProjectionGeometry, Volume, rotation_matrix
 from XRayToCTLib.phantom import head_phantom
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_plastimatch = pytest.mark.skipif(plastimatch_executable() is None,
                                        reason="the plastimatch program is not installed "
                                               "(pip install plastimatch)")

@@ -286,7 +286,7 @@ def test_cli_reconstruct_from_ct_writes_sct_drrs_and_json(biplanar_file, ct_file
     assert meta["geometry"]["canonical_grid"]["size"] == [32, 32, 32]
     assert meta["sct_geometry"]["size"] == list(ct.size)
     for v in ("ap", "lateral"):
-        assert (tmp_path / f"sct_{v}_drr.nrrd").is_file()
+        assert (tmp_path / f"sct_{v}_input.nrrd").is_file()
         assert (tmp_path / f"sct_{v}_reprojection.nrrd").is_file()
 
 

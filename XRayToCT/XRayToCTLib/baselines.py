@@ -282,8 +282,9 @@ def backprojection_baseline(views: Mapping[str, Radiograph] | Sequence[Radiograp
 
 def prediction_views(sidecar_json: str | os.PathLike) -> tuple[dict[str, Radiograph],
                                                                dict[str, ProjectionGeometry]]:
-    """The images a model saw for one sCT (``<stem>_<view>_drr.nrrd`` or ``_input.nrrd``
-    beside it, as :func:`~XRayToCTLib.inference.write_result` names them) and their view
+    """The images a model saw for one sCT (``<stem>_<view>_input.nrrd`` beside it, as
+    :func:`~XRayToCTLib.inference.write_result` names them; ``_drr.nrrd``, the name older
+    versions gave a CT's DRRs, is read too) and their view
     geometries in the model's frame (the JSON's ``geometry.views``)."""
     path = Path(sidecar_json)
     try:
@@ -294,11 +295,11 @@ def prediction_views(sidecar_json: str | os.PathLike) -> tuple[dict[str, Radiogr
     stem = path.name[: -len(".json")]
     views = {}
     for v in geoms:
-        f = next((path.with_name(f"{stem}_{v}_{kind}.nrrd") for kind in ("drr", "input")
+        f = next((path.with_name(f"{stem}_{v}_{kind}.nrrd") for kind in ("input", "drr")
                   if path.with_name(f"{stem}_{v}_{kind}.nrrd").is_file()), None)
         if f is None:
-            raise InputError(path, f"no {v} image beside it ({stem}_{v}_drr.nrrd or "
-                                   f"{stem}_{v}_input.nrrd) for the atlas baseline")
+            raise InputError(path, f"no {v} image beside it ({stem}_{v}_input.nrrd) "
+                                   "for the atlas baseline")
         views[v] = read_radiograph(f, view=v)
     return views, geoms
 

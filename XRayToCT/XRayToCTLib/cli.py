@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("drr", help="render AP and lateral DRRs of a CT",
                        description="Render anteroposterior and lateral digitally reconstructed "
-                       "radiographs of a CT: DIR/ap.nrrd, DIR/lateral.nrrd and DIR/geometry.json. "
+                       "radiographs of a CT: DIR/<stem>_ap_drr.nrrd, DIR/<stem>_lateral_drr.nrrd and "
+                       "DIR/<stem>_drr.json (their geometry), <stem> the CT's file name without "
+                       "extension. "
                        "Row 0 is superior; AP shows the patient's left on the right, lateral "
                        "(source on the patient's right) shows the face on the right.")
     p.add_argument("ct", metavar="CT", help="CT file or DICOM folder (HU)")
@@ -430,15 +432,19 @@ def _geometry_kw(args) -> dict:
                 isocenter=args.isocenter)
 
 
-def _write_drrs(images: dict, out: Path, extra: dict | None = None) -> None:
+def _write_drrs(images: dict, out: Path, stem: str, extra: dict | None = None) -> list[Path]:
+    """``out/<stem>_<view>_drr.nrrd`` per view and ``out/<stem>_drr.json`` (their geometry);
+    returns the written paths."""
     from .io import write_radiograph
-    for view, rad in images.items():
-        write_radiograph(rad, out / f"{view}.nrrd")
-    _write_json(out / "geometry.json", {
+    written = [write_radiograph(rad, out / f"{stem}_{view}_drr.nrrd")
+               for view, rad in images.items()]
+    written.append(out / f"{stem}_drr.json")
+    _write_json(written[-1], {
         "views": {v: r.geometry.to_dict() for v, r in images.items()},
         "units": next(iter(images.values())).metadata.get("units"),
         "hu_conversion": next(iter(images.values())).metadata.get("hu_conversion"),
         **(extra or {})})
+    return written
 
 
 def _cmd_drr(args) -> int:
@@ -452,8 +458,10 @@ def _cmd_drr(args) -> int:
     except ValueError as err:  # geometry out of range
         raise InputError(None, f"invalid DRR geometry: {err}") from err
     out = _out_dir(args.out_dir)
-    _write_drrs(images, out, {"ct": str(Path(args.ct).resolve()), "backend": args.backend})
-    print(f"wrote {out / 'ap.nrrd'}, {out / 'lateral.nrrd'} and {out / 'geometry.json'}")
+    stem = Path(args.ct).resolve().name.split(".")[0]  # ct.nii.gz -> ct; a DICOM folder's name
+    written = _write_drrs(images, out, stem,
+                          {"ct": str(Path(args.ct).resolve()), "backend": args.backend})
+    print("wrote " + ", ".join(str(f) for f in written))
     return 0
 
 

@@ -26,7 +26,7 @@ sct/{case}.nii.gz         the SYNTHETIC CT (sCT, not for diagnosis) reconstructe
                           "{model}" from the CT's AP and lateral DRRs, on the CT's own grid
 sct/{case}.json           the run: model, device, time, projection-consistency score (the sCT's
                           DRRs against the input views: SSIM, PSNR), geometry
-sct/{case}_<view>_drr.nrrd           the DRRs the model saw (row 0 = superior; AP: patient's
+sct/{case}_<view>_input.nrrd         the DRRs the model saw (row 0 = superior; AP: patient's
                                      left on the right; lateral: face on the right)
 sct/{case}_<view>_reprojection.nrrd  the sCT's DRRs at the same geometry
 report/report.html        metrics (brain window L40/W40 and full range; head and whole volume),

@@ -634,8 +634,9 @@ def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
     or a folder (no extension, or an existing folder: a DICOM CT series via
     :func:`~XRayToCTLib.io.write_dicom_series` with ``synthetic=True``; ``source`` is the
     CT whose study/frame of reference to carry, only for a CT input). Beside it:
-    ``<stem>_<view>_drr.nrrd`` / ``<stem>_<view>_input.nrrd`` (the images the model saw),
-    ``<stem>_<view>_reprojection.nrrd`` (the sCT's DRRs) and ``<stem>.json`` (the sidecar:
+    ``<stem>_<view>_input.nrrd`` (the images the model saw: the given radiographs or the
+    CT's DRRs), ``<stem>_<view>_reprojection.nrrd`` (the sCT's DRRs) and ``<stem>.json``
+    (the sidecar, ``files`` keys ``<view>_input`` / ``<view>_reprojection``:
     model name and sha256, inputs, device, time, consistency, geometry, ``"synthetic": true``).
     """
     p = check_output_path(out)
@@ -646,11 +647,10 @@ def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
         _write_sct_file(result.sct, p)
         written.append(p)
     stem = p.name.split(".")[0]
-    kind = "drr" if result.info.get("input_kind") == "ct" else "input"
     files: dict[str, Any] = {"sct": str(p)}
-    for v, rad in result.drrs.items():
-        f = xio.write_radiograph(rad, p.with_name(f"{stem}_{v}_{kind}.nrrd"))
-        files[f"{v}_{kind}"] = str(f)
+    for v, rad in result.drrs.items():  # what the model saw, whatever the input kind
+        f = xio.write_radiograph(rad, p.with_name(f"{stem}_{v}_input.nrrd"))
+        files[f"{v}_input"] = str(f)
         written.append(f)
     for v, rad in result.reprojections.items():
         f = xio.write_radiograph(rad, p.with_name(f"{stem}_{v}_reprojection.nrrd"))
