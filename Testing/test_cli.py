@@ -180,3 +180,144 @@ def test_console_script_and_training_script_share_the_parser(small_ct, tmp_path)
     proc = subprocess.run([sys.executable, str(script), "drr", str(tmp_path / "missing.nii")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# issue 14: output folders, colour images, swapped views, missing inputs before torch
+# ----------------------------------------------------------------------------------------
+def one_line_error(code: int, err: str, needle) -> None:
+    """Exit 2 and one error line naming ``needle``, last (after any progress lines)."""
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.endswith(errors[0] + "\n") and str(needle) in errors[0], err
+    assert "Traceback" not in err
+
+
+def test_every_writing_command_creates_its_output_folder(small_ct, tmp_path, capsys):
+    phantom = tmp_path / "new" / "a" / "p.nii.gz"
+    code, _, err = run(["phantom", "--out", phantom, "--size", 24, "--spacing", 10], capsys)
+    assert code == 0 and phantom.is_file(), err
+    code, _, err = run(["convert", small_ct, tmp_path / "conv" / "b" / "head.nrrd"], capsys)
+    assert code == 0 and (tmp_path / "conv" / "b" / "head.nrrd").is_file(), err
+    code, _, err = run(["convert", small_ct, tmp_path / "conv" / "c" / "dicom"], capsys)
+    assert code == 0 and any((tmp_path / "conv" / "c" / "dicom").iterdir()), err
+    pre = tmp_path / "pre" / "d" / "t.nii.gz"
+    code, _, err = run(["preprocess", small_ct, "--out", pre, "--no-register", "--size", 32,
+                        "--target-size", 16], capsys)
+    assert code == 0 and pre.is_file(), err
+    code, _, err = run(["drr", small_ct, "--out-dir", tmp_path / "drr" / "e" / "f", "--pixels",
+                        16, "--device", "cpu"], capsys)
+    assert code == 0 and len(list((tmp_path / "drr" / "e" / "f").glob("*.nrrd"))) == 2, err
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir(), pred.mkdir()
+    write_volume(head_phantom(24, 10.0, seed=1, pose=False), gt / "c1.nii.gz")
+    write_volume(head_phantom(24, 10.0, seed=2, pose=False), pred / "c1.nii.gz")
+    code, _, err = run(["evaluate", "--pred", pred, "--gt", gt, "--out",
+                        tmp_path / "ev" / "g" / "report", "--metric", "mae_hu"], capsys)
+    assert code == 0 and (tmp_path / "ev" / "g" / "report" / "metrics.csv").is_file(), err
+
+
+def test_an_output_under_a_file_is_refused_in_one_line(small_ct, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    cases = [["phantom", "--out", blocker / "p.nii.gz", "--size", 24],
+             ["convert", small_ct, blocker / "sub" / "h.nrrd"],
+             ["preprocess", small_ct, "--no-register", "--out", blocker / "t.nii.gz"],
+             ["drr", small_ct, "--out-dir", blocker / "d"],
+             ["evaluate", "--pred", tmp_path, "--gt", tmp_path, "--out", blocker / "r"],
+             ["demo", "--out", blocker / "demo"],
+             ["export", tmp_path, "--out", blocker / "m.safetensors"]]
+    for argv in cases:
+        code, _, err = run(argv, capsys)
+        one_line_error(code, err, blocker)
+        assert "is a file, not a folder" in err, err
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_colour_image_is_refused_and_grey_stored_as_rgb_is_accepted(tmp_path, capsys):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8), "RGB").save(photo)
+    rgba = tmp_path / "photo_rgba.png"
+    Image.fromarray(rng.integers(0, 255, (40, 50, 4), dtype=np.uint8), "RGBA").save(rgba)
+    grey = rng.integers(0, 255, (40, 50), dtype=np.uint8)
+    grey_rgb = tmp_path / "grey_rgb.png"
+    Image.fromarray(np.dstack([grey] * 3), "RGB").save(grey_rgb)
+    for colour in (photo, rgba):
+        code, _, err = run(["reconstruct", "--ap", colour, "--lateral", grey_rgb, "--model",
+                            "any_model", "--out", tmp_path / "sct.nii.gz"], capsys)
+        one_line_error(code, err, colour)
+        assert "colour" in err
+        code, _, err = run(["convert", "--radiograph", colour, tmp_path / "c.nrrd"], capsys)
+        one_line_error(code, err, colour)
+    code, _, err = run(["convert", "--radiograph", grey_rgb, tmp_path / "g.nrrd"], capsys)
+    assert code == 0, err
+    np.testing.assert_allclose(read_radiograph(tmp_path / "g.nrrd").array, grey, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from test_inference import TEST_META, small_model
+    from XRayToCTLib.models import package
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    package.save_package(small_model(), path, metadata=TEST_META)
+    return path
+
+
+def test_swapped_views_refused_by_header_and_warned_by_symmetry(small_ct, tiny_model, tmp_path,
+                                                                capsys):
+    from PIL import Image
+    from XRayToCTLib.drr import DRR
+    from XRayToCTLib.inference import Reconstructor
+    code, _, err = run(["drr", small_ct, "--out-dir", tmp_path / "drr", "--pixels", 32,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    files = {read_radiograph(f).geometry.view: f for f in (tmp_path / "drr").glob("*.nrrd")}
+    out = tmp_path / "sct.nii.gz"
+    code, _, err = run(["reconstruct", "--ap", files["lateral"], "--lateral", files["ap"],
+                        "--model", tiny_model, "--out", out, "--device", "cpu"], capsys)
+    one_line_error(code, err, files["lateral"])
+    assert "says it is lateral" in err and not out.exists()
+    # no header (PNG): the image checks warn, they do not refuse
+    spec = Reconstructor(tiny_model, device="cpu").spec
+    images = DRR({v: spec.projection(v) for v in ("ap", "lateral")}).render(
+        head_phantom(64, 4.0, seed=7))
+    png = {}
+    for view, rad in images.items():
+        png[view] = tmp_path / f"{view}.png"
+        Image.fromarray(np.round(255 * rad.array / rad.array.max()).astype(np.uint8)).save(png[view])
+    code, _, err = run(["reconstruct", "--ap", png["lateral"], "--lateral", png["ap"], "--model",
+                        tiny_model, "--out", out, "--device", "cpu"], capsys)
+    assert code == 0 and "warning: " in err and "swapped" in err, err
+    code, _, err = run(["reconstruct", "--ap", png["ap"], "--lateral", png["lateral"], "--model",
+                        tiny_model, "--out", tmp_path / "ok.nii.gz", "--device", "cpu"], capsys)
+    assert code == 0 and "swapped" not in err, err
+
+
+@pytest.mark.parametrize("argv, missing", [
+    (["drr", "{d}/missing.nii.gz", "--out-dir", "{d}/o"], "missing.nii.gz"),
+    (["evaluate", "--pred", "{d}/nopred", "--gt", "{d}", "--out", "{d}/r"], "nopred"),
+    (["reconstruct", "--ap", "{d}/a.png", "--lateral", "{d}/b.png", "--model", "x", "--out",
+      "{d}/o.nii.gz"], "a.png"),
+    (["reconstruct", "--ct", "{d}/ct.nii.gz", "--model", "{d}/m.safetensors", "--out",
+      "{d}/o.nii.gz"], "m.safetensors"),
+    (["export", "{d}/norun", "--out", "{d}/m.safetensors"], "norun"),
+])
+def test_missing_inputs_are_one_line(argv, missing, tmp_path, capsys):
+    (tmp_path / "ct.nii.gz").write_bytes(b"")  # exists: the check is about existence
+    code, _, err = run([a.format(d=tmp_path) for a in argv], capsys)
+    one_line_error(code, err, missing)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_missing_input_is_reported_before_torch_is_imported(tmp_path):
+    """`reconstruct --ct missing` exits 2 naming the file, without importing torch."""
+    wrapper = ("import sys\nfrom XRayToCTLib.cli import main\n"
+               "code = main(sys.argv[1:])\nprint('torch' in sys.modules)\nsys.exit(code)\n")
+    proc = subprocess.run([sys.executable, "-c", wrapper, "reconstruct", "--ct",
+                           str(tmp_path / "missing.nii.gz"), "--model", "x", "--out",
+                           str(tmp_path / "o.nii.gz")], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "missing.nii.gz" in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.stdout.strip() == "False"

@@ -755,7 +755,7 @@ def test_volume_metadata_in_header(tmp_path):
 # ======================================================================================
 # radiographs
 # ======================================================================================
-def test_png_rgb_to_grey(tmp_path):
+def test_colour_image_refused_grey_stored_as_rgb_read_as_grey(tmp_path):
     rgb = np.zeros((4, 6, 3), np.uint8)
     rgb[0, 0] = (255, 0, 0)
     rgb[1, 1] = (0, 255, 0)
@@ -763,14 +763,27 @@ def test_png_rgb_to_grey(tmp_path):
     rgb[3, 3] = (10, 200, 30)
     path = tmp_path / "xr.png"
     Image.fromarray(rgb, "RGB").save(path)
-    xr = io.read_radiograph(path, view="ap")
-    assert xr.array.shape == (4, 6) and xr.array.dtype == np.float32
-    expected = rgb.astype(float) @ np.array([0.299, 0.587, 0.114])
-    np.testing.assert_allclose(xr.array, expected, atol=1e-3)
-    assert xr.pixel_spacing is None and xr.metadata["view"] == "ap"
+    with pytest.raises(InputError) as e:
+        io.read_radiograph(path, view="ap")
+    assert "colour" in one_line_error(e, path)
     rgba = np.dstack([rgb, np.full((4, 6), 128, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "xra.png")
-    np.testing.assert_allclose(io.read_radiograph(tmp_path / "xra.png").array, expected, atol=1e-3)
+    with pytest.raises(InputError):
+        io.read_radiograph(tmp_path / "xra.png")
+    grey = np.random.default_rng(3).integers(0, 255, (4, 6), dtype=np.uint8)
+    Image.fromarray(np.dstack([grey] * 3), "RGB").save(path)
+    xr = io.read_radiograph(path, view="ap")
+    assert xr.array.shape == (4, 6) and xr.array.dtype == np.float32
+    np.testing.assert_allclose(xr.array, grey, atol=1e-3)
+    assert xr.pixel_spacing is None and xr.metadata["view"] == "ap"
+    Image.fromarray(np.dstack([grey] * 3 + [np.full((4, 6), 128, np.uint8)]), "RGBA").save(
+        tmp_path / "xra.png")
+    np.testing.assert_allclose(io.read_radiograph(tmp_path / "xra.png").array, grey, atol=1e-3)
+    # a smooth grey image as an RGB JPEG: compression noise is not colour
+    yy, xx = np.mgrid[0:64, 0:64]
+    smooth = (128 + 100 * np.sin(xx / 9.0) * np.cos(yy / 7.0)).astype(np.uint8)
+    Image.fromarray(np.dstack([smooth] * 3), "RGB").save(tmp_path / "g.jpg", quality=85)
+    assert np.abs(io.read_radiograph(tmp_path / "g.jpg").array - smooth).mean() < 3
 
 
 @pytest.mark.parametrize("ext", [".png", ".tif"])

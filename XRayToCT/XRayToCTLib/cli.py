@@ -368,17 +368,74 @@ def _write_json(path: Path, data: dict) -> None:
     write_json(path, data)
 
 
+def _refuse_file_ancestor(path: Path, folder: Path) -> None:
+    """InputError when ``folder`` or the nearest of its existing ancestors is a file."""
+    for up in (folder, *folder.parents):
+        if up.exists():
+            if not up.is_dir():
+                raise InputError(path, f"{up} is a file, not a folder")
+            return
+
+
+def _make_parent(path: str | os.PathLike) -> Path:
+    """Create the missing folder of the output file ``path`` (refusing a parent that is a
+    file, with one line); returns ``path`` as a Path."""
+    p = Path(path)
+    _refuse_file_ancestor(p, p.parent)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(p, f"cannot create the folder {p.parent}: {err.strerror or err}") from None
+    return p
+
+
 def _out_dir(path: str) -> Path:
     d = Path(path)
     if d.exists() and not d.is_dir():
         raise InputError(d, "exists and is not a folder")
-    d.mkdir(parents=True, exist_ok=True)
+    _make_parent(d)
+    d.mkdir(exist_ok=True)
     return d
+
+
+_INPUTS = {"convert": ("input",), "preprocess": ("ct", "template"), "drr": ("ct",),
+           "reconstruct": ("ap", "lateral", "ct", "template"), "train": ("data", "config"),
+           "export": ("run_dir",), "prepare": ("ct_dir", "template"),
+           "evaluate": ("pred", "gt", "template", "dataset")}
+"""Each command's arguments naming files or folders that must exist."""
+_OUTPUT_FILES = {"convert": "output", "preprocess": "out", "phantom": "out",
+                 "reconstruct": "out", "export": "out"}
+_OUTPUT_DIRS = {"drr": "out_dir", "evaluate": "out", "demo": "out", "train": "out",
+                "prepare": "out"}
+_MODEL_FILES = ("model", "init")
+
+
+def _check_paths(args) -> None:
+    """Refuse missing inputs and outputs under a file, before any heavy import (torch)."""
+    command = getattr(args, "command", None)
+    for name in _INPUTS.get(command, ()):
+        values = getattr(args, name, None)
+        for value in (values if isinstance(values, list) else [values]):
+            if value is not None and not Path(value).exists():
+                raise InputError(value, "no such file or folder")
+    for name in _MODEL_FILES:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and Path(value).suffix == ".safetensors" \
+                and not Path(value).is_file():
+            raise InputError(value, "no such model file")
+    if command in _OUTPUT_FILES and getattr(args, _OUTPUT_FILES[command], None):
+        out = Path(getattr(args, _OUTPUT_FILES[command]))
+        _refuse_file_ancestor(out, out.parent)
+    if command in _OUTPUT_DIRS and getattr(args, _OUTPUT_DIRS[command], None):
+        out = Path(getattr(args, _OUTPUT_DIRS[command]))
+        if out.exists() and not out.is_dir():
+            raise InputError(out, "exists and is not a folder")
+        _refuse_file_ancestor(out, out.parent)
 
 
 def _cmd_convert(args) -> int:
     from .io import read_radiograph, read_volume, write_dicom_series, write_radiograph, write_volume
-    out = Path(args.output)
+    out = _make_parent(args.output)
     to_dicom = out.suffix == "" or out.is_dir()
     if args.radiograph:
         rad = read_radiograph(args.input)
@@ -419,7 +476,7 @@ def _cmd_preprocess(args) -> int:
                                target_size=args.target_size, window=args.window, progress=cb)
     finally:
         close()
-    out = Path(args.out)
+    out = _make_parent(args.out)
     write_volume(res.target, out)
     sidecar = out.with_name(out.name.split(".")[0] + ".json")
     _write_json(sidecar, res.to_dict() if hasattr(res, "to_dict") else {})
@@ -486,7 +543,7 @@ def _cmd_phantom(args) -> int:
                            translation_mm=args.translation)
     except ValueError as err:
         raise XRayToCTError(f"phantom: {err}") from None
-    write_volume(vol, Path(args.out))
+    write_volume(vol, _make_parent(args.out))
     print(f"wrote {args.out} (seed {args.seed}, findings: {', '.join(vol.metadata['findings']) or 'none'})")
     return 0
 
@@ -591,8 +648,8 @@ def _cmd_train(args) -> int:
 
 def _cmd_export(args) -> int:
     from .training import export_run
-    out = export_run(args.run_dir, args.out, checkpoint=args.checkpoint, title=args.title,
-                     fp16=args.fp16)
+    out = export_run(args.run_dir, _make_parent(args.out), checkpoint=args.checkpoint,
+                     title=args.title, fp16=args.fp16)
     print(f"wrote {out}")
     return 0
 
@@ -669,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return int(exc.code or 0)
     try:
+        _check_paths(args)
         return int(args.func(args) or 0)
     except XRayToCTError as err:  # bad input, cancelled, or another problem a user can fix
         hint = _HINTS.get(type(err))

@@ -192,6 +192,47 @@ def prepare_view(image: Radiograph | np.ndarray, geometry: ProjectionGeometry, *
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+_VIEW_FAMILY = {"ap": "frontal", "pa": "frontal", "lateral": "lateral",
+                "lateral_left": "lateral"}
+"""Views that are the same kind of projection: a contradiction across kinds is refused."""
+SYMMETRY_MARGIN = 0.03
+"""How much less left-right symmetric than the lateral image the AP image must be for
+:func:`_views_look_swapped` to warn (phantom DRRs: AP 0.94-1.0, lateral 0.86-0.91)."""
+
+
+def mirror_symmetry(image: np.ndarray, max_shift: float = 0.25) -> float:
+    """Left-right symmetry of a radiograph: the best correlation of the normalised image
+    with its mirror image, over mirror axes within ``max_shift`` of the width from the centre
+    (a head need not be centred). About 1 for an AP head, clearly less for a lateral one."""
+    a = np.asarray(image, dtype=np.float64)
+    a = (a - a.mean()) / (a.std() + 1e-12)
+    mirror, width, best = a[:, ::-1], a.shape[1], -1.0
+    for s in range(-int(width * max_shift), int(width * max_shift) + 1):
+        x = a[:, max(s, 0): width + min(s, 0)]
+        y = mirror[:, max(-s, 0): width - max(s, 0)]
+        x, y = x - x.mean(), y - y.mean()
+        denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
+        if denom > 0:
+            best = max(best, float((x * y).sum()) / denom)
+    return best
+
+
+def _views_look_swapped(given: Mapping[str, Any], prepared: Mapping[str, Radiograph]
+                        ) -> str | None:
+    """A warning when no file says its view and the image given as AP is clearly less
+    left-right symmetric than the one given as lateral (AP and lateral look swapped)."""
+    if not {"ap", "lateral"} <= set(prepared):
+        return None
+    if all(isinstance(given[v], Radiograph) and given[v].metadata.get("view_in_file")
+           for v in ("ap", "lateral")):
+        return None  # the files say their views (checked by the caller)
+    ap, lateral = (mirror_symmetry(prepared[v].array) for v in ("ap", "lateral"))
+    if ap < lateral - SYMMETRY_MARGIN:
+        return (f"the image given as ap is less left-right symmetric than the one given as "
+                f"lateral (mirror correlation {ap:.2f} vs {lateral:.2f}): are the views swapped?")
+    return None
+
+
 # ----------------------------------------------------------------------------------------
 # results
 # ----------------------------------------------------------------------------------------
@@ -402,8 +443,12 @@ class Reconstructor:
                 img.array if isinstance(img, Radiograph) else img)),
                 "pixel_spacing": None if not isinstance(img, Radiograph) or img.pixel_spacing is None
                 else list(img.pixel_spacing), "inverted": bool(invert or meta.get("inverted"))}
-            if meta.get("view") and meta["view"] != v:
-                warn.append(f"the image given as {v} says it is {meta['view']} "
+            stated = meta.get("view_in_file") or meta.get("view")
+            if stated and _VIEW_FAMILY.get(stated, stated) != _VIEW_FAMILY.get(v, v):
+                raise InputError(meta.get("source"), f"given as the {v} view, but the file "
+                                                     f"says it is {stated}: views swapped?")
+            if stated and stated != v:  # the same kind of view (PA given as AP, say)
+                warn.append(f"the image given as {v} says it is {stated} "
                             f"({meta.get('source', 'array')})")
             g0 = img.geometry if isinstance(img, Radiograph) else None
             if g0 is not None and not np.allclose([g0.sad, g0.sid], [geom.sad, geom.sid]):
@@ -412,6 +457,9 @@ class Reconstructor:
             keep = ("source",) if invert or meta.get("inverted") else ("source", "units")
             prepared[v] = Radiograph(arr, None, geom, {**{k: meta[k] for k in keep if k in meta},
                                                        "view": v, "kind": "prepared radiograph"})
+        swapped = _views_look_swapped(views, prepared)
+        if swapped:
+            warn.append(swapped)
         for w in warn:
             warnings.warn(w, RuntimeWarning, stacklevel=2)
         timings["prepare"] = time.perf_counter() - t0

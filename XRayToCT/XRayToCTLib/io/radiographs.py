@@ -2,7 +2,8 @@
 
 Conventions: bone is bright. DICOM values get the modality rescale; MONOCHROME1 images are
 inverted about their nominal range (``metadata["photometric"]`` keeps the original
-interpretation). Colour images become grey with ITU-R BT.601 luma (alpha ignored). A file
+interpretation). Colour (RGB/RGBA) images are refused; a grey image stored as RGB (equal
+channels, up to compression noise) is read as grey (alpha ignored). A file
 written by :func:`write_radiograph` (NRRD, MetaImage) gets its ProjectionGeometry, pixel
 spacing and metadata back from :func:`read_radiograph`.
 """
@@ -36,9 +37,27 @@ _LUMA_601 = np.array([0.299, 0.587, 0.114])
 # --------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------
+_COLOUR_SPREAD = 0.03
+"""A pixel is coloured when its channels differ by more than this fraction of the image's
+value range; JPEG compression of a grey image stays well below it."""
+
+
 def _to_grey(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma of an ``(..., 3 or 4)`` array (alpha ignored)."""
     return (np.asarray(rgb[..., :3], dtype=np.float64) @ _LUMA_601).astype(np.float32)
+
+
+def _grey_or_refuse(path: Path, rgb: np.ndarray) -> np.ndarray:
+    """The grey image of an ``(..., 3 or 4)`` array whose colour channels are equal (a grey
+    image stored as RGB/RGBA, up to compression noise in 1 % of its pixels); InputError for
+    a colour image (a photograph, a screenshot): a radiograph is greyscale."""
+    channels = np.asarray(rgb[..., :3], dtype=np.float64)
+    spread = channels.max(axis=-1) - channels.min(axis=-1)
+    value_range = float(channels.max() - channels.min()) if channels.size else 0.0
+    if spread.size and float(np.percentile(spread, 99)) > _COLOUR_SPREAD * max(value_range, 1e-12):
+        raise InputError(path, "a colour image (RGB), not a radiograph: radiographs are "
+                               "greyscale (convert it to grey if it is one)")
+    return _to_grey(rgb)
 
 
 _VIEW_POSITIONS = {"AP": "ap", "PA": "pa", "LL": "lateral", "RL": "lateral_left",
@@ -57,7 +76,7 @@ def _read_radiograph_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] 
     if samples > 1:
         if photometric.startswith("YBR") and arr.ndim == 3:
             arr = convert_color_space(arr, photometric, "RGB")
-        img = _to_grey(arr)
+        img = _grey_or_refuse(path, arr)
     else:
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
@@ -114,7 +133,7 @@ def _read_radiograph_bitmap(path: Path, fmt: str) -> tuple[np.ndarray, None, dic
         raise InputError(path, f"unreadable {fmt.upper()} image: {one_line(exc)}") from None
     if arr.ndim == 3:
         if arr.shape[2] in (3, 4):
-            arr = _to_grey(arr)
+            arr = _grey_or_refuse(path, arr)
             meta["converted_to_grey"] = "ITU-R BT.601 luma"
         elif arr.shape[2] in (1, 2):  # L or LA
             arr = arr[..., 0]
@@ -133,7 +152,7 @@ def _read_radiograph_sitk(path: Path, fmt: str) -> tuple[np.ndarray, tuple[float
     array = sitk.GetArrayFromImage(img)
     spacing = list(img.GetSpacing())[::-1]  # array axis order
     if img.GetNumberOfComponentsPerPixel() in (3, 4):
-        array = _to_grey(array)
+        array = _grey_or_refuse(path, array)
     elif img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(path, f"a {img.GetNumberOfComponentsPerPixel()}-component image, "
                                f"not a radiograph")
@@ -157,17 +176,20 @@ def read_radiograph(path: str | os.PathLike, *, view: str | None = None) -> Radi
             TIFF, JPEG, or a 2D NRRD/NIfTI/MetaImage (a 3D one with a single slice too).
         view: ``"ap"``, ``"lateral"``...; stored in ``metadata["view"]`` (DICOM files
             otherwise get it from ViewPosition: AP, PA, LL -> lateral, RL -> lateral_left).
+            The view the file itself says (its header, ViewPosition or stored geometry) is
+            kept in ``metadata["view_in_file"]``.
 
     Conventions: bone is bright. DICOM values get the modality rescale; MONOCHROME1 images
     are inverted about their nominal range (``metadata["photometric"]`` keeps the original
-    interpretation). Colour images become grey with ITU-R BT.601 luma (alpha ignored).
+    interpretation). A colour (RGB/RGBA) image is refused; a grey one stored as RGB (equal
+    channels) is read as grey (alpha ignored).
     Pixel spacing: DICOM ImagerPixelSpacing (detector plane), else PixelSpacing; NRRD etc.
     from the header; bitmaps have none (``None``; their dpi, if any, is in metadata).
     A file written by :func:`write_radiograph` gets its ProjectionGeometry and metadata back.
 
     Raises:
         InputError: missing/unreadable/truncated file, unknown type, a 3D volume or a
-            multi-frame/multi-page image, NaN values.
+            multi-frame/multi-page image, a colour image, NaN values.
     """
     p = Path(path)
     require_exists(p)
@@ -205,6 +227,9 @@ def read_radiograph(path: str | os.PathLike, *, view: str | None = None) -> Radi
     if array.ndim != 2 or min(array.shape) < 2:
         raise InputError(p, f"not a 2D image (shape {array.shape})")
     meta.update({"source": str(p), "format": fmt})
+    stated = meta.get("view") or (geometry.view if geometry is not None else None)
+    if stated:  # the caller decides what to do with a contradiction
+        meta["view_in_file"] = stated
     if view is not None:
         meta["view"] = view
     try:
