@@ -49,7 +49,7 @@ from .hu import head_mask
 from .io import read_volume, write_json, write_text
 from .preprocess import resample_to_grid
 from .progress import ProgressCallback, report, scaled
-from .report import comparison_png, write_html_report
+from .report import comparison_png, metric_definitions, write_html_report
 from .stats import higher_is_better, summarize
 
 __all__ = ["VOLUME_SUFFIXES", "CSV_COLUMNS", "BASELINES", "FIELD_OF_VIEW_DEFINITION", "case_id",
@@ -553,7 +553,7 @@ def write_summary(result: EvaluationResult, path: str | os.PathLike, *,
                              for (c, m), f in sorted(result.coverage.items())],
         "field_of_view": [result.fields[k] for k in sorted(result.fields)],
         "settings": result.settings,
-        "definitions": (M.__doc__ or "").strip(),
+        "definitions": metric_definitions(result.settings),
         "field_of_view_definition": FIELD_OF_VIEW_DEFINITION,
         "baseline_definitions": "\n\n".join(f"{b}: {t}" for b, t in BASELINE_DEFINITIONS.items()
                                              if b in result.baselines),

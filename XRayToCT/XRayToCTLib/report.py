@@ -1,8 +1,11 @@
 """Pictures and reports people look at: PNG previews of volumes and radiographs.
 
-Display conventions: axial slices are shown as radiologists read them (patient's right on
-the image's left, anterior at the top), coronal and sagittal with superior at the top;
-radiographs as stored (row 0 = top, see :mod:`XRayToCTLib.geometry`).
+Display conventions, those of the DRR presets (README "Conventions") and of radiology
+viewers: axial slices with anterior at the top and the patient's right on the image's left;
+coronal slices with superior at the top and the patient's right on the left (as the AP DRR);
+sagittal slices with superior at the top and the face on the right (as the lateral DRR);
+radiographs as stored (row 0 = top, see :mod:`XRayToCTLib.geometry`). :data:`ORIENTATION`
+gives the letters for each (:func:`label_orientation` draws them).
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .constants import HEAD_THRESHOLD_HU
 from .geometry import Volume
+from .hu import WINDOWS
 from .io import atomic_write, sitk_to_volume, volume_to_sitk, write_text
 
 
@@ -56,15 +61,88 @@ def orthogonal_slices(volume: Volume, point=None) -> dict[str, np.ndarray]:
     p = v.center if point is None else np.asarray(point, dtype=float)
     i, j, k = np.clip(np.round(v.continuous_index(p[None])[0]).astype(int), 0,
                       np.asarray(v.size) - 1)
-    a = v.array  # [k (S), j (P), i (L)]
-    return {"axial": a[k, :, ::-1],         # rows anterior->posterior, cols right->left flipped: R on the left
-            "coronal": a[::-1, j, ::-1],     # rows superior->inferior, patient's right on the left
-            "sagittal": a[::-1, :, i]}       # rows superior->inferior, anterior on the left
+    a = v.array  # [k (S), j (P), i (L)]: i = 0 is the patient's right, j = 0 anterior
+    return {"axial": a[k, :, :],            # rows anterior->posterior, patient's right on the left
+            "coronal": a[::-1, j, :],        # rows superior->inferior, patient's right on the left
+            "sagittal": a[::-1, ::-1, i]}    # rows superior->inferior, posterior->anterior: face on the right
 
 
-def triptych(volume: Volume, lo: float, hi: float, point=None, gap: int = 4) -> np.ndarray:
-    """Axial | coronal | sagittal side by side, windowed to [lo, hi], as 8-bit grey."""
-    views = [to_uint8(s, lo, hi) for s in orthogonal_slices(volume, point).values()]
+ORIENTATION: dict[str, tuple[str, str, str, str]] = {
+    "axial": ("A", "P", "R", "L"), "coronal": ("S", "I", "R", "L"),
+    "sagittal": ("S", "I", "P", "A"), "ap": ("S", "I", "R", "L"),
+    "pa": ("S", "I", "L", "R"), "lateral": ("S", "I", "P", "A"),
+    "lateral_left": ("S", "I", "A", "P")}
+"""The patient directions at the (top, bottom, left, right) edges of each displayed image: the
+slices of :func:`orthogonal_slices` and the DRR presets (README "Conventions")."""
+
+# 5 x 7 bitmaps of the orientation letters (no font file, no new dependency)
+_GLYPHS = {
+    "A": ("01110", "10001", "10001", "11111", "10001", "10001", "10001"),
+    "P": ("11110", "10001", "10001", "11110", "10000", "10000", "10000"),
+    "L": ("10000", "10000", "10000", "10000", "10000", "10000", "11111"),
+    "R": ("11110", "10001", "10001", "11110", "10100", "10010", "10001"),
+    "S": ("01111", "10000", "10000", "01110", "00001", "00001", "11110"),
+    "I": ("11111", "00100", "00100", "00100", "00100", "00100", "11111"),
+}
+
+
+def _glyph(letter: str, scale: int) -> np.ndarray:
+    """A letter's bitmap (bool) enlarged ``scale`` times."""
+    g = np.array([[c == "1" for c in row] for row in _GLYPHS[letter]], dtype=bool)
+    return np.kron(g, np.ones((scale, scale), dtype=bool))
+
+
+def label_orientation(image: np.ndarray, letters: tuple[str, str, str, str]) -> np.ndarray:
+    """An 8-bit grey image with orientation letters (top, bottom, left, right; see
+    :data:`ORIENTATION`) drawn white on a black outline at the middle of each edge, as
+    radiology viewers do. Returns a copy."""
+    img = np.array(image, dtype=np.uint8, copy=True)
+    h, w = img.shape
+    scale = max(1, min(h, w) // 90)
+    gh, gw = 7 * scale, 5 * scale
+    m = scale + 1  # margin: room for the outline
+    if h < gh + 2 * m or w < gw + 2 * m:
+        return img
+    spots = [(m, (w - gw) // 2), (h - gh - m, (w - gw) // 2),
+             ((h - gh) // 2, m), ((h - gh) // 2, w - gw - m)]
+    for letter, (r, c) in zip(letters, spots):
+        g = _glyph(letter, scale)
+        outline = np.zeros((gh + 2, gw + 2), dtype=bool)
+        for dr in range(3):
+            for dc in range(3):
+                outline[dr:dr + gh, dc:dc + gw] |= g
+        img[r - 1:r + gh + 1, c - 1:c + gw + 1][outline] = 0
+        img[r:r + gh, c:c + gw][g] = 255
+    return img
+
+
+def upscale(image: np.ndarray, min_size: int = 256) -> np.ndarray:
+    """An 8-bit image enlarged by a whole factor (nearest neighbour: every pixel stays a
+    visible square) until its shorter side is at least ``min_size``; unchanged when it is."""
+    f = max(1, math.ceil(min_size / max(1, min(image.shape[:2]))))
+    if f == 1:
+        return np.asarray(image)
+    h, w = image.shape[:2]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+        (w * f, h * f), Image.Resampling.NEAREST))
+
+
+def radiograph_preview(values: np.ndarray, view: str, lo: float, hi: float,
+                       min_size: int = 256) -> np.ndarray:
+    """A radiograph (row 0 = top, as stored) windowed to [lo, hi], enlarged to at least
+    ``min_size`` pixels a side and labelled with the orientation letters of its ``view``."""
+    return label_orientation(upscale(to_uint8(values, lo, hi), min_size), ORIENTATION[view])
+
+
+def triptych(volume: Volume, lo: float, hi: float, point=None, gap: int = 8,
+             min_size: int = 192) -> np.ndarray:
+    """Axial | coronal | sagittal side by side, windowed to [lo, hi], as 8-bit grey, each
+    labelled with its orientation letters (:data:`ORIENTATION`); small volumes are enlarged
+    to at least ``min_size`` pixels a side."""
+    slices = orthogonal_slices(volume, point)
+    f = max(1, math.ceil(min_size / max(1, min(min(s.shape) for s in slices.values()))))
+    views = [label_orientation(upscale(to_uint8(s, lo, hi), min(s.shape) * f), ORIENTATION[name])
+             for name, s in slices.items()]
     h = max(v.shape[0] for v in views)
     padded = [np.pad(v, ((0, h - v.shape[0]), (0, gap))) for v in views]
     return np.concatenate(padded, axis=1)[:, :-gap]
@@ -77,6 +155,52 @@ METRIC_LABELS = {"ssim": "SSIM (3D)", "ssim_slices": "SSIM (per-slice, published
                  "psnr": "PSNR (dB)", "mse": "MSE", "mae": "MAE (window units)",
                  "mae_hu": "MAE (HU)", "cosine": "cosine similarity", "fsim": "FSIM",
                  "lpips": "LPIPS"}
+
+
+METRIC_DEFINITIONS = {
+    "ssim": "SSIM (3D): the structural similarity of Wang et al. (2004) computed on 3D "
+            "neighbourhoods (Gaussian window, sigma 1.5 voxels; K1 0.01, K2 0.03), averaged over "
+            "the region's voxels at least 5 voxels from the volume's border; as scikit-image "
+            "computes it. 1 = identical.",
+    "ssim_slices": "SSIM (per slice): the convention of the published X2CT-GAN code: the 2D "
+                   "SSIM of every slice, averaged over the slices along each of the three axes, "
+                   "then over the three axes. Usually higher than the 3D SSIM.",
+    "psnr": "PSNR: 10 log10(1 / MSE) in decibels, with the window mapped onto [0, 1] (so the "
+            "peak is 1, never an implied 4095); infinite when the volumes are equal.",
+    "mse": "MSE: the mean squared difference of the windowed values (window mapped onto [0, 1]).",
+    "mae": "MAE: the mean absolute difference of the windowed values (window mapped onto [0, 1]).",
+    "mae_hu": "MAE (HU): the mean absolute difference in Hounsfield units after both volumes "
+              "are clipped to the window (the MAE times the window's width).",
+    "cosine": "Cosine similarity of the windowed volumes as vectors (region voxels only); 1 = "
+              "proportional.",
+    "fsim": "FSIM: the feature similarity index of Zhang et al. (2011), on 2D images.",
+    "lpips": "LPIPS: the learned perceptual distance of Zhang et al. (2018), averaged over the "
+             "slices along the three axes; lower is closer.",
+}
+"""Each metric in words for the readers of a report."""
+
+
+def metric_definitions(settings: dict) -> str:
+    """What the report's numbers mean, for readers (plain text, paragraphs separated by a blank
+    line): the windows, the regions and each metric of ``settings`` (an evaluation's
+    ``windows``, ``regions`` and ``metrics``)."""
+    windows = ", ".join(
+        f"{w} (level {WINDOWS[w][0]:g} HU, width {WINDOWS[w][1]:g} HU: "
+        f"[{WINDOWS[w][0] - WINDOWS[w][1] / 2:g}, {WINDOWS[w][0] + WINDOWS[w][1] / 2:g}] HU)"
+        if w in WINDOWS else str(w) for w in settings.get("windows", []))
+    out = [f"Windows: {windows}. Every metric is computed in a window: both volumes, in HU, are "
+           "clipped to it and mapped linearly onto [0, 1]. The same pair of volumes therefore "
+           "scores differently in each window; the brain window is the hardest, as a few HU of "
+           "error span much of it.",
+           f"Regions: head = the ground truth's head (its voxels above {HEAD_THRESHOLD_HU:g} HU, the largest "
+           "connected piece, enclosed holes filled); whole = every voxel of the ground truth's "
+           "grid (mostly air, which raises every similarity).",
+           "Statistics: each case gives one value per model, metric, window and region. The "
+           "tables give the mean with its 95 % confidence interval (none for one case), the median with "
+           "its interquartile range, and each model's paired gain over each baseline (mean of "
+           "the per-case differences, with the Wilcoxon signed-rank test)."]
+    out += [METRIC_DEFINITIONS[m] for m in settings.get("metrics", []) if m in METRIC_DEFINITIONS]
+    return "\n\n".join(out)
 
 
 def _figure(width: float, height: float):
@@ -109,10 +233,20 @@ def boxplot_png(rows, window: str, region: str, metrics, models) -> bytes:
             data.append(vals if vals else [float("nan")])
             labels.append(m)
         ax.boxplot(data, showmeans=True)
-        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=20, fontsize=8)
+        for x, vals in enumerate(data, start=1):  # every case as a dot: n = 1 or 2 has no box
+            finite = [v for v in vals if math.isfinite(v)]
+            ax.plot([x] * len(finite), finite, "o", color="tab:blue", alpha=0.6, markersize=4)
+            if len(finite) < 3:
+                for v in finite:
+                    ax.annotate(_num(v), (x, v), xytext=(6, 0), textcoords="offset points",
+                                fontsize=7, va="center")
+        ax.set_xticks(range(1, len(labels) + 1),
+                      [f"{m}\nn = {sum(math.isfinite(v) for v in d)}" for m, d in zip(labels, data)],
+                      rotation=20, fontsize=8)
         ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=10, y=1.0)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"window {window}, region {region} (triangle = mean)", fontsize=11)
+    fig.suptitle(f"window {window}, region {region} (dots = cases, triangle = mean; "
+                 "a box needs at least 3 cases)", fontsize=11)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.9, wspace=0.3, hspace=0.45)
     return _png_bytes(fig)
 
@@ -195,6 +329,29 @@ def _p(v) -> str:
     return f"{v:.2g}" if v >= 1e-4 else "&lt;1e-4"
 
 
+def _mean_ci(d: dict) -> str:
+    """``mean [CI]``, or for one case its value and why there is no interval."""
+    if d["n"] == 1:
+        return f"{_num(d['mean'])} (n = 1: no interval)"
+    return f"{_num(d['mean'])} [{_num(d['ci_low'])}, {_num(d['ci_high'])}]"
+
+
+def _median_iqr(d: dict) -> str:
+    if d["n"] == 1:
+        return f"{_num(d['median'])} (n = 1)"
+    return f"{_num(d['median'])} [{_num(d['q1'])}, {_num(d['q3'])}]"
+
+
+def _gain(x: dict) -> str:
+    """One gain over a baseline: paired mean [CI]; p, or the single difference for n = 1."""
+    n = x.get("n", x.get("signed_rank", {}).get("n"))
+    if n == 1:
+        return (f"vs {_esc(x['baseline'])}: {_num(x['mean_difference'])} "
+                "(n = 1: no interval, no test)")
+    return (f"vs {_esc(x['baseline'])}: {_num(x['mean_difference'])} "
+            f"[{_num(x['ci_low'])}, {_num(x['ci_high'])}]; p={_p(x['signed_rank']['p'])}")
+
+
 def _stats_table(summary: dict) -> str:
     out = ["<table><tr><th>metric</th><th>window</th><th>region</th><th>model</th><th>n</th>"
            "<th>mean [95% CI]</th><th>median [IQR]</th><th>gain over baselines (paired mean "
@@ -202,16 +359,13 @@ def _stats_table(summary: dict) -> str:
     for g in summary["groups"]:
         gains = {}
         for x in g["gains"]:
-            gains.setdefault(x["model"], []).append(
-                f"vs {_esc(x['baseline'])}: {_num(x['mean_difference'])} "
-                f"[{_num(x['ci_low'])}, {_num(x['ci_high'])}]; p={_p(x['signed_rank']['p'])}")
+            gains.setdefault(x["model"], []).append(_gain(x))
         arrow = "↑" if g["higher_is_better"] else "↓"
         for m, d in g["per_model"].items():
             out.append(
                 f"<tr><td>{_esc(METRIC_LABELS.get(g['metric'], g['metric']))} {arrow}</td>"
                 f"<td>{_esc(g['window'])}</td><td>{_esc(g['region'])}</td><td>{_esc(m)}</td>"
-                f"<td>{d['n']}</td><td>{_num(d['mean'])} [{_num(d['ci_low'])}, {_num(d['ci_high'])}]</td>"
-                f"<td>{_num(d['median'])} [{_num(d['q1'])}, {_num(d['q3'])}]</td>"
+                f"<td>{d['n']}</td><td>{_mean_ci(d)}</td><td>{_median_iqr(d)}</td>"
                 f"<td>{'<br>'.join(gains.get(m, [])) or '–'}</td><td>{_esc(d['note'])}</td></tr>")
     out.append("</table>")
     return "\n".join(out)
@@ -313,7 +467,8 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
         parts.append(f"<figure id='{_esc(key)}'><img alt='{_esc(caption)}' src='data:image/png;base64,"
                      f"{base64.b64encode(png).decode('ascii')}'><figcaption>{_esc(caption)}"
                      "</figcaption></figure>")
-    parts.append("<h2>Definitions</h2><pre>" + _esc(summary.get("definitions", "")) + "</pre>")
+    parts.append("<h2>Definitions</h2>" + "".join(
+        f"<p>{_esc(t)}</p>" for t in metric_definitions(result.settings).split("\n\n")))
     if summary.get("field_of_view_definition"):
         parts.append("<h3>Field of view</h3><p>" + _esc(summary["field_of_view_definition"]) + "</p>")
     if summary.get("baseline_definitions"):
