@@ -321,3 +321,16 @@ def test_missing_input_is_reported_before_torch_is_imported(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "missing.nii.gz" in proc.stderr and proc.stderr.count("\n") == 1
     assert proc.stdout.strip() == "False"
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(capsys):
+    """Off a terminal (a log, a pipe, the Slicer console) long commands print plain progress
+    lines ``desc: NN% message``, one per 5 % step, instead of a tqdm bar (issue 14 item 8)."""
+    from XRayToCTLib.cli import _tqdm_progress
+    cb, close = _tqdm_progress("evaluate")
+    for i in range(101):
+        cb(i / 100, f"case {i}")
+    close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "evaluate:   0% case 0" and lines[-1] == "evaluate: 100% case 100"
+    assert len(lines) == 21, lines

@@ -293,7 +293,7 @@ def test_cli_prepare_and_its_errors(tmp_path, capsys):
     assert reader.CaseDataset(out, None)[0]["ct"].shape == (1, 16, 16, 16)
     fresh = str(tmp_path / "fresh")
     for argv, needle in (
-            ([fresh, "--ct-dir", str(tmp_path / "missing")], "CT folder not found"),
+            ([fresh, "--ct-dir", str(tmp_path / "missing")], "no such file or folder"),
             ([fresh], "nothing to prepare"),
             ([str(out), "--phantoms", "1", "--size", "32", "--drr-spacing", "8"], "other settings"),
             ([str(out), "--phantoms", "-2"], "phantoms must be"),

@@ -527,3 +527,15 @@ def test_a_view_mismatch_names_the_model_the_user_typed():
     rec = inference.Reconstructor("cnn_inr_phantom64", device="cpu")
     with pytest.raises(InputError, match="'cnn_inr_phantom64' takes 2 view"):
         rec.reconstruct_views({"ap": np.zeros((16, 16), np.float32)})
+
+
+def test_the_json_says_what_lies_outside_the_models_field(biplanar_file, tmp_path):
+    """A CT taller than the model's 256 mm field: the JSON (and so the Slicer node) says which
+    share of the CT and of its head the sCT does not cover (air there, not a prediction)."""
+    tall = head_phantom(48, 8.0, seed=1, pose=False)  # 384 mm: the field misses the top and bottom
+    res = inference.Reconstructor(biplanar_file, device="cpu").reconstruct_ct(tall, register=False)
+    fov = res.info["field_of_view"]
+    assert fov["volume_outside_fraction"] == pytest.approx(1 - (256 / 384) ** 3, abs=0.01), fov
+    assert 0.0 <= fov["head_outside_fraction"] < fov["volume_outside_fraction"], fov
+    assert fov["outside_value_hu"] == -1000.0 and "evaluate" in fov["note"]
+    assert json.loads(res.to_json())["field_of_view"] == pytest.approx(fov)

@@ -887,7 +887,8 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
             info = {"model": result.info.get("model", {}).get("name", modelName),
                     "device": result.info.get("device"), "time_s": result.info.get("time_s"),
                     "space": result.info.get("space"), "input_kind": result.info.get("input_kind"),
-                    "method": result.info.get("method")}
+                    "method": result.info.get("method"),
+                    "field_of_view": result.info.get("field_of_view")}
             if "refine" in result.info:
                 fit = result.info["refine"]
                 info["refine"] = {"steps": fit.get("steps_run"), "time_s": fit.get("time_s"),

@@ -344,10 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------
 
 def _tqdm_progress(desc: str) -> tuple[ProgressCallback, Callable[[], None]]:
-    """A progress callback drawing a tqdm bar on stderr (silent when not a terminal)."""
+    """A progress callback: a tqdm bar on stderr on a terminal; otherwise (a log, a pipe, the
+    Slicer console) plain lines ``desc: 42% message``, one per 5 % step of progress or every
+    15 s at most."""
+    if not sys.stderr.isatty():
+        return _line_progress(desc), lambda: None
     from tqdm import tqdm
     bar = tqdm(total=1000, desc=desc, unit="‰", leave=False,
-               disable=not sys.stderr.isatty(), bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
     def cb(fraction: float, message: str):
         bar.n = int(fraction * 1000)
@@ -355,6 +359,21 @@ def _tqdm_progress(desc: str) -> tuple[ProgressCallback, Callable[[], None]]:
         return None
 
     return cb, bar.close
+
+
+def _line_progress(desc: str, step: float = 0.05, every_s: float = 15.0) -> ProgressCallback:
+    """Plain progress lines on stderr for a non-terminal (see :func:`_tqdm_progress`)."""
+    import time
+    last = {"bucket": -1, "t": 0.0}
+
+    def cb(fraction: float, message: str):
+        bucket, now = int(fraction / step + 1e-9), time.monotonic()
+        if bucket != last["bucket"] or now - last["t"] >= every_s:
+            last.update(bucket=bucket, t=now)
+            print(f"{desc}: {fraction:4.0%} {message}".rstrip(), file=sys.stderr, flush=True)
+        return None
+
+    return cb
 
 
 def _read_ct(args, path: str):

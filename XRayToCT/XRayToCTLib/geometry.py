@@ -706,3 +706,23 @@ class Radiograph:
         if self.geometry is not None and tuple(self.array.shape) != self.geometry.pixels:
             raise ValueError(f"image shape {self.array.shape} differs from the geometry's "
                              f"detector {self.geometry.pixels}")
+
+
+def field_of_view_mask(grid: Grid, canonical_to_ct: RigidTransform, model_grid: Grid) -> np.ndarray:
+    """Where a model's output reaches on ``grid``: a bool ``[k, j, i]`` array, True for the
+    voxels whose centres, mapped through the inverse of ``canonical_to_ct`` (CT -> model
+    frame), fall inside ``model_grid``'s extent (its outer voxel edges: continuous index in
+    ``[-0.5, n - 0.5]`` on every axis, where a linear resampling of the model's output has a
+    value). The map from ``grid``'s index to ``model_grid``'s is one affine matrix
+    (:meth:`~XRayToCTLib.geometry.Grid.index_to_lps`, the inverse transform,
+    :meth:`~XRayToCTLib.geometry.Grid.lps_to_index`), applied one slice at a time."""
+    m = model_grid.lps_to_index() @ np.linalg.inv(canonical_to_ct.matrix()) @ grid.index_to_lps()
+    lo, hi = -0.5 - 1e-6, np.asarray(model_grid.size, dtype=float) - 0.5 + 1e-6
+    ni, nj, nk = grid.size
+    along_i = np.arange(ni, dtype=float)[:, None] * m[:3, 0]  # (ni, 3)
+    along_j = np.arange(nj, dtype=float)[:, None] * m[:3, 1]  # (nj, 3)
+    out = np.empty(grid.shape, dtype=bool)
+    for k in range(nk):
+        idx = (along_j + (k * m[:3, 2] + m[:3, 3]))[:, None, :] + along_i[None, :, :]
+        out[k] = np.all((idx >= lo) & (idx <= hi), axis=-1)
+    return out

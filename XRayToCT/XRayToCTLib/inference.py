@@ -57,10 +57,12 @@ from monai.transforms import Resize, ResizeWithPadOrCrop
 
 from . import io as xio
 from . import preprocess as pp
-from .constants import SYNTHETIC_LABEL
+from .constants import AIR_HU, SYNTHETIC_LABEL
 from .drr import DRR, normalize_views, resolve_device, view_stack
 from .errors import InputError, XRayToCTError
-from .geometry import Grid, ProjectionGeometry, Radiograph, Volume, canonical_grid
+from .geometry import (Grid, ProjectionGeometry, Radiograph, RigidTransform, Volume,
+                       canonical_grid, field_of_view_mask)
+from .hu import head_mask
 from .models import get_mapping, load_model
 from .progress import ProgressCallback, report, scaled
 from .refine import RefineSettings, refine as fit_to_views
@@ -541,6 +543,7 @@ class Reconstructor:
         info.update(extra)
         info["geometry"]["views_in_ct_space"] = {v: g.to_dict() for v, g in patient_geoms.items()}
         info["geometry"]["drr_grid"] = grid1.geometry_dict()
+        info["field_of_view"] = _field_record(ct, tx, self.grid)
         info.update({"inputs": {"ct": ct.metadata.get("source"), "ct_grid": ct.geometry_dict()},
                      "register": bool(register), "space": "patient", "warnings": warn,
                      "canonical_to_ct": tx.to_dict(),
@@ -587,6 +590,22 @@ class Reconstructor:
             return self.reconstruct_ct(ct, template=template, register=register,
                                        progress=progress, refine=refine)
         return self.reconstruct_views(views, progress, invert=invert, refine=refine)
+
+
+def _field_record(ct: Volume, canonical_to_ct: RigidTransform, model_grid: Grid) -> dict[str, Any]:
+    """What of the CT lies outside the model's field of view (where the sCT holds no model
+    output, only air), for the JSON and the Slicer node: the share of the CT's voxels and of
+    its head (voxels above the head threshold, largest piece) outside the field."""
+    inside = field_of_view_mask(Grid.of(ct), canonical_to_ct, model_grid)
+    head = head_mask(np.asarray(ct.array))
+    n_head = int(head.sum())
+    return {"volume_outside_fraction": float(1.0 - inside.mean()),
+            "head_outside_fraction": None if n_head == 0 else
+            float(1.0 - np.logical_and(head, inside).sum() / n_head),
+            "outside_value_hu": AIR_HU,
+            "note": f"the model sees a {model_grid.field_mm[0]:g} mm cube (the canonical grid "
+                    "through canonical_to_ct); the sCT holds air there outside it: not a "
+                    "prediction. `xraytoct evaluate` scores only inside the field."}
 
 
 def _registration_policy(register: bool | str, template: Any, transform: Any
