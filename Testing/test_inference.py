@@ -539,3 +539,32 @@ def test_the_json_says_what_lies_outside_the_models_field(biplanar_file, tmp_pat
     assert 0.0 <= fov["head_outside_fraction"] < fov["volume_outside_fraction"], fov
     assert fov["outside_value_hu"] == -1000.0 and "evaluate" in fov["note"]
     assert json.loads(res.to_json())["field_of_view"] == pytest.approx(fov)
+
+
+def test_evaluate_refuses_an_sct_from_radiographs_against_a_ct_in_another_frame(
+        ct, tmp_path, capsys):
+    """An sCT made from radiographs lies in the model's canonical frame; scored against a CT in
+    another frame (the posed fixture: 20 degrees, 18 mm away) the overlay would be tilted:
+    evaluate names the mismatch and the way to a matching pair instead (issue 14 item 6). The
+    same sCT against the CT it was made from, in the canonical frame, is scored."""
+    model = "cnn_inr_phantom64"  # a trained model: its sCT is a head in HU
+    upright = head_phantom(64, 4.0, seed=3, pose=False)
+    views = inference.Reconstructor(model, "cpu").drr.render(upright, device="cpu")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for v, r in views.items():
+        write_radiograph(r, folder / f"{v}.nrrd")
+    pred = tmp_path / "pred" / "head.nii.gz"
+    code, _, err = run(["reconstruct", "--ap", folder / "ap.nrrd", "--lateral", folder / "lateral.nrrd",
+                        "--model", model, "--out", pred, "--device", "cpu"], capsys)
+    assert code == 0, err
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    write_volume(ct, gt / "head.nii.gz")  # posed: another frame
+    code, _, err = run(["evaluate", "--pred", pred.parent, "--gt", gt, "--out", tmp_path / "rep",
+                        "--window", "full", "--metric", "mae_hu"], capsys)
+    assert "canonical (template) frame" in err and "degrees" in err, err
+    write_volume(upright, gt / "head.nii.gz")
+    code, _, err = run(["evaluate", "--pred", pred.parent, "--gt", gt, "--out", tmp_path / "rep2",
+                        "--window", "full", "--metric", "mae_hu"], capsys)
+    assert code == 0 and "failed" not in err, err

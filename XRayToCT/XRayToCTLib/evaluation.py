@@ -48,12 +48,14 @@ from .geometry import Grid, RigidTransform, Volume, field_of_view_mask
 from .hu import head_mask
 from .io import read_volume, write_json, write_text
 from .preprocess import resample_to_grid
+from .registration import register_rigid
 from .progress import ProgressCallback, report, scaled
 from .report import comparison_png, metric_definitions, write_html_report
 from .stats import higher_is_better, summarize
 
 __all__ = ["VOLUME_SUFFIXES", "CSV_COLUMNS", "BASELINES", "FIELD_OF_VIEW_DEFINITION", "case_id",
            "find_volumes", "align", "Sidecar", "read_sidecar", "field_of_view_mask",
+           "check_frames", "FRAME_TOLERANCE",
            "prediction_field", "EvaluationResult", "evaluate", "write_csv", "write_summary",
            "case_figures", "run_evaluation"]
 
@@ -196,6 +198,42 @@ def read_sidecar(prediction: str | os.PathLike) -> Sidecar | None:
         raise InputError(path, f"unreadable JSON beside the prediction: {_reason(err)}") from err
 
 
+FRAME_TOLERANCE = (6.0, 10.0)
+"""Largest rotation (degrees) and shift (mm) between an sCT made from radiographs and its
+ground truth that :func:`check_frames` takes for "the same frame" (wide: a model's own sCT
+may sit a few degrees off; a CT in its own patient frame is typically tens of degrees and
+millimetres away)."""
+
+
+def check_frames(sidecar: Sidecar | None, prediction: Volume, gt: Volume) -> None:
+    """Refuse a pair whose frames differ: an sCT made from radiographs lies in the model's
+    canonical (template) frame (its JSON says ``space: canonical`` and gives no transform to a
+    CT), so it overlays only a ground truth in that frame (a dataset case, a CT brought into
+    it), not a CT in its own patient frame, where the overlay would be tilted and shifted
+    without a word. The frames are compared by a coarse rigid registration of the ground
+    truth to the sCT (mutual information at 4 mm, no search); more than
+    :data:`FRAME_TOLERANCE` between them is a mismatch.
+
+    Raises:
+        InputError: the rotation and shift found, and the way to a matching pair.
+    """
+    if sidecar is None or sidecar.space != "canonical" or sidecar.canonical_to_ct is not None:
+        return
+    reg = register_rigid(gt, prediction, levels=(2, 1), smoothing=(1.0, 0.0),
+                         sampling=(0.5, 0.25), iterations=100, registration_spacing=4.0,
+                         search=False)
+    angle = reg.rotation_angle_deg
+    centre = np.asarray(Grid.of(prediction).center, float)
+    shift = float(np.linalg.norm(reg.transform_points(centre[None])[0] - centre))
+    if angle > FRAME_TOLERANCE[0] or shift > FRAME_TOLERANCE[1]:
+        raise InputError(sidecar.path, f"the sCT was made from radiographs and lies in the "
+                         f"model's canonical (template) frame, but the ground truth is "
+                         f"{angle:.0f} degrees and {shift:.0f} mm away from it (its own patient "
+                         "frame): compare it with an sCT reconstructed from that CT (its DRRs, "
+                         "placed back on its grid), or with the CT brought into the canonical "
+                         "frame as dataset cases are")
+
+
 def prediction_field(sidecar: Sidecar | None, grid: Grid) -> np.ndarray | None:
     """:func:`field_of_view_mask` on ``grid`` of the model that made a prediction, from its
     JSON; None (the whole volume counts) without a JSON or without the model's grid and
@@ -267,7 +305,9 @@ def _candidates(result: EvaluationResult, cid: str, gt_vol: Volume) -> Iterator[
             if src is None:
                 raise InputError(None, "no prediction for this case")
             side = read_sidecar(src)
-            arr, cov = align(read_volume(src), gt_vol, name=src)
+            pred_vol = read_volume(src)
+            check_frames(side, pred_vol, gt_vol)
+            arr, cov = align(pred_vol, gt_vol, name=src)
             arr = np.asarray(arr, dtype=np.float32)
             bad = int((~np.isfinite(arr)).sum())
             if bad:
