@@ -80,8 +80,7 @@ def main(argv=None) -> int:
               str(args.augment), "--phantoms", str(args.phantoms), "--size", "128", "--pixels",
               "64", "--drr-spacing", "2", "--ct-split", "all=train", "--workers", "2"])
     manifest = load_manifest(data)
-    cases = {c["id"]: c for c in manifest["cases"]} if isinstance(manifest.get("cases"), list) \
-        else manifest.get("cases", {})
+    cases = manifest["cases"]
     heads = args.heads or sorted(cid for cid, c in cases.items() if c.get("kind") == "ct")
     refine = ["--refine"] + ([str(args.refine_steps)] if args.refine_steps is not None else [])
     gt_dir = out / "gt"
