@@ -181,3 +181,141 @@ def write_dicom_series(volume: Volume, folder: str | os.PathLike, *, source: Any
 
     atomic_write(dest, write, to_path=True, create_parent=False)
     return [dest / n for n in names]
+
+
+# --------------------------------------------------------------------------------------
+# radiographs: DX / CR
+# --------------------------------------------------------------------------------------
+DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_PROCESSING_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1.1"
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+
+_LPS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
+
+
+def patient_orientation(direction: np.ndarray) -> str:
+    """DICOM PatientOrientation letters of an LPS direction (the major axes first, e.g.
+    ``"L"``, ``"FP"`` for an oblique one; components under 0.25 are left out)."""
+    d = np.asarray(direction, dtype=float)
+    order = np.argsort(-np.abs(d))
+    letters = [_LPS_LETTERS[a][0 if d[a] > 0 else 1] for a in order if abs(d[a]) >= 0.25]
+    return "".join(letters)
+
+
+def write_radiograph_dicom(radiograph: Any, path: str | os.PathLike, *, modality: str = "DX",
+                           for_presentation: bool = True, view_position: str | None = None,
+                           bits_stored: int | None = None, photometric: str = "MONOCHROME2",
+                           description: str = "XRayToCT radiograph", comments: str | None = None,
+                           kvp: float | None = None, burned_in_annotation: bool = False,
+                           source: Any = None) -> Path:
+    """Write a :class:`~XRayToCTLib.geometry.Radiograph` as one DICOM DX or CR file.
+
+    Args:
+        radiograph: bone bright; a presentation image in [0, 1] (``for_presentation``) is
+            stored as ``round(x (2^bits - 1))``; any other range is mapped linearly onto the
+            stored bits with RescaleSlope / RescaleIntercept.
+        path: the ``.dcm`` file (written atomically).
+        modality: ``"DX"`` (Digital X-Ray Image Storage, for presentation or for
+            processing) or ``"CR"`` (Computed Radiography Image Storage).
+        view_position: ViewPosition (``AP``, ``PA``, ``LL``, ``RL``).
+        bits_stored: BitsStored (8..16) in 16 allocated bits; default 16 (DX), 12 (CR).
+        photometric: ``MONOCHROME2`` (high = bright) or ``MONOCHROME1`` (stored inverted).
+        description: SeriesDescription (64 characters at most) and ImageType's reason.
+        comments: ImageComments (default: ``description``).
+        kvp: KVP, when known.
+        burned_in_annotation: BurnedInAnnotation YES (a marker in the pixels).
+        source: a Volume or Radiograph whose ``metadata["dicom"]`` gives the patient and
+            study tags to carry over.
+
+    With a geometry, ImagerPixelSpacing is the detector pixel size, PixelSpacing the size
+    at the isocentre (ImagerPixelSpacing / magnification, PixelSpacingCalibrationType
+    GEOMETRY), with DistanceSourceToDetector (SID), DistanceSourceToPatient (SAD),
+    EstimatedRadiographicMagnificationFactor and PatientOrientation (the LPS directions of
+    the columns and rows). Returns the path.
+    """
+    p = Path(path)
+    modality = modality.upper()
+    if modality not in ("DX", "CR"):
+        raise ValueError(f"modality must be DX or CR, got {modality!r}")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    bits = int(bits_stored or (16 if modality == "DX" else 12))
+    if not 8 <= bits <= 16:
+        raise ValueError(f"bits_stored must lie in 8..16, got {bits}")
+    array = np.asarray(radiograph.array, dtype=np.float64)
+    if array.ndim != 2 or not np.all(np.isfinite(array)):
+        raise ValueError("a radiograph must be a finite 2D image to be written as DICOM")
+    top = 2 ** bits - 1
+    lo, hi = float(array.min()), float(array.max())
+    if for_presentation and lo >= 0.0 and hi <= 1.0:
+        slope, intercept = 1.0 / top, 0.0
+    else:
+        slope, intercept = max(hi - lo, 1e-12) / top, lo
+    stored = np.clip(np.rint((array - intercept) / slope), 0, top)
+    if photometric == "MONOCHROME1":
+        stored = top - stored
+    info: dict[str, Any] = {}
+    if source is not None and isinstance(getattr(source, "metadata", None), dict):
+        info = source.metadata.get("dicom") or {}
+    vol_like = Volume(np.zeros((1, 1, 1), dtype=np.float32))
+    attrs = _base_dataset(vol_like, info if isinstance(info, dict) else {}, description, False)
+    sop = (CR_IMAGE_STORAGE if modality == "CR" else
+           DX_PRESENTATION_STORAGE if for_presentation else DX_PROCESSING_STORAGE)
+    for key in ("RescaleType", "SliceLocation", "FrameOfReferenceUID",
+                "PositionReferenceIndicator"):
+        attrs.pop(key, None)
+    attrs.update({
+        "SOPClassUID": sop, "SOPInstanceUID": generate_uid(), "Modality": modality,
+        "ImageType": ["DERIVED", "SECONDARY", "SIMULATED"],
+        "SeriesDescription": description[:64], "ImageComments": (comments or description)[:10240],
+        "DerivationDescription": description[:1024],
+        "BurnedInAnnotation": "YES" if burned_in_annotation else "NO",
+        "KVP": "" if kvp is None else _ds(kvp), "InstanceNumber": "1",
+        "BodyPartExamined": "HEAD", "ViewPosition": view_position or "",
+        "Rows": int(array.shape[0]), "Columns": int(array.shape[1]),
+        "PhotometricInterpretation": photometric,
+        "BitsAllocated": 16, "BitsStored": bits, "HighBit": bits - 1, "PixelRepresentation": 0,
+        "RescaleSlope": _ds(slope), "RescaleIntercept": _ds(intercept),
+        "WindowCenter": _ds(intercept + slope * top / 2.0), "WindowWidth": _ds(slope * top),
+        "PatientOrientation": "",
+    })
+    if modality == "DX":
+        attrs.update({"PresentationIntentType": "FOR PRESENTATION" if for_presentation
+                      else "FOR PROCESSING", "DetectorType": "SCINTILLATOR",
+                      "PixelIntensityRelationship": "LOG",
+                      "PixelIntensityRelationshipSign": 1})
+    geom = getattr(radiograph, "geometry", None)
+    spacing = radiograph.pixel_spacing
+    if spacing is not None:
+        attrs["ImagerPixelSpacing"] = [_ds(spacing[0]), _ds(spacing[1])]
+    if geom is not None:
+        mag = float(geom.magnification)
+        attrs.update({
+            "DistanceSourceToDetector": _ds(geom.sid), "DistanceSourceToPatient": _ds(geom.sad),
+            "EstimatedRadiographicMagnificationFactor": _ds(mag),
+            "PixelSpacing": [_ds(spacing[0] / mag), _ds(spacing[1] / mag)],
+            "PixelSpacingCalibrationType": "GEOMETRY",
+            "PixelSpacingCalibrationDescription": "ImagerPixelSpacing / (SID / SAD): the "
+                                                  "isocentre plane",
+            "PatientOrientation": [patient_orientation(geom.col_dir),
+                                   patient_orientation(geom.row_dir)],
+        })
+
+    def write(tmp: Path) -> None:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = attrs["SOPClassUID"]
+        meta.MediaStorageSOPInstanceUID = attrs["SOPInstanceUID"]
+        meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
+        meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+        ds = FileDataset(str(tmp), {}, file_meta=meta, preamble=b"\0" * 128)
+        for key, value in attrs.items():
+            setattr(ds, key, value)
+        ds.PixelData = np.ascontiguousarray(stored.astype("<u2")).tobytes()
+        if int(pydicom.__version__.split(".")[0]) >= 3:
+            ds.save_as(str(tmp), enforce_file_format=True)
+        else:  # pragma: no cover - pydicom 2.x
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            ds.save_as(str(tmp), write_like_original=False)
+
+    atomic_write(p, write, to_path=True, create_parent=False)
+    return p
