@@ -54,10 +54,19 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _header(spec: ModelSpec, metadata: dict[str, Any], dtype: torch.dtype) -> dict[str, str]:
+def _header(spec: Any, metadata: dict[str, Any], dtype: torch.dtype) -> dict[str, str]:
     clash = sorted(set(metadata) & set(_RESERVED))
     if clash:
         raise ValueError(f"metadata keys {clash} are written by save_package itself")
+    if not isinstance(spec, ModelSpec):  # a 2D translation model (pix2pix.TranslationSpec)
+        info = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": spec.name,
+                "spec": spec.to_dict(), "config": spec.config, **spec.package_header(),
+                "training_data": {}, "validation": {},
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "dtype": str(dtype).replace("torch.", ""),
+                "software": f"XRayToCT {__version__}, torch {torch.__version__}"}
+        info.update(metadata)
+        return {str(k): json.dumps(v) for k, v in info.items()}
     info: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "model": spec.name,
         "spec": spec.to_dict(), "config": spec.config,
@@ -94,7 +103,7 @@ def save_package(model: torch.nn.Module, path: str | os.PathLike, *,
             load, a relative rounding of about 5e-4 per weight).
     """
     spec = getattr(model, "spec", None)
-    if not isinstance(spec, ModelSpec):
+    if not isinstance(spec, ModelSpec) and not hasattr(spec, "package_header"):
         raise TypeError("save_package needs a model built by build_model (with .spec)")
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
@@ -277,10 +286,15 @@ def catalog_entry(path: str | os.PathLike, *, name: str, title: str, description
     info = read_info(path)
     base = Path(catalog_dir) if catalog_dir is not None else CATALOG_PATH.parent
     spec = info["spec"]
-    return {"name": name, "title": title, "description": description,
-            "file": os.path.relpath(path, base.resolve()), "sha256": sha256_file(path),
-            "size": path.stat().st_size, "model": info["model"], "views": spec["views"],
+    common = {"name": name, "title": title, "description": description,
+              "file": os.path.relpath(path, base.resolve()), "sha256": sha256_file(path),
+              "size": path.stat().st_size, "model": info["model"]}
+    record = {"trained_on": user_training_record(info.get("training_data", {})),
+              "validation": info.get("validation", {})}
+    if "views" not in spec:  # a 2D translation model: its domains, not views and a grid
+        return {**common, "kind": spec.get("kind"), "image_size": spec["image_size"],
+                "input_domain": spec.get("input_domain"),
+                "target_domain": spec.get("target_domain"), **record}
+    return {**common, "views": spec["views"],
             "image_size": spec["image_size"], "output_size": spec["output_size"],
-            "output_spacing": spec["output_spacing"], "intensity": spec["intensity"],
-            "trained_on": user_training_record(info.get("training_data", {})),
-            "validation": info.get("validation", {})}
+            "output_spacing": spec["output_spacing"], "intensity": spec["intensity"], **record}

@@ -29,6 +29,8 @@ seconds (validation included), ``step_time_s`` the mean seconds per training ste
 # seed defaults per model family (see the package docstring for the sources)
 _GAN_DEFAULTS = dict(lambda_adv=0.1, lambda_rec=10.0, lambda_proj=10.0, recon_loss="l1")
 _INR_DEFAULTS = dict(lambda_adv=0.0, lambda_rec=10.0, lambda_proj=10.0, recon_loss="mse")
+# Pix2Pix (Isola et al. 2017; seed 003 uses it with no other settings): cGAN + 100 x L1
+_PIX2PIX_DEFAULTS = dict(lambda_adv=1.0, lambda_rec=100.0, lambda_proj=0.0, recon_loss="l1")
 
 
 DEFAULT_MODEL = "x2ct_gan"
@@ -36,6 +38,8 @@ DEFAULT_MODEL = "x2ct_gan"
 
 
 def _family_defaults(model: str) -> dict[str, Any]:
+    if model == "pix2pix":
+        return _PIX2PIX_DEFAULTS
     return _INR_DEFAULTS if "inr" in model else _GAN_DEFAULTS
 
 
@@ -70,7 +74,8 @@ class TrainConfig:
         lr_d: Adam learning rate of the discriminator (``None``: ``lr``).
         betas: Adam betas (X2CT-GAN: 0.5, 0.99).
         weight_decay: Adam weight decay (0).
-        lambda_adv, lambda_rec, lambda_proj: loss weights (GAN: 0.1, 10, 10; CNN–INR: 0, 10, 10).
+        lambda_adv, lambda_rec, lambda_proj: loss weights (GAN: 0.1, 10, 10; CNN–INR: 0, 10, 10;
+            pix2pix: 1, 100, 0, :mod:`.translation`).
         recon_loss: ``"l1"`` (GAN default) or ``"mse"`` (CNN–INR default, seed 001).
         projection_reference: ``"input"`` (the input DRRs), ``"target"`` (the ground truth
             passed through the intensity mapping and rendered), ``"auto"`` (``target`` for the

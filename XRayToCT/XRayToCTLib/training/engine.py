@@ -44,6 +44,7 @@ from ..errors import InputError, XRayToCTError
 from ..io import atomic_write, to_jsonable
 from ..metrics import batch_metrics
 from ..models.discriminator import DISC_DEFAULTS
+from ..models.pix2pix import TRANSLATION_KIND
 from ..progress import ProgressCallback, report
 from .checkpoint import (CHECKPOINT_FORMAT, load_checkpoint, rng_state, save_checkpoint,
                          seed_everything, set_rng_state)
@@ -591,6 +592,16 @@ class Engine:
             self.tb.close()
 
 
+def _engine_class(model: str) -> type[Engine]:
+    """:class:`Engine` for the reconstruction models; for a 2D translation model
+    (``pix2pix``) the :class:`~.translation.TranslationEngine` (a subclass of Engine, so it
+    is imported here rather than at the top of this module)."""
+    if getattr(models.MODELS.get(model), "kind", None) == TRANSLATION_KIND:
+        from .translation import TranslationEngine
+        return TranslationEngine
+    return Engine
+
+
 def train(config: TrainConfig, *, progress: ProgressCallback | None = None) -> Path:
     """Train a model; return the run folder (``config.out``).
 
@@ -628,7 +639,7 @@ def train(config: TrainConfig, *, progress: ProgressCallback | None = None) -> P
         torch.set_num_threads(int(cfg.threads))
     dist = Dist(cfg.device)
     try:
-        engine = Engine(cfg, dist, progress, load_init=not cfg.resume)
+        engine = _engine_class(cfg.model)(cfg, dist, progress, load_init=not cfg.resume)
         if cfg.resume:
             state = load_checkpoint(last, map_location=dist.device)
             engine.load_state(state, last)

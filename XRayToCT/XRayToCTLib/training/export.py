@@ -11,6 +11,7 @@ import torch
 from ..errors import InputError, XRayToCTError
 from ..models import build_model, save_package
 from ..models.common import check_choice
+from ..models.pix2pix import is_translation
 from .checkpoint import load_checkpoint
 from .config import VAL_REGIONS
 
@@ -61,8 +62,11 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
     metadata = portable({
         "title": title or f"{state['model_name']} trained by XRayToCT",
         "training_data": json.loads(state["data"]),
-        "validation": {"window": cfg.get("val_window", "brain"),
-                       "regions": list(VAL_REGIONS), **state.get("val", {})},
+        "validation": ({"images": "[0, 1] normalised output vs target (validation pairs)",
+                        "regions": {"whole": "every pixel", "head": "target > 0.02"},
+                        **state.get("val", {})} if is_translation(model) else
+                       {"window": cfg.get("val_window", "brain"),
+                        "regions": list(VAL_REGIONS), **state.get("val", {})}),
         "training": {"checkpoint": used, "epoch": int(state["epoch"]),
                      "step": int(state["step"]), "best_metric": cfg.get("best_metric"),
                      "best": state.get("best"), "best_epoch": state.get("best_epoch"),

@@ -131,11 +131,12 @@ def last_logits(out: Any) -> torch.Tensor:
 
 class AdversarialLoss(nn.Module):
     """Least-squares (LSGAN) losses of a conditional patch discriminator
-    ``disc(volume, views) -> logits``."""
+    ``disc(volume, views) -> logits``; ``criterion="bce"``: the vanilla GAN's binary
+    cross-entropy on the logits (Pix2Pix)."""
 
-    def __init__(self):
+    def __init__(self, criterion: str = "least_squares"):
         super().__init__()
-        self.criterion = PatchAdversarialLoss(criterion="least_squares")
+        self.criterion = PatchAdversarialLoss(criterion=criterion)
 
     def discriminator_loss(self, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                            views: torch.Tensor,

@@ -1,0 +1,212 @@
+"""Training a 2D translation model (``pix2pix``, seed 003) by the same engine.
+
+:class:`TranslationEngine` is an :class:`~.engine.Engine` whose data are a pairs folder
+(:class:`~XRayToCTLib.pairs.PairDataset`: normalised ``[B, 1, P, P]`` input and target
+images), whose generator is the Pix2Pix U-Net and whose discriminator is the conditional 2D
+PatchGAN (:mod:`XRayToCTLib.models.pix2pix`). Everything else is the engine's own: the
+epoch loop, the data order, checkpoints (``last.pt``, ``best.pt``), resume, the CSV log,
+TensorBoard, DDP, mixed precision and export (:func:`~.export.export_run`).
+
+Losses (Isola et al. 2017, the Pix2Pix paper; seed 003 names the method but no settings):
+
+* ``loss_d``: the discriminator's ``0.5 (GAN(D(x, y), real) + GAN(D(x, G(x)), fake))``, the
+  conditional GAN with the paper's halved discriminator objective;
+* ``loss_adv``: ``GAN(D(x, G(x)), real)``, the generator's adversarial term;
+* ``loss_rec``: ``|G(x) - y|_1``, mean over the pixels;
+* ``loss_g = lambda_adv * loss_adv + lambda_rec * loss_rec`` with the paper's
+  ``lambda_adv = 1``, ``lambda_rec = 100`` (:mod:`.config`'s pix2pix defaults);
+  there is no projection term (``lambda_proj`` must be 0).
+
+``GAN`` is binary cross-entropy on the patch logits (the paper's vanilla GAN;
+``discriminator_config: {gan_loss: least_squares}`` gives LSGAN).
+
+Validation (every ``val_every`` epochs, the best checkpoint by ``best_metric``): SSIM (2D,
+Gaussian window, :func:`~XRayToCTLib.metrics.ssim`), PSNR (data range 1) and cosine
+similarity of the output against the target, both in [0, 1], over the whole image
+(``*_whole``) and over the object (``*_head``: the pixels where the target exceeds
+:data:`OBJECT_THRESHOLD`, the head's shadow on the detector).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import models
+from ..errors import InputError, XRayToCTError
+from ..io import to_jsonable
+from ..metrics import cosine, psnr, ssim
+from ..models.pix2pix import PIX2PIX_DISC_DEFAULTS, build_pix2pix_discriminator
+from ..pairs import PairDataset, load_pairs_manifest
+from ..progress import ProgressCallback
+from .checkpoint import seed_everything
+from .config import TrainConfig, VAL_METRICS
+from .distributed import Dist, unwrap
+from .engine import Engine, check_dataset
+from .losses import AdversarialLoss, ReconstructionLoss
+
+__all__ = ["TranslationEngine", "OBJECT_THRESHOLD", "translation_metrics"]
+
+OBJECT_THRESHOLD = 0.02
+"""Target pixels above this (normalised [0, 1]) are the object (``*_head`` metrics)."""
+
+
+def translation_metrics(pred: torch.Tensor, target: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+    """SSIM, PSNR and cosine of ``[B, 1, P, P]`` images in [0, 1] against their targets, per
+    item ``[B]``: ``<metric>_whole`` and ``<metric>_head`` (the target's object,
+    :data:`OBJECT_THRESHOLD`)."""
+    mask = target > OBJECT_THRESHOLD
+    out: dict[str, torch.Tensor] = {}
+    for region, m in (("whole", None), ("head", mask)):
+        out[f"ssim_{region}"] = ssim(pred, target, data_range=1.0, mask=m)
+        out[f"psnr_{region}"] = psnr(pred, target, data_range=1.0, mask=m)
+        out[f"cosine_{region}"] = cosine(pred, target, mask=m)
+    return out
+
+
+def _description(root: Path, ds: PairDataset) -> dict[str, Any]:
+    man = load_pairs_manifest(root)
+    keep = {k: man[k] for k in ("kind", "version", "pixels", "input_domain", "target_domain",
+                                "source", "per_ct", "seed", "settings_ranges") if k in man}
+    keep["split"] = {s: len(PairDataset(root, s, ds.pixels)) if (root / s).is_dir() else 0
+                     for s in ("train", "val", "test")}
+    keep["path"] = str(root.resolve())  # a model package keeps only the folder's name
+    return to_jsonable(keep)
+
+
+class TranslationEngine(Engine):
+    """One training run of a 2D translation model (see the module doc)."""
+
+    def __init__(self, cfg: TrainConfig, dist: Dist, progress: ProgressCallback | None,
+                 *, load_init: bool = True):
+        self.cfg, self.dist, self.progress = cfg, dist, progress
+        self.device = dist.device
+        self.run = Path(cfg.out)
+        root = check_dataset(cfg.data)
+        if cfg.init:
+            raise XRayToCTError(f"fine-tuning (init) is not available for {cfg.model}: "
+                                f"train it from random weights")
+        if float(cfg.lambda_proj) > 0:
+            raise XRayToCTError(f"{cfg.model} has no projection loss: set lambda_proj to 0")
+        if cfg.points_per_step:
+            raise XRayToCTError(f"points_per_step is for models with query(); {cfg.model} "
+                                f"has none")
+        self.train_ds = PairDataset(root, "train", cfg.size)
+        if len(self.train_ds) == 0:
+            raise InputError(root, "the pairs folder has no training pairs (train/)")
+        pixels = self.train_ds.pixels
+        val = PairDataset(root, "val", pixels)
+        self.val_ds = val if len(val) else None
+        self.data_size = self.size = int(pixels)
+        self.description = _description(root, self.train_ds)
+        man = self.train_ds.manifest
+        domains = {k: str(man[k]) for k in ("input_domain", "target_domain") if man.get(k)}
+        self.model_config = {**domains, **cfg.model_config, "image_size": int(pixels)}
+        seed_everything(cfg.seed)
+        try:
+            self.model = models.build_model(cfg.model, dict(self.model_config)).to(self.device)
+        except ValueError as err:
+            raise XRayToCTError(f"invalid model_config for {cfg.model}: {err}") from err
+        self.init_record = None
+        self.views = ()
+        spec = self.model.spec
+        self.reconstruction = ReconstructionLoss(cfg.recon_loss)
+        self.adversarial = None
+        self.disc = None
+        self.disc_config = {**PIX2PIX_DISC_DEFAULTS, **cfg.discriminator_config}
+        if cfg.lambda_adv > 0:
+            try:
+                self.disc = build_pix2pix_discriminator(spec, self.disc_config).to(self.device)
+            except ValueError as err:
+                raise XRayToCTError(str(err)) from err
+            self.adversarial = AdversarialLoss(self.disc_config["gan_loss"])
+        self.points = 0
+        self.need_grid = True
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                      weight_decay=cfg.weight_decay)
+        self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas),
+                                       weight_decay=cfg.weight_decay) if self.disc else None)
+        amp = cfg.amp
+        if self.device.type != "cuda":
+            if amp == "fp16":
+                warnings.warn(f"fp16 mixed precision needs CUDA; training in float32 on "
+                              f"{self.device}")
+            amp = "bf16" if amp == "bf16" else "off"
+        elif amp == "auto":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16"))
+        self.amp = amp
+        self.g_train: torch.nn.Module = self.model
+        self.d_train = self.disc
+        if dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.g_train = DistributedDataParallel(self.model, device_ids=ids)
+            if self.disc is not None:
+                self.d_train = DistributedDataParallel(self.disc, device_ids=ids)
+        if cfg.compile:
+            self.g_train = torch.compile(self.g_train)
+        self.epoch = 0
+        self.step = 0
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.last_val: dict[str, float] = {}
+        self.tb = None
+
+    def train_step(self, batch) -> dict[str, float]:
+        """One step of the discriminator (if any), then of the generator (module doc)."""
+        cfg = self.cfg
+        x = batch["input"].to(self.device, torch.float32)
+        target = batch["target"].to(self.device, torch.float32)
+        with self._autocast():
+            pred = self.g_train(x).float()
+        out = {"loss_d": float("nan"), "loss_adv": float("nan"), "loss_proj": float("nan")}
+        if self.adversarial is not None:
+            out["loss_d"] = self._discriminator_step(target, pred, x)
+        rec = self.reconstruction(pred, target)
+        loss = cfg.lambda_rec * rec
+        if self.adversarial is not None:
+            self.disc.requires_grad_(False)
+            adv = self.adversarial.generator_loss(self.disc, pred, x, self._autocast)
+            loss = loss + cfg.lambda_adv * adv
+            out["loss_adv"] = float(adv.detach())
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        if self.disc is not None:
+            self.disc.requires_grad_(True)
+        if not torch.isfinite(loss.detach()):
+            raise XRayToCTError(f"training diverged at step {self.step + 1}: the loss is "
+                                f"{float(loss)} (lower the learning rate, or turn mixed "
+                                f"precision off)")
+        out.update(loss_g=float(loss.detach()), loss_rec=float(rec.detach()))
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean SSIM, PSNR, cosine (whole image and object) over the validation pairs."""
+        model = unwrap(self.model)
+        model.eval()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        try:
+            for batch in self._loader(self.val_ds, train=False):
+                x = batch["input"].to(self.device, torch.float32)
+                with self._autocast():
+                    pred = model(x).float()
+                res = translation_metrics(pred, batch["target"].to(self.device, torch.float32))
+                for key, v in res.items():
+                    if key.split("_")[0] not in VAL_METRICS:
+                        continue
+                    v = v.double().reshape(-1)
+                    v = v[torch.isfinite(v)]
+                    sums[key] = sums.get(key, 0.0) + float(v.sum())
+                    counts[key] = counts.get(key, 0) + int(v.numel())
+        finally:
+            model.train()
+        return {k: sums[k] / counts[k] for k in sums if counts[k]}
