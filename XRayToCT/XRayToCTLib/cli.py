@@ -373,6 +373,41 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. test: the template baseline is built from the train split)")
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser("compare", help="compare an sCT with its ground-truth CT (metrics, "
+                       "difference, picture)",
+                       description="The Slicer module's Compare as a command: SSIM, PSNR, cosine "
+                       "similarity and MAE (brain window and full range; head and whole volume; "
+                       "the sCT resampled onto the CT's grid) into OUT/metrics.csv and "
+                       "OUT/metrics.json, the difference sCT - CT (HU, on the sCT's grid) into "
+                       "OUT/difference.nrrd, and OUT/compare.png: the module's compare layout "
+                       "(sCT on top, CT below; axial, sagittal, coronal through one linked "
+                       "position; the difference as a colour overlay with its legend) rendered "
+                       "by Slicer's own slice logic (needs the slicer-core package; without it "
+                       "the picture is left out, with a note).")
+    p.add_argument("sct", metavar="SCT", help="the synthetic CT (a volume file, HU)")
+    p.add_argument("ct", metavar="CT", help="the ground-truth CT (volume file or DICOM folder)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--position", type=float, nargs=3, metavar=("R", "A", "S"),
+                   help="RAS point (mm, as Slicer shows it) every view cuts through (default: "
+                        "the centre of the sCT's head)")
+    p.add_argument("--range-hu", type=float, default=500.0, metavar="HU",
+                   help="the difference colours span -HU..+HU (default %(default)g)")
+    p.add_argument("--opacity", type=float, default=0.5,
+                   help="opacity of the difference overlay, 0-1 (default %(default)g)")
+    p.add_argument("--overlay", choices=["sct", "both", "none"], default="sct",
+                   help="views with the difference overlay: the sCT row (default), both rows "
+                        "(as the Slicer module shows it) or none")
+    p.add_argument("--blend", choices=["add", "alpha"], default="add",
+                   help="add (default): opacity x a blue-black-red map is added to the grey, so "
+                        "equal voxels keep theirs; alpha: the Slicer module's blend of its "
+                        "blue-white-red map")
+    p.add_argument("--window", choices=["full", "brain", "bone", "soft_tissue"], default="full",
+                   help="grey-level window of the views (default %(default)s: [-1000, 1000] HU)")
+    p.add_argument("--pane-size", type=int, default=256, metavar="PX",
+                   help="pixels per side of each view (default %(default)d)")
+    _add_rescale(p)
+    p.set_defaults(func=_cmd_compare)
+
     p = sub.add_parser("demo", help="the main job on an embedded default (a phantom head)",
                        description="The whole chain on a generated phantom head (nothing is a "
                        "patient): phantom CT -> AP and lateral DRRs -> synthetic CT (sCT) from the "
@@ -469,12 +504,12 @@ _INPUTS = {"convert": ("input",), "preprocess": ("ct", "template"), "drr": ("ct"
            "simulate": ("ct",),
            "reconstruct": ("ap", "lateral", "ct", "template"), "train": ("data", "config"),
            "export": ("run_dir",), "prepare": ("ct_dir", "template"),
-           "evaluate": ("pred", "gt", "template", "dataset")}
+           "evaluate": ("pred", "gt", "template", "dataset"), "compare": ("sct", "ct")}
 """Each command's arguments naming files or folders that must exist."""
 _OUTPUT_FILES = {"convert": "output", "preprocess": "out", "phantom": "out",
                  "reconstruct": "out", "export": "out"}
 _OUTPUT_DIRS = {"drr": "out_dir", "simulate": "out_dir", "evaluate": "out", "demo": "out", "train": "out",
-                "prepare": "out"}
+                "prepare": "out", "compare": "out"}
 _MODEL_FILES = ("model", "init")
 
 
@@ -809,6 +844,42 @@ def _cmd_evaluate(args) -> int:
         for f in summary["failures"][:10]:
             print(f"  {f['case']} / {f['model']}: {f['reason']}", file=sys.stderr)
     print(f"wrote {paths['csv']}, {paths['summary']} and {paths['report']}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    import math
+
+    from .compare import compare_volumes, write_comparison
+    from .compare_view import unavailable
+    from .io import read_volume
+    if not (math.isfinite(args.range_hu) and args.range_hu > 0):
+        raise InputError(None, f"--range-hu must be a positive number of HU, got {args.range_hu:g}")
+    if not 0.0 <= args.opacity <= 1.0:
+        raise InputError(None, f"--opacity must be between 0 and 1, got {args.opacity:g}")
+    if args.pane_size < 16:
+        raise InputError(None, f"--pane-size must be at least 16 pixels, got {args.pane_size}")
+    out = _out_dir(args.out)
+    missing = unavailable()
+    cb = _line_progress("compare")
+    cb(0.0, "reading the volumes")
+    sct, ct = read_volume(args.sct), _read_ct(args, args.ct)
+    cb(0.2, "metrics and difference")
+    comparison = compare_volumes(sct, ct)
+    cb(0.6, "writing" + (" and rendering compare.png" if missing is None else ""))
+    try:
+        paths = write_comparison(comparison, out, sct_path=args.sct, ground_truth_path=args.ct,
+                                 picture=missing is None, position_ras=args.position,
+                                 range_hu=args.range_hu, opacity=args.opacity,
+                                 overlay=args.overlay, window=args.window, pane_px=args.pane_size,
+                                 blend=args.blend)
+    except ValueError as err:  # a position outside both volumes, say
+        raise InputError(None, str(err)) from err
+    cb(1.0, "done")
+    if missing:
+        print(f"note: {missing}; wrote the metrics and the difference without it", file=sys.stderr)
+    print(f"SYNTHETIC CT compared with {args.ct}: {comparison.summary()}")
+    print(f"wrote {', '.join(p.name for p in paths.values())} in {out.resolve()}")
     return 0
 
 

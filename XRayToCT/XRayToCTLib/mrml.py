@@ -31,7 +31,8 @@ from vtk.util import numpy_support
 
 import slicer
 
-from .constants import AIR_HU, SYNTHETIC_LABEL, SYNTHETIC_NOTE
+from .compare import KIND_DIFFERENCE, difference_volume, on_grid_of
+from .constants import SYNTHETIC_LABEL, SYNTHETIC_NOTE
 from .geometry import ProjectionGeometry, Radiograph, Volume
 from .io import json_text
 
@@ -63,7 +64,6 @@ ATTRIBUTE_INFO = "XRayToCT.Info"
 
 KIND_DRR = "DRR"
 KIND_SCT = "sCT"
-KIND_DIFFERENCE = "sCT difference"
 
 SYNTHETIC_DESCRIPTION = f"{SYNTHETIC_LABEL}: {SYNTHETIC_NOTE}."
 """A synthetic CT node's description: the one sCT label and its explanation."""
@@ -206,20 +206,6 @@ def add_volume_node(scene, volume: Volume, name: str, *, window_level: tuple[flo
     """A new scalar volume node in ``scene`` (unique name from ``name``) holding ``volume``."""
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
     return update_node_from_volume(node, volume, window_level=window_level)
-
-
-def on_grid_of(volume: Volume, reference: Volume, default: float = AIR_HU) -> Volume:
-    """``volume`` resampled (linear) onto ``reference``'s grid through world space; returned
-    as is when the grids already agree."""
-    same = (volume.array.shape == reference.array.shape
-            and np.allclose(volume.index_to_lps(), reference.index_to_lps(), atol=1e-4))
-    if same:
-        return volume
-    # late: preprocess pulls in the file readers (pydicom, Pillow), which the Slicer module's
-    # first import of mrml, before its dependency check, must not need
-    from .preprocess import resample_to_grid
-
-    return resample_to_grid(volume, reference, default=default)
 
 
 # ---------------------------------------------------------------------------------------
@@ -518,14 +504,6 @@ def set_difference_opacity(scene, opacity: float) -> None:
 # ---------------------------------------------------------------------------------------
 # difference map
 # ---------------------------------------------------------------------------------------
-
-def difference_volume(sct: Volume, ground_truth: Volume) -> Volume:
-    """``sCT - ground truth`` in HU on the sCT's grid (the ground truth is resampled there
-    through world space; outside it counts as air, -1000 HU)."""
-    gt = on_grid_of(ground_truth, sct)
-    diff = np.asarray(sct.array, dtype=np.float32) - np.asarray(gt.array, dtype=np.float32)
-    return sct.with_array(diff, kind=KIND_DIFFERENCE, units="HU (sCT - ground truth)")
-
 
 def difference_color_node(scene, name: str = "XRayToCT difference (HU)"):
     """A diverging colour table (blue = sCT below the ground truth, white = equal, red = above),
