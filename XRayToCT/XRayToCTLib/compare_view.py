@@ -158,7 +158,9 @@ def render_panes(sct: Volume, ground_truth: Volume, difference: Volume | None, *
 
     Returns ``{"panes": {(row, orientation): RGB uint8 [pane_px, pane_px, 3]}, "center_ras",
     "mm_per_pixel", "overlay_rows", "letters": {(row, orientation): (top, bottom, left, right)},
-    "legend": RGB [256, 3] of the difference colours from -range_hu to +range_hu}``."""
+    "legend": RGB [256, 3] of the difference colours from -range_hu to +range_hu, "blend"}``.
+    ``overlay`` picks the rows with the difference (:data:`OVERLAY_ROWS`), ``blend`` how it is
+    composited (:data:`BLENDS`); ``window`` is the grey-level window of both volumes."""
     import slicer
 
     from . import mrml
