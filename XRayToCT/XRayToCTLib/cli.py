@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(per-tissue intensity, smooth deformation, small residual; at most STEPS "
                    "steps, default 120, stopping early); the JSON keeps the consistency before "
                    "and after")
+    p.add_argument("--harmonize", metavar="NAME|FILE",
+                   help="translate each radiograph into the DRR domain with this harmoniser "
+                   "(a pix2pix model, see `xraytoct models`) before the reconstruction; the "
+                   "JSON records it")
     _add_device(p)
     _add_rescale(p)
     p.set_defaults(func=_cmd_reconstruct)
@@ -257,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "`xraytoct models`, or a .safetensors file); the model and its settings "
                    "come from the package, the output size from the dataset or --size "
                    "(the cnn_inr fits any size)")
-    p.add_argument("--data", help="dataset folder made by `xraytoct prepare`")
+    p.add_argument("--data", help="dataset folder made by `xraytoct prepare` (pix2pix: a "
+                   "pairs folder made by `xraytoct pairs`)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     p.add_argument("--config", metavar="YAML", help="training settings (see configs/)")
     p.add_argument("--epochs", type=int, help="training epochs (default 170, seed 001)")
@@ -407,6 +412,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixels per side of each view (default %(default)d)")
     _add_rescale(p)
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("pairs", help="build a pairs folder (simulated radiograph -> DRR) for "
+                       "pix2pix", description="Write a pairs folder OUT for 2D translation "
+                       "(`xraytoct train --model pix2pix --data OUT`): for each CT of SOURCE (a "
+                       "dataset made by `xraytoct prepare`, whose cases keep their split; a CT "
+                       "file; or a folder of CT files, split by a hash of the name), --per-ct "
+                       "simulated radiographs per view with physics drawn at random (kVp, "
+                       "scatter, dose, blur, collimation, CR/DX/raw processing), each paired with "
+                       "the view's DRR: OUT/manifest.json and OUT/{train,val,test}/"
+                       "<id>_input.nrrd, <id>_target.nrrd.")
+    p.add_argument("source", metavar="SOURCE", help="dataset folder, CT file or folder of CTs")
+    p.add_argument("--out", required=True, metavar="PAIRS", help="new pairs folder")
+    p.add_argument("--per-ct", type=int, default=1, metavar="N",
+                   help="simulated radiographs per CT and view (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random physics and noise (default 0)")
+    p.add_argument("--pixels", type=int, help="detector pixels for CT files (default 64)")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N CTs")
+    p.set_defaults(func=_cmd_pairs)
+
+    p = sub.add_parser("harmonize", help="translate a radiograph into the DRR domain (pix2pix)",
+                       description="Harmonise a radiograph (DICOM, NRRD, PNG...; bone bright, "
+                       "--invert otherwise) with a 2D translation model (a harmoniser, see "
+                       "`xraytoct models`): it is translated into the DRR domain the "
+                       "reconstruction models were trained on, normalised to [0, 1], and written "
+                       "to OUT (.nrrd/.mha keep the input's pixel spacing, geometry and view; "
+                       "the metadata say it was harmonised and by which model). With --evaluate, "
+                       "IN is a pairs folder: PSNR, SSIM and FSIM of its --split pairs before and "
+                       "after harmonisation (OUT, if given: the JSON).")
+    p.add_argument("input", metavar="IN", help="radiograph file (or, with --evaluate, a pairs "
+                   "folder)")
+    p.add_argument("--model", required=True, metavar="NAME|FILE",
+                   help="harmoniser: catalog name or .safetensors package")
+    p.add_argument("--out", metavar="OUT", help="output image (.nrrd, .mha, .nii.gz); with "
+                   "--evaluate, an optional .json")
+    p.add_argument("--view", help="the view (ap, lateral...) when the file does not say")
+    p.add_argument("--invert", action="store_true",
+                   help="invert the radiograph first (for images where bone is dark)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="IN is a pairs folder: score the harmoniser on it")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="--evaluate: which pairs (default test)")
+    _add_device(p)
+    p.set_defaults(func=_cmd_harmonize)
 
     p = sub.add_parser("demo", help="the main job on an embedded default (a phantom head)",
                        description="The whole chain on a generated phantom head (nothing is a "
@@ -704,7 +752,7 @@ def _cmd_reconstruct(args) -> int:
     out = check_output_path(args.out)
     ct = _read_ct(args, args.ct) if args.ct else None
     images = {v: read_radiograph(f, view=v) for v, f in radiographs.items()}
-    rec = Reconstructor(args.model, device=args.device)
+    rec = Reconstructor(args.model, device=args.device, harmonize=args.harmonize)
     cb, close = _tqdm_progress("reconstruct")
     refine = True if args.refine == -1 else args.refine
     try:
@@ -728,7 +776,46 @@ def _cmd_reconstruct(args) -> int:
         print(f"refined in {fit['steps_run']} steps ({fit['time_s']:.1f} s): view error "
               f"{fit['view_error']['before']:.1%} -> {fit['view_error']['after']:.1%}, mean "
               f"consistency SSIM {before['ssim']:.3f} -> {result.consistency['mean']['ssim']:.3f}")
+    if "harmonize" in result.info:
+        print(f"each radiograph harmonised by {result.info['harmonize']['model']} first")
     print(f"details in {files[-1]}")
+    return 0
+
+
+def _cmd_pairs(args) -> int:
+    from .pairs import build_pairs
+    cb, close = _tqdm_progress("pairs")
+    try:
+        root = build_pairs(args.source, args.out, per_ct=args.per_ct, seed=args.seed,
+                           pixels=args.pixels, limit=args.limit, progress=cb)
+    except ValueError as err:
+        raise InputError(None, f"cannot build pairs: {err}") from None
+    finally:
+        close()
+    man = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    counts = ", ".join(f"{s} {len(v)}" for s, v in man["split"].items())
+    print(f"wrote {root}: {len(man['pairs'])} pairs ({counts}; SIMULATED inputs, DRR targets)")
+    return 0
+
+
+def _cmd_harmonize(args) -> int:
+    from .harmonize import evaluate_pairs, harmonize_file
+    from .io import json_text, write_json
+    if args.evaluate:
+        res = evaluate_pairs(args.input, args.model, split=args.split, device=args.device)
+        for stage in ("before", "after"):
+            s = res[stage]
+            print(f"{stage:6s} ({res['pairs']} {args.split} pairs): " + ", ".join(
+                f"{m.upper()} {s[m]['mean']:.3f} ± {s[m]['std']:.3f}" for m in s))
+        if args.out:
+            write_json(_make_parent(args.out), res)
+            print(f"wrote {args.out}")
+        return 0
+    if not args.out:
+        raise InputError(None, "no output: pass --out OUT (.nrrd, .mha or .nii.gz)")
+    out = harmonize_file(args.input, args.model, _make_parent(args.out), view=args.view,
+                         invert=args.invert, device=args.device)
+    print(f"wrote {out} (harmonised by {args.model}: the DRR domain, normalised to [0, 1])")
     return 0
 
 
@@ -742,6 +829,10 @@ def _cmd_models(args) -> int:
         present = path.is_file()
         rows.append({"name": e["name"], "title": e.get("title"), "views": list(e.get("views") or []),
                      "output_size": e.get("output_size"), "trained_on": e.get("trained_on"),
+                     "kind": e.get("kind", "reconstruction"),
+                     **({"input_domain": e.get("input_domain"),
+                         "target_domain": e.get("target_domain"),
+                         "image_size": e.get("image_size")} if e.get("kind") else {}),
                      "file": str(path), "present": present,
                      "sha256_ok": present and sha256_file(path) == str(e["sha256"]).lower()})
     if args.json:
@@ -755,6 +846,11 @@ def _cmd_models(args) -> int:
         if isinstance(trained, dict):
             trained = trained.get("description") or json_text(trained)[:120]
         print(f"{r['name']}: {r['title'] or ''}")
+        if r["kind"] != "reconstruction":  # a harmoniser: 2D in, 2D out
+            print(f"    harmoniser ({r['kind']}): {r['input_domain']} -> {r['target_domain']}, "
+                  f"{r['image_size']}^2 images, trained on {trained or 'unknown'}; file "
+                  f"{r['file']} [{state}]")
+            continue
         print(f"    views {'+'.join(r['views'])}, output {r['output_size']}^3, trained on "
               f"{trained or 'unknown'}; file {r['file']} [{state}]")
     return 0

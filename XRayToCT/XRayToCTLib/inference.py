@@ -62,8 +62,10 @@ from .drr import DRR, normalize_views, resolve_device, view_stack
 from .errors import InputError, XRayToCTError
 from .geometry import (Grid, ProjectionGeometry, Radiograph, RigidTransform, Volume,
                        canonical_grid, field_of_view_mask)
+from .harmonize import Harmonizer
 from .hu import head_mask
 from .models import get_mapping, load_model
+from .models.pix2pix import is_translation
 from .progress import ProgressCallback, report, scaled
 from .refine import RefineSettings, refine as fit_to_views
 from .registration import resolve_template
@@ -290,13 +292,18 @@ class Reconstructor:
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``. On CUDA
             out-of-memory the work falls back to the CPU with a warning
             (:func:`run_with_cpu_fallback`) and stays there.
+        harmonize: a harmoniser (a 2D translation model: catalog name, package or module,
+            :class:`~XRayToCTLib.harmonize.Harmonizer`) that translates each radiograph into
+            the DRR domain after it is brought onto the model's detector; recorded in the
+            result's ``info["harmonize"]``. Radiographs only (a CT's own DRRs need none).
 
     Raises:
         InputError: unknown model name, missing or corrupt package (sha256 mismatch).
     """
 
     def __init__(self, model: str | os.PathLike | torch.nn.Module, device: str | torch.device = "auto",
-                 *, drr_spacing: float | None = None):
+                 *, drr_spacing: float | None = None,
+                 harmonize: str | os.PathLike | torch.nn.Module | None = None):
         self.device = resolve_device(device)
         self.package: dict[str, Any] = {}
         if isinstance(model, torch.nn.Module):
@@ -307,6 +314,13 @@ class Reconstructor:
             self.model, self.package = _load(model)
         if not hasattr(self.model, "spec"):
             raise XRayToCTError(f"model {model!r} has no spec")
+        if is_translation(self.model):
+            raise InputError(None if isinstance(model, torch.nn.Module) else os.fspath(model),
+                             f"is a 2D translation model ({self.model.spec.input_domain} -> "
+                             f"{self.model.spec.target_domain}, a harmoniser), not a "
+                             f"reconstruction model: use it to harmonise radiographs")
+        self.harmonizer = None if harmonize is None else Harmonizer(harmonize, self.device)
+        """The harmoniser applied to each radiograph before the model, or None."""
         self.model.eval()
         self.spec = self.model.spec
         self.label = (self.spec.name if isinstance(model, torch.nn.Module)
@@ -456,7 +470,11 @@ class Reconstructor:
             if g0 is not None and not np.allclose([g0.sad, g0.sid], [geom.sad, geom.sid]):
                 warn.append(f"{v}: made at SAD/SID {g0.sad:g}/{g0.sid:g} mm, the model expects "
                             f"{geom.sad:g}/{geom.sid:g} mm")
-            keep = ("source",) if invert or meta.get("inverted") else ("source", "units")
+            if self.harmonizer is not None:  # into the DRR domain the model was trained on
+                arr = self.harmonizer.translate_array(arr)
+                inputs[v]["harmonized"] = True
+            keep = (("source",) if invert or meta.get("inverted") or self.harmonizer is not None
+                    else ("source", "units"))
             prepared[v] = Radiograph(arr, None, geom, {**{k: meta[k] for k in keep if k in meta},
                                                        "view": v, "kind": "prepared radiograph"})
         swapped = _views_look_swapped(views, prepared)
@@ -479,6 +497,8 @@ class Reconstructor:
         info = self._info("radiographs", t0, timings)
         info.update({"inputs": inputs, "warnings": warn, "space": "canonical",
                      "invert": bool(invert), **extra})
+        if self.harmonizer is not None:
+            info["harmonize"] = dict(self.harmonizer.record)
         sct.metadata.update({"space": "canonical (template space translated to the origin)"})
         report(progress, 1.0, "done")
         return ReconstructionResult(sct, sct, prepared, scores, info, reproj)
@@ -586,6 +606,9 @@ class Reconstructor:
                                    "of them (the CT's own DRRs, or the radiographs)")
         if ct is None and not views:
             raise InputError(None, "nothing to reconstruct from: no CT and no radiographs")
+        if ct is not None and self.harmonizer is not None:
+            raise InputError(None, "harmonisation translates radiographs into the DRR domain; "
+                                   "a CT is reconstructed from its own DRRs, which need none")
         if ct is not None:
             return self.reconstruct_ct(ct, template=template, register=register,
                                        progress=progress, refine=refine)
@@ -628,9 +651,12 @@ def reconstruct(model: str | os.PathLike | torch.nn.Module, *, ct: Volume | None
                 register: bool | str = "auto", template: Volume | str | os.PathLike | None = None,
                 invert: bool = False, device: str | torch.device = "auto",
                 refine: RefineLike = None,
-                progress: ProgressCallback | None = None) -> ReconstructionResult:
-    """Load ``model`` and run :meth:`Reconstructor.reconstruct` (see there)."""
-    return Reconstructor(model, device).reconstruct(ct=ct, views=views, register=register,
+                progress: ProgressCallback | None = None,
+                harmonize: str | os.PathLike | torch.nn.Module | None = None
+                ) -> ReconstructionResult:
+    """Load ``model`` (and the ``harmonize`` model, if any) and run
+    :meth:`Reconstructor.reconstruct` (see there)."""
+    return Reconstructor(model, device, harmonize=harmonize).reconstruct(ct=ct, views=views, register=register,
                                                     template=template, invert=invert,
                                                     refine=refine, progress=progress)
 

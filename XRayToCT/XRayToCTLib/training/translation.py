@@ -43,7 +43,7 @@ from ..models.pix2pix import PIX2PIX_DISC_DEFAULTS, build_pix2pix_discriminator
 from ..pairs import PairDataset, load_pairs_manifest
 from ..progress import ProgressCallback
 from .checkpoint import seed_everything
-from .config import TrainConfig, VAL_METRICS
+from .config import LOSS_NAMES, VAL_METRICS, TrainConfig
 from .distributed import Dist, unwrap
 from .engine import Engine, check_dataset
 from .losses import AdversarialLoss, ReconstructionLoss
@@ -164,7 +164,7 @@ class TranslationEngine(Engine):
         target = batch["target"].to(self.device, torch.float32)
         with self._autocast():
             pred = self.g_train(x).float()
-        out = {"loss_d": float("nan"), "loss_adv": float("nan"), "loss_proj": float("nan")}
+        out = {k: float("nan") for k in LOSS_NAMES}  # the terms this model has are set below
         if self.adversarial is not None:
             out["loss_d"] = self._discriminator_step(target, pred, x)
         rec = self.reconstruction(pred, target)
