@@ -88,7 +88,7 @@ def test_library_files_found():
 
 @pytest.mark.parametrize("path", LIB_FILES, ids=lambda p: str(p.relative_to(LIB_DIR)))
 def test_library_imports_no_gui(path: Path):
-    allow_mrml = path.name == "mrml.py"
+    allow_mrml = path.name in ("mrml.py", "compare_view.py")  # MRML (slicer-core), never Qt
     bad = [f"line {line}: {name}" for name, line in _imported_names(_parse(path))
            if _is_gui_import(name, allow_mrml)]
     assert not bad, f"XRayToCTLib/{path.relative_to(LIB_DIR)} imports GUI/Slicer modules: {bad}"
@@ -155,7 +155,7 @@ def test_module_file_loads_without_torch(path: Path):
                   "XRayToCTLib.mrml", "XRayToCTLib.mrml.mrml", "XRayToCTLib.errors.Cancelled",
                   "XRayToCTLib.errors.XRayToCTError", "XRayToCTLib.errors.InputError",
                   "XRayToCTLib.errors.TemplateUnavailable", "XRayToCTLib.constants",
-                  "XRayToCTLib.constants.TEMPLATE_ENV"}
+                  "XRayToCTLib.constants.TEMPLATE_ENV", "XRayToCTLib.process"}
     for name in _module_level_imports(_parse(path)):
         assert name.split(".")[0] != "torch", f"{path.name} imports torch at load time"
         if name.startswith("XRayToCTLib"):
@@ -165,10 +165,10 @@ def test_module_file_loads_without_torch(path: Path):
 def test_load_time_library_modules_are_torch_free():
     """The library modules the module files import at load time import no torch (nor
     anything that does) at their own load time."""
-    for stem in ("geometry", "errors", "progress", "mrml"):
+    for stem in ("geometry", "errors", "progress", "mrml", "process"):
         for name in _module_level_imports(_parse(LIB_DIR / f"{stem}.py")):
             assert name.split(".")[0] not in ("torch", "monai"), f"XRayToCTLib/{stem}.py imports {name}"
-    code = ("import sys; import XRayToCTLib.mrml, XRayToCTLib.geometry, XRayToCTLib.errors; "
+    code = ("import sys; import XRayToCTLib.mrml, XRayToCTLib.geometry, XRayToCTLib.errors, XRayToCTLib.process; "
             "print('torch' in sys.modules)")
     pytest.importorskip("slicer")
     proc = _run_python("-c", code)
@@ -221,7 +221,7 @@ def test_xraytoct_module_classes():
 def test_xraytoct_module_metadata():
     init = _methods(_classes(_parse(MODULE_PY))["XRayToCT"])["__init__"]
     text = ast.unparse(init)
-    assert "'XRayToCT'" in text and "'Reconstruction'" in text
+    assert "'XRayToCT'" in text and "'Tomographic Reconstruction'" in text
     assert "synthetic" in text.lower() and "diagnosis" in text.lower()
 
 
@@ -238,7 +238,7 @@ def test_training_module_classes():
              and ast.unparse(n.test).replace('"', "'") == "__name__ == '__main__'"]
     assert mains, "XRayToCTTraining.py must run as a script"
     text = ast.unparse(classes["XRayToCTTraining"])
-    assert "'XRayToCT Training'" in text and "'Reconstruction'" in text
+    assert "'XRayToCT Training'" in text and "'Tomographic Reconstruction'" in text
 
 
 def _run_python(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -576,7 +576,7 @@ def test_cmake_extension():
     assert names[0] == "cmake_minimum_required"
     assert ("project", ["XRayToCT"]) in commands
     assert variables["EXTENSION_DEPENDS"] == ["PyTorch"]
-    assert variables["EXTENSION_CATEGORY"] == ["Reconstruction"]
+    assert variables["EXTENSION_CATEGORY"] == ["Tomographic Reconstruction"]
     assert variables["EXTENSION_HOMEPAGE"] == ["https://github.com/xraytoct/SlicerXRayToCT"]
     for key in ("EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
                 "EXTENSION_SCREENSHOTURLS"):
@@ -948,6 +948,7 @@ class _StandInReconstructor:
 def _logic_with(xraytoct, monkeypatch, reconstructor):
     logic = xraytoct.XRayToCTLogic()
     monkeypatch.setattr(logic, "reconstructor", lambda name, device="auto": reconstructor)
+    monkeypatch.setattr(logic, "modelViews", lambda name: list(reconstructor.spec.views))
     return logic
 
 
@@ -1005,31 +1006,6 @@ def test_logic_reconstruct_from_radiographs(xraytoct, scene, monkeypatch):
         logic.reconstruct(ap, lateral, modelName="")
 
 
-def test_logic_background_task_and_cancel(xraytoct, scene, monkeypatch):
-    import time
-    from XRayToCTLib.phantom import head_phantom
-    ct = _phantom_node(scene, head_phantom(size=8, spacing=30.0))
-    logic = _logic_with(xraytoct, monkeypatch, _StandInReconstructor(steps=50, delay=0.02))
-    before = scene.GetNumberOfNodes()
-    task = logic.startReconstruction(None, None, modelName="stand-in", ctVolumeNode=ct, register=False)
-    assert not task.done
-    with pytest.raises(RuntimeError, match="still running"):
-        task.result()
-    deadline = time.time() + 10
-    while task.fraction < 0.1 and time.time() < deadline:
-        time.sleep(0.01)
-    assert scene.GetNumberOfNodes() == before  # the worker thread does not touch the scene
-    task.cancel()
-    with pytest.raises(xraytoct.Cancelled):
-        task.wait(timeout=10)
-    assert task.fraction < 1.0 and scene.GetNumberOfNodes() == before
-
-    task = logic.startReconstruction(None, None, modelName="stand-in", ctVolumeNode=ct, register=False)
-    node = task.wait(timeout=30)
-    assert task.fraction == 1.0 and task.message == "step 50"
-    assert node.GetScene() is scene and task.result() is node  # finish runs once
-
-
 def test_logic_compare(xraytoct, scene, monkeypatch):
     import numpy as np
     pytest.importorskip("torch")
@@ -1066,11 +1042,21 @@ def test_logic_compare(xraytoct, scene, monkeypatch):
 
 
 def test_logic_sample_data(xraytoct, scene):
+    """The shipped sample CT is the phantom ``xraytoct phantom --size 128 --spacing 2 --seed 0``
+    makes (int16 HU), and loads without PyTorch."""
+    import numpy as np
     from XRayToCTLib import mrml
-    nodes = xraytoct.XRayToCTLogic().loadSampleData(scene, size=16, spacing=16.0, withDrrs=False)
-    assert [n.GetName() for n in nodes] == ["XRayToCT phantom CT"]
-    assert mrml.volume_from_node(nodes[0]).array.max() > 1000  # bone
+    nodes = xraytoct.XRayToCTLogic().loadSampleData(scene, withDrrs=False)
+    assert [n.GetName() for n in nodes] == [xraytoct.SAMPLE_NODE_NAME]
+    volume = mrml.volume_from_node(nodes[0])
+    assert volume.array.shape == (128, 128, 128) and volume.array.max() > 1000  # bone
     assert xraytoct.XRayToCTLogic.firstCtVolume(scene) is nodes[0]
+    torch = pytest.importorskip("torch")
+    from XRayToCTLib.phantom import head_phantom
+    torch.set_num_threads(1)
+    generated = head_phantom(size=128, spacing=2.0, seed=0)
+    np.testing.assert_allclose(volume.index_to_lps(), generated.index_to_lps(), atol=1e-6)
+    assert np.mean(np.abs(volume.array - np.round(generated.array))) < 1.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -1095,18 +1081,18 @@ def test_training_ui_names_used_by_the_widget_exist():
     assert "UI/XRayToCTTraining.ui" in TRAINING_PY.read_text(encoding="utf-8")
 
 
-def test_training_progress_lines_round_trip():
-    m = _load_training_plain()
-    out = io.StringIO()
-    callback, close = m.stdoutProgress("train", stream=out)
+def test_training_progress_lines_round_trip(capsys):
+    """In-process runs log the CLI's plain progress lines on stdout, one per percent, and the
+    background process reads the same lines back (``XRayToCTLib.process.parse_progress``)."""
+    from XRayToCTLib import cli
+    from XRayToCTLib.process import parse_progress
+    callback = cli._line_progress("train", step=0.01, stream=sys.stdout)
     for fraction, message in ((0.0, "start"), (0.004, "same percent"), (0.5, "epoch 5/10"), (1.0, "")):
         callback(fraction, message)
-    close()
-    lines = out.getvalue().splitlines()
-    assert lines == ["[train]   0% start", "[train]  50% epoch 5/10", "[train] 100%"]
-    assert [m.parseProgress(line) for line in lines] == [(0.0, "train: start"), (0.5, "train: epoch 5/10"),
-                                                         (1.0, "train")]
-    assert m.parseProgress("error: something") is None
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["train:   0% start", "train:  50% epoch 5/10", "train: 100%"]
+    assert [parse_progress(line) for line in lines] == [(0.0, "start"), (0.5, "epoch 5/10"), (1.0, "")]
+    assert parse_progress("error: something") is None
 
 
 def test_training_report_path():
@@ -1124,16 +1110,18 @@ def test_training_run_logs_progress_to_stdout(tmp_path, capsys):
     m = _load_training_plain()
     from XRayToCTLib import cli
     assert callable(getattr(cli, "_tqdm_progress", None)), "the CLI's progress hook was renamed"
+    original = cli._tqdm_progress
     logic = m.XRayToCTTrainingLogic()
     ct = tmp_path / "ct.nii.gz"
     assert logic.run(["phantom", "--out", str(ct), "--size", "24", "--spacing", "10"]) == 0
     status = logic.run(["preprocess", str(ct), "--out", str(tmp_path / "pre.nii.gz"), "--no-register",
                         "--size", "32", "--target-size", "16"])
     assert status == 0
+    from XRayToCTLib.process import parse_progress
     lines = capsys.readouterr().out.splitlines()
-    progress = [m.parseProgress(line) for line in lines if m.parseProgress(line)]
-    assert progress and progress[-1][0] == 1.0 and progress[0][1].startswith("preprocess")
-    assert cli._tqdm_progress is not m.stdoutProgress  # restored
+    progress = [parse_progress(line) for line in lines if parse_progress(line)]
+    assert progress and progress[-1][0] == 1.0 and any(line.startswith("preprocess:") for line in lines)
+    assert cli._tqdm_progress is original  # restored
 
 
 @needs_cli
@@ -1145,24 +1133,27 @@ def test_training_background_process(tmp_path):
     assert "xraytoct" in process.output and process.returncode == 0
     process = logic.start(["phantom", "--out", str(tmp_path / "x.nii.gz"), "--no-such-option"])
     assert process.wait(120) == 2
-    assert any(line.startswith("error:") for line in process.newLines())
-    assert process.newLines() == []  # each line is returned once
+    assert any(line.startswith("error:") for line in process.new_lines())
+    assert process.new_lines() == []  # each line is returned once
     # cancel stops a running command
-    process = m.CommandProcess(["--version"], python=sys.executable)
+    process = logic.start(["models"], log=str(tmp_path / "models.log"))
     process.cancel()
     process.wait(60)
-    assert process.done
+    assert process.done and process.cancelled
     with pytest.raises(ValueError):
         logic.start([])
 
 
-def test_sample_data_registration(xraytoct, scene, monkeypatch):
-    """The sample is registered with arguments SampleData accepts, and clicking it generates a
-    phantom CT and its DRRs (no download)."""
+def test_sample_data_registration(xraytoct, scene, monkeypatch, tmp_path):
+    """The sample is registered with arguments SampleData accepts, as a file source (not a
+    custom downloader: ``SampleData.downloadSample`` ignores those and returns nothing). Done as
+    SampleData does it (copy the URI into the cache, check the SHA-256, load the file as a
+    volume node with the given name), it gives the phantom CT, without PyTorch."""
+    import hashlib
+    import urllib.request
     import slicer
-    pytest.importorskip("torch")
     accepted = {"category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader",
-                "thumbnailFileName", "loadFileTypes", "loadFiles", "loadFileProperties", "checksums"}
+                "thumbnailFileName", "loadFileType", "loadFiles", "loadFileProperties", "checksums"}
     calls = []
 
     class SampleDataLogic:
@@ -1172,15 +1163,24 @@ def test_sample_data_registration(xraytoct, scene, monkeypatch):
             calls.append(kwargs)
 
     monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     xraytoct.registerSampleData()
-    assert len(calls) == 1 and calls[0]["category"] == "XRayToCT"
-    assert len(calls[0]["uris"]) == len(calls[0]["fileNames"]) == len(calls[0]["nodeNames"]) == 0
-    assert Path(calls[0]["thumbnailFileName"]).is_file()
-    nodes = calls[0]["customDownloader"](None)
-    assert [n.GetName() for n in nodes] == ["XRayToCT phantom CT", "XRayToCT phantom CT DRR AP",
-                                            "XRayToCT phantom CT DRR lateral"]
-    assert all(n.GetScene() is scene for n in nodes)
+    assert len(calls) == 1
+    source = calls[0]
+    assert source["category"] == "XRayToCT" and source["sampleName"] == xraytoct.SAMPLE_NAME
+    assert "customDownloader" not in source and source["loadFileType"] == "VolumeFile"
+    assert len(source["uris"]) == len(source["fileNames"]) == len(source["nodeNames"]) == len(source["checksums"]) == 1
+    assert Path(source["thumbnailFileName"]).is_file()
+    cached = tmp_path / source["fileNames"][0]
+    urllib.request.urlretrieve(source["uris"][0], cached)  # SampleDataLogic.downloadFile
+    algo, digest = source["checksums"][0].split(":")
+    assert algo == "SHA256" and hashlib.sha256(cached.read_bytes()).hexdigest() == digest
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(cached))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", source["nodeNames"][0])
+    assert storage.ReadData(node)
+    assert node.GetImageData().GetDimensions() == (128, 128, 128)
+    assert node.GetImageData().GetScalarRange()[1] > 1000  # bone, in HU
+    assert node.GetName() == xraytoct.SAMPLE_NODE_NAME
 
 
 def test_parameter_node_fields_used_by_the_module_exist():
@@ -1320,13 +1320,16 @@ def test_widget_actions_reach_the_logic(xraytoct, scene, monkeypatch):
             pass
 
     parameters = ParameterNode()
-    stand_in = _StandInReconstructor(steps=3)
     monkeypatch.setattr(xraytoct.XRayToCTLogic, "getParameterNode", lambda self: parameters)
-    monkeypatch.setattr(xraytoct.XRayToCTLogic, "reconstructor", lambda self, name, device="auto": stand_in)
+    model = "cnn_inr_phantom64"  # the bundled 64^3 model: the background processes run it for real
     monkeypatch.setattr(xraytoct.XRayToCTLogic, "modelCatalog", lambda self: [
-        {"name": "tiny", "title": "Tiny", "description": "A test model.", "views": ["ap", "lateral"],
-         "output_size": 8, "trained_on": "nothing"}])
-    monkeypatch.setattr(xraytoct.XRayToCTLogic, "ensureDependencies", lambda self, askConfirmation=True: True)
+        {"name": model, "title": "Tiny", "description": "A test model.", "views": ["ap", "lateral"],
+         "output_size": 64, "trained_on": "nothing"}])
+    missing = ["torch"]  # first run: a package is missing, and the panel offers to install it
+    installs = []
+    monkeypatch.setattr(xraytoct.XRayToCTLogic, "missingDependencies", staticmethod(lambda: list(missing)))
+    monkeypatch.setattr(xraytoct.XRayToCTLogic, "ensureDependencies",
+                        lambda self, askConfirmation=True: installs.append(askConfirmation) or missing.clear() or True)
 
     ct = _phantom_node(scene, head_phantom(size=32, spacing=8.0, seed=0), "Head")
     widget = xraytoct.XRayToCTWidget(types.SimpleNamespace(isEntered=True))
@@ -1334,29 +1337,48 @@ def test_widget_actions_reach_the_logic(xraytoct, scene, monkeypatch):
     monkeypatch.setattr(widget, "resourcePath", lambda p: str(MODULE_DIR / "Resources" / p), raising=False)
     widget.setup()
 
+    def run_task(seconds=180):
+        deadline = time.time() + seconds
+        while widget._task is not None and time.time() < deadline:
+            widget._timer.emit("timeout()")
+            time.sleep(0.05)
+        assert widget._task is None, "the background task did not end"
+
+    # without PyTorch the install control shows and works; then the models are listed
+    assert ui.dependenciesGroupBox.visible and "torch" in ui.dependenciesLabel.text
+    ui.installDependenciesButton.emit("clicked(bool)", True)
+    assert installs == [True] and not ui.dependenciesGroupBox.visible
+
     # the catalog fills the model list; the CT is picked; Apply is possible
-    assert ui.modelComboBox.items == [("Tiny", "tiny")] and parameters.modelName == "tiny"
+    assert ui.modelComboBox.items == [("Tiny", model)] and parameters.modelName == model
     assert "Trained on: nothing" in ui.modelDescriptionLabel.text
     assert parameters.ctVolume is ct and ui.applyButton.enabled and ui.synthesizeDrrsButton.enabled
     assert not ui.compareButton.enabled
 
-    # Apply: a background task, polled by the timer, ends in an sCT node
+    # Synthesize DRRs: a background process, its DRRs become the inputs
+    ui.synthesizeDrrsButton.emit("clicked(bool)", True)
+    assert widget._timer.active and not ui.applyButton.enabled  # busy
+    run_task()
+    assert xraytoct.XRayToCTLogic.isDrrOf(parameters.apVolume, ct)
+    assert xraytoct.XRayToCTLogic.isDrrOf(parameters.lateralVolume, ct)
+    assert "DRRs ready" in ui.statusLabel.text
+
+    # Apply: a background process, polled by the timer, ends in an sCT node
     ui.applyButton.emit("clicked(bool)", True)
     assert widget._timer.active and ui.progressBar.visible and ui.cancelButton.visible
     assert not ui.applyButton.enabled  # busy
-    deadline = time.time() + 30
-    while widget._task is not None and time.time() < deadline:
-        widget._timer.emit("timeout()")
-        time.sleep(0.01)
-    assert widget._task is None and not widget._timer.active and not ui.progressBar.visible
+    run_task()
+    assert not widget._timer.active and not ui.progressBar.visible
     sct = parameters.outputVolume
     assert sct is not None and sct.GetName() == "Head sCT (synthetic)"
     assert parameters.groundTruthVolume is ct
-    assert "SSIM 0.900" in ui.consistencyLabel.text and "Head sCT (synthetic) is ready" in ui.statusLabel.text
+    assert re.search(r"SSIM 0\.\d{3}", ui.consistencyLabel.text), ui.consistencyLabel.text
+    assert "Head sCT (synthetic) is ready" in ui.statusLabel.text
     assert ui.compareButton.enabled and ui.applyButton.enabled
 
     # Compare: metrics table shown, difference node kept in the parameters
     ui.compareButton.emit("clicked(bool)", True)
+    run_task()
     assert ui.metricsTableView.tableNode is parameters.metricsTable
     assert len(mrml.metrics_from_table(parameters.metricsTable)) == 16
     assert parameters.differenceVolume.GetAttribute(mrml.ATTRIBUTE_KIND) == mrml.KIND_DIFFERENCE
@@ -1365,17 +1387,22 @@ def test_widget_actions_reach_the_logic(xraytoct, scene, monkeypatch):
     composite = mrml.slice_composite_node(scene, mrml.COMPARE_VIEWS[("sct", "Axial")][0], create=False)
     assert composite.GetForegroundOpacity() == pytest.approx(0.7)
 
-    # Apply then Cancel: no new sCT, the panel says so
-    stand_in.delay = 0.05
+    # Apply then Cancel: the process is killed, no new sCT, the panel says so
     count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
     parameters.outputVolume = None
     ui.applyButton.emit("clicked(bool)", True)
+    task = widget._task
     ui.cancelButton.emit("clicked(bool)", True)
-    while widget._task is not None and time.time() < deadline + 30:
-        widget._timer.emit("timeout()")
-        time.sleep(0.01)
-    assert "Cancelled" in ui.statusLabel.text
+    run_task(30)
+    assert task.process.returncode is not None and "Cancelled" in ui.statusLabel.text
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count
+
+    # Apply, then the scene is closed: the run is cancelled cleanly, no error dialog
+    ui.applyButton.emit("clicked(bool)", True)
+    task = widget._task
+    widget.onSceneStartClose(scene, None)
+    assert widget._task is None and task.process.returncode is not None and not widget._timer.active
+    assert "Cancelled" in ui.statusLabel.text
     assert shown == [("layers", {"background": sct, "fit": True})]  # and no error was shown
     widget.cleanup()
 

@@ -8,26 +8,24 @@ exactly the same arguments, because they share one argument parser
     python XRayToCTTraining/XRayToCTTraining.py <subcommand> [args...]
     xraytoct <subcommand> [args...]
 
-Run as a script, this file logs progress to stdout (one line per percent) and exits with the
-command's status (0 success, 2 bad input, 1 internal error). If Slicer itself takes an option
+Run as a script, this file logs progress to stdout (``task:  NN% message``, one line per
+percent) and exits with the command's status (0 success, 2 bad input, 1 internal error). If Slicer itself takes an option
 meant for the subcommand (``--help``), put ``--`` before the subcommand:
 ``... XRayToCTTraining.py -- <subcommand> --help``.
 
 In Slicer the module's panel starts a training, an evaluation or a data preparation as a
-background process (this file, run by Slicer's Python), follows its progress and opens its
-report; from the Python console ``XRayToCTTrainingLogic().run([...])`` runs one in-process.
+background process (the ``xraytoct`` command run by Slicer's Python, followed through its log:
+:class:`XRayToCTLib.process.CommandProcess`, the one the XRayToCT module uses too), follows
+its progress and opens its report; from the Python console ``XRayToCTTrainingLogic().run([...])``
+runs one in-process.
 
-In plain Python this file defines only :class:`XRayToCTTrainingLogic`, :class:`CommandProcess`
-and :func:`main`; the module, widget and test classes need Slicer's GUI layer (``qt`` and
+In plain Python this file defines only :class:`XRayToCTTrainingLogic` and :func:`main`; the module, widget and test classes need Slicer's GUI layer (``qt`` and
 ``slicer.ScriptedLoadableModule``), which the MRML-only ``slicer-core`` wheel does not have.
 """
 import os
-import re
 import shlex
-import shutil
-import subprocess
 import sys
-import threading
+import tempfile
 import traceback
 
 try:
@@ -53,9 +51,6 @@ IN_SLICER = slicer is not None
 
 #: The subcommands the panel offers (any subcommand of ``xraytoct`` runs from the console).
 PANEL_COMMANDS = ("train", "evaluate", "prepare")
-
-#: How progress lines look on stdout: ``[train]  45% epoch 3/10``.
-PROGRESS_PATTERN = re.compile(r"^\[(?P<task>[^\]]+)\]\s+(?P<percent>\d{1,3})%\s?(?P<message>.*)$")
 
 USAGE = """\
 XRayToCT Training runs the xraytoct subcommands (prepare, train, evaluate, ...); these three
@@ -104,29 +99,6 @@ def _exitStatus(status) -> int:
     return 1
 
 
-def stdoutProgress(task: str, stream=None):
-    """A library progress callback (and its closer) that prints ``[task]  NN% message`` on
-    stdout each time the whole percentage changes: the log a batch run or the panel reads."""
-    last = {"percent": -1}
-
-    def callback(fraction: float, message: str = ""):
-        percent = int(min(max(float(fraction), 0.0), 1.0) * 100)
-        if percent != last["percent"]:
-            last["percent"] = percent
-            print(f"[{task}] {percent:3d}% {message}".rstrip(), file=stream or sys.stdout, flush=True)
-        return None
-
-    return callback, lambda: None
-
-
-def parseProgress(line: str):
-    """``(fraction, message)`` of a progress line printed by :func:`stdoutProgress`, else None."""
-    match = PROGRESS_PATTERN.match(line.strip())
-    if not match:
-        return None
-    return min(int(match["percent"]), 100) / 100.0, f"{match['task']}: {match['message']}".rstrip(": ")
-
-
 def reportPath(argv):
     """Where a command's report is, from its arguments: ``report.html`` in its ``--out``
     (or ``--out-dir``) folder, or ``--out`` itself when it is an HTML file; None if unknown."""
@@ -143,90 +115,6 @@ def reportPath(argv):
     if out.lower().endswith((".html", ".htm")):
         return out
     return os.path.join(out, "report.html")
-
-
-def pythonExecutable() -> str:
-    """The Python that runs background commands: Slicer's ``PythonSlicer`` inside Slicer
-    (the application's own executable is not a Python interpreter), else this interpreter."""
-    if IN_SLICER:
-        found = shutil.which("PythonSlicer")
-        if found:
-            return found
-    return sys.executable
-
-
-class CommandProcess:
-    """A subcommand running in a separate process (this file as a script).
-
-    A reader thread collects its output (stdout and stderr merged) line by line and keeps
-    the last progress line's fraction and message; the panel polls :attr:`fraction`,
-    :attr:`message`, :meth:`newLines` and :attr:`done` with a QTimer, so Slicer stays
-    responsive. :meth:`cancel` terminates the process.
-    """
-
-    def __init__(self, argv, python: str = None, env: dict = None) -> None:
-        self.argv = [str(a) for a in argv]
-        self.fraction = 0.0
-        self.message = ""
-        self.lines = []
-        self._read = 0
-        self._lock = threading.Lock()
-        command = [python or pythonExecutable(), "-u", os.path.abspath(__file__), "--", *self.argv]
-        environment = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-        here = os.path.dirname(os.path.abspath(__file__))
-        library = [p for p in (here, os.path.normpath(os.path.join(here, os.pardir, "XRayToCT")))
-                   if os.path.isdir(os.path.join(p, "XRayToCTLib"))]
-        if library:
-            environment["PYTHONPATH"] = os.pathsep.join(library + [environment.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, text=True, bufsize=1, env=environment)
-        self._reader = threading.Thread(target=self._readOutput, name="XRayToCTTraining output", daemon=True)
-        self._reader.start()
-
-    def _readOutput(self) -> None:
-        for line in self.process.stdout:
-            line = line.rstrip("\n")
-            progress = parseProgress(line)
-            with self._lock:
-                self.lines.append(line)
-                if progress is not None:
-                    self.fraction, self.message = progress
-        self.process.stdout.close()
-
-    def newLines(self) -> list:
-        """Output lines not returned before."""
-        with self._lock:
-            lines = self.lines[self._read:]
-            self._read = len(self.lines)
-        return lines
-
-    @property
-    def done(self) -> bool:
-        return self.process.poll() is not None and not self._reader.is_alive()
-
-    @property
-    def returncode(self):
-        return self.process.returncode if self.done else None
-
-    def cancel(self) -> None:
-        """Stop the command (terminate, then kill after 5 s)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-    def wait(self, timeout: float = None) -> int:
-        """Block until the command ends; returns its exit status."""
-        self.process.wait(timeout)
-        self._reader.join(timeout)
-        return self.process.returncode
-
-    @property
-    def output(self) -> str:
-        with self._lock:
-            return "\n".join(self.lines)
 
 
 #
@@ -261,7 +149,7 @@ class XRayToCTTrainingLogic(ScriptedLoadableModuleLogic):
         cli = self._cli()
         original = getattr(cli, "_tqdm_progress", None)
         if logProgress and original is not None:
-            cli._tqdm_progress = stdoutProgress
+            cli._tqdm_progress = lambda desc: (cli._line_progress(desc, step=0.01, stream=sys.stdout), lambda: None)
         try:
             status = cli.main(argv)
         except SystemExit as e:  # argparse exits on --help and on bad arguments
@@ -271,14 +159,19 @@ class XRayToCTTrainingLogic(ScriptedLoadableModuleLogic):
                 cli._tqdm_progress = original
         return _exitStatus(status)
 
-    def start(self, argv) -> CommandProcess:
+    def start(self, argv, log: str = None):
         """Start ``xraytoct <argv...>`` in a background process; returns the
-        :class:`CommandProcess` to follow (progress, output lines, status) or cancel."""
+        :class:`XRayToCTLib.process.CommandProcess` to follow (``fraction``, ``message``,
+        ``new_lines()``, ``done``, ``returncode``) or ``cancel()``. Its output goes to ``log``
+        (default: ``xraytoct.log`` in a new temporary folder)."""
         if isinstance(argv, str):
             argv = shlex.split(argv)
         if not argv:
             raise ValueError(_("Choose a command (train, evaluate, prepare, ...)."))
-        return CommandProcess(argv)
+        _ensureLibraryImportable()
+        from XRayToCTLib.process import LOG_NAME, CommandProcess
+
+        return CommandProcess(argv, log or os.path.join(tempfile.mkdtemp(prefix="xraytoct-"), LOG_NAME))
 
     def commandHelp(self, command: str = None) -> str:
         """The ``xraytoct --help`` text, or a subcommand's ``--help``."""
@@ -330,7 +223,7 @@ if IN_SLICER:
         def __init__(self, parent):
             ScriptedLoadableModule.__init__(self, parent)
             self.parent.title = _("XRayToCT Training")
-            self.parent.categories = ["Reconstruction"]
+            self.parent.categories = ["Tomographic Reconstruction"]
             self.parent.dependencies = []
             self.parent.contributors = ["XRayToCT developers"]
             self.parent.hidden = False
@@ -405,7 +298,7 @@ See the XRayToCT module for the methods this project reimplements. The module fo
             if process is None:
                 self.timer.stop()
                 return
-            for line in process.newLines():
+            for line in process.new_lines():
                 self.ui.logTextEdit.appendPlainText(line)
             self.ui.progressBar.value = int(round(100 * process.fraction))
             if process.message:
@@ -414,7 +307,7 @@ See the XRayToCT module for the methods this project reimplements. The module fo
                 return
             self.timer.stop()
             self.process = None
-            for line in process.newLines():
+            for line in process.new_lines():
                 self.ui.logTextEdit.appendPlainText(line)
             status = process.returncode
             self.ui.startButton.enabled = True

@@ -526,13 +526,16 @@ def difference_color_node(scene, name: str = "XRayToCT difference (HU)"):
     return node
 
 
-def update_difference_node(node, sct_node, gt_node, *, range_hu: float = 500.0):
-    """Fill ``node`` with ``sCT - ground truth`` (HU, on the sCT grid) shown with the diverging
-    colours of :func:`difference_color_node` over ``[-range_hu, +range_hu]``, and add a colour
-    legend (a ``vtkMRMLColorLegendDisplayNode``) to it. Returns the node."""
+def update_difference_node(node, sct_node, gt_node, *, range_hu: float = 500.0,
+                           difference: Volume | None = None):
+    """Fill ``node`` with ``sCT - ground truth`` (HU, on the sCT grid; ``difference`` when it
+    was computed already) shown with the diverging colours of :func:`difference_color_node`
+    over ``[-range_hu, +range_hu]``, and add a colour legend (a
+    ``vtkMRMLColorLegendDisplayNode``) to it. Returns the node."""
     if not (math.isfinite(range_hu) and range_hu > 0):
         raise ValueError(f"range_hu must be positive, got {range_hu}")
-    diff = difference_volume(volume_from_node(sct_node), volume_from_node(gt_node))
+    diff = difference if difference is not None else \
+        difference_volume(volume_from_node(sct_node), volume_from_node(gt_node))
     scene = _scene_of(sct_node)
     color = difference_color_node(scene)
     update_node_from_volume(node, diff, window_level=(2.0 * range_hu, 0.0))
