@@ -25,10 +25,15 @@ Input convention for radiographs (documented assumptions):
   as a DRR): DICOM ``MONOCHROME1`` images are inverted by
   :func:`~XRayToCTLib.io.read_radiograph`; pass ``invert=True`` (``--invert``) for other
   images where bone is dark;
+* a **collimation border** (a constant band at the edges, brighter than air) becomes air and
+  **burned-in markers** (small saturated blobs such as side letters) take their
+  surroundings' values (:func:`~XRayToCTLib.io.radiographs.clean_radiograph`);
 * the image is **centred on the central ray**. With a pixel spacing (DICOM
   ImagerPixelSpacing / PixelSpacing, an NRRD header, a DRR's geometry) it is cropped or
-  padded about its centre to the model's physical detector size (mm at the detector plane),
-  then resized to the model's ``P x P`` pixels; without one (PNG, JPEG) pixels are taken as
+  padded about its centre to the model's physical detector size (mm at the detector plane;
+  scaled by the model's over the image's magnification when the image states its own:
+  DICOM EstimatedRadiographicMagnificationFactor or SID / SOD, a stored geometry), then
+  resized to the model's ``P x P`` pixels; without one (PNG, JPEG) pixels are taken as
   square and the image's longer side as spanning the whole detector (the shorter side is
   padded about the centre), then it is resized. Padding uses the image's minimum (air).
 
@@ -64,6 +69,7 @@ from .geometry import (Grid, ProjectionGeometry, Radiograph, RigidTransform, Vol
                        canonical_grid, field_of_view_mask)
 from .harmonize import Harmonizer
 from .hu import head_mask
+from .io.radiographs import clean_radiograph
 from .models import get_mapping, load_model
 from .models.pix2pix import is_translation
 from .progress import ProgressCallback, report, scaled
@@ -73,8 +79,14 @@ from .registration import resolve_template
 __all__ = [
     "ReconstructionResult", "Reconstructor", "reconstruct", "prepare_view",
     "run_with_cpu_fallback", "sidecar_path", "check_output_path", "write_result",
-    "REGISTER_CHOICES", "refine_settings",
+    "REGISTER_CHOICES", "refine_settings", "uncertainty_summary", "uncertainty_path",
+    "UNCERTAINTY_LABEL", "UNCERTAINTY_HIGH_HU",
 ]
+
+UNCERTAINTY_LABEL = "SYNTHETIC sCT uncertainty: voxel SD in HU - not for diagnosis"
+"""The label of an sCT's uncertainty map (NIfTI ``descrip``, NRRD/MHA header, metadata)."""
+UNCERTAINTY_HIGH_HU = 100.0
+"""The spread (voxel SD, HU) above which a head voxel counts as uncertain in the summary."""
 
 REGISTER_CHOICES = ("auto", True, False)
 """``register`` of :func:`reconstruct`: ``"auto"`` registers a CT to the head template when
@@ -148,7 +160,8 @@ def _source_name(image: Any) -> str | None:
 # radiographs -> model input
 # ----------------------------------------------------------------------------------------
 def prepare_view(image: Radiograph | np.ndarray, geometry: ProjectionGeometry, *,
-                 invert: bool = False) -> np.ndarray:
+                 invert: bool = False, clean: bool = True,
+                 record: dict[str, Any] | None = None) -> np.ndarray:
     """Bring one radiograph onto a model's detector: ``float32 [rows, cols]`` in the image's
     own units (normalisation is ``models.normalize_views``' job).
 
@@ -158,10 +171,20 @@ def prepare_view(image: Radiograph | np.ndarray, geometry: ProjectionGeometry, *
         geometry: the model's view geometry (``pixels`` and ``detector_size`` in mm).
         invert: flip the intensities about their range (``max + min - value``) for images in
             which bone is dark. MONOCHROME1 DICOM is already inverted by the reader.
+        clean: remove a collimation border and burned-in markers first
+            (:func:`~XRayToCTLib.io.radiographs.clean_radiograph`: a bright shutter band
+            becomes air, a saturated side letter takes its surroundings' values).
+        record: a dict that receives what was done (cleaning, the spacing used, the
+            magnification correction).
 
-    With a pixel spacing, the image is cropped or padded about its centre to the detector's
-    physical size, then resized to ``geometry.pixels`` (area averaging when shrinking, as
-    detector binning does; bilinear when enlarging); without,
+    With a pixel spacing (mm at the detector: DICOM ImagerPixelSpacing, or a calibrated
+    PixelSpacing times the magnification), the image is cropped or padded about its centre
+    to the detector's physical size, then resized to ``geometry.pixels`` (area averaging
+    when shrinking, as detector binning does; bilinear when enlarging). When the image's
+    own magnification is known (DICOM EstimatedRadiographicMagnificationFactor or
+    SID / SOD, or a stored geometry) and differs from the model's (``sid / sad``), the
+    spacing is scaled by ``model / image`` magnification first, so that the anatomy has the
+    size in mm the model's detector would record. Without a spacing,
     pixels are square and the image's longer side spans the detector (the shorter side is
     padded about the centre). Padding is the image's minimum (air in a bone-bright image).
 
@@ -177,9 +200,22 @@ def prepare_view(image: Radiograph | np.ndarray, geometry: ProjectionGeometry, *
     lo, hi = float(arr.min()), float(arr.max())
     if invert:
         arr = (hi + lo) - arr
+    notes: dict[str, Any] = {}
+    if clean:
+        arr, notes["cleaning"] = clean_radiograph(arr)
     rows, cols = geometry.pixels
     det_h, det_w = geometry.detector_size
     spacing = image.pixel_spacing if isinstance(image, Radiograph) else None
+    magnification = _image_magnification(image)
+    if spacing is not None and magnification is not None \
+            and abs(magnification / geometry.magnification - 1.0) > 0.005:
+        scale = geometry.magnification / magnification
+        notes["magnification"] = {"image": magnification, "model": geometry.magnification,
+                                   "spacing_scale": scale}
+        spacing = (spacing[0] * scale, spacing[1] * scale)
+    notes["pixel_spacing_used"] = None if spacing is None else [float(x) for x in spacing]
+    if record is not None:
+        record.update(notes)
     if spacing is not None:
         target = (max(2, int(round(det_h / spacing[0]))), max(2, int(round(det_w / spacing[1]))))
     else:  # square pixels; the longer side spans the detector
@@ -194,6 +230,17 @@ def prepare_view(image: Radiograph | np.ndarray, geometry: ProjectionGeometry, *
         mode = "area" if rows <= arr.shape[0] and cols <= arr.shape[1] else "bilinear"
         arr = np.asarray(Resize((rows, cols), mode=mode)(arr[None]))[0]
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _image_magnification(image: Radiograph | np.ndarray) -> float | None:
+    """A radiograph's own magnification: its stored geometry's ``sid / sad``, else the
+    DICOM reader's ``metadata["magnification"]``; None when unknown."""
+    if not isinstance(image, Radiograph):
+        return None
+    if image.geometry is not None:
+        return float(image.geometry.magnification)
+    m = image.metadata.get("magnification")
+    return float(m) if m else None
 
 
 _VIEW_FAMILY = {"ap": "frontal", "pa": "frontal", "lateral": "lateral",
@@ -259,6 +306,10 @@ class ReconstructionResult:
         info: provenance (model, sha256, device, timings, inputs, geometry, transform).
         reprojections: the sCT's DRRs at the model geometry, normalised like the inputs
             (geometry in the same frame as ``drrs``).
+        uncertainty: with several samples (a diffusion model, ``samples`` >= 2), the voxel
+            standard deviation across them in HU, on ``sct``'s grid (labelled synthetic:
+            :data:`UNCERTAINTY_LABEL`); else None.
+        uncertainty_model_space: the same on the canonical grid.
     """
 
     sct: Volume
@@ -267,6 +318,8 @@ class ReconstructionResult:
     consistency: dict[str, Any]
     info: dict[str, Any]
     reprojections: dict[str, Radiograph] = dataclasses.field(default_factory=dict)
+    uncertainty: Volume | None = None
+    uncertainty_model_space: Volume | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no voxels): what the ``.json`` sidecar holds."""
@@ -399,6 +452,102 @@ class Reconstructor:
         info["method"] = f"{self.label}+refine"
         return fitted, new_scores, new_reproj
 
+    def _predict(self, raw: torch.Tensor, fit_views: Mapping[str, Radiograph],
+                 settings: RefineSettings | None, samples: int | None, seed: int | None,
+                 timings: dict[str, float], info: dict[str, Any],
+                 progress: ProgressCallback | None, span: tuple[float, float, float]
+                 ) -> tuple[Volume, Volume | None, dict, dict[str, Radiograph]]:
+        """The canonical sCT of the raw ``[1, V, P, P]`` views, fitted to ``fit_views`` when
+        asked: ``(sct, spread or None, consistency, reprojections)``. A model that samples
+        (``sample``: the diffusion model) draws ``samples`` (default 1) from ``seed`` (default
+        0), each fitted on its own, and returns their mean and (from 2 samples) their voxel
+        SD; ``info`` gets the sampler, the uncertainty summary and the fit's record.
+        ``span``: progress at the model's start, its end and the fit's end."""
+        a, b, c = span
+        n = _check_samples(self.model, self.label, samples)
+        if n is None:
+            t = time.perf_counter()
+            sct, x = self._run(raw, scaled(progress, a, b))
+            timings["model"] = time.perf_counter() - t
+            t = time.perf_counter()
+            report(progress, b, "projection consistency")
+            scores, reproj = self._consistency(sct, x)
+            timings["consistency"] = time.perf_counter() - t
+            sct, scores, reproj = self._refine(sct, x, fit_views, settings, info, scores,
+                                               reproj, timings, scaled(progress, b, c))
+            return sct, None, scores, reproj
+        seed = 0 if seed is None else int(seed)
+        t = time.perf_counter()
+        draws, x = self._run_samples(raw, n, seed, scaled(progress, a, b))
+        timings["model"] = time.perf_counter() - t
+        records: list[dict[str, Any]] = []
+        if settings is not None:
+            t = time.perf_counter()
+            info["consistency_before_refine"] = self._consistency(_mean_volume(draws), x)[0]
+            geoms = {v: self.spec.projection(v) for v in self.spec.views}
+            for i, d in enumerate(draws):
+                part = scaled(progress, b + (c - b) * i / n, b + (c - b) * (i + 1) / n)
+                (draws[i], rec), self.device = run_with_cpu_fallback(
+                    lambda dev: fit_to_views(d, fit_views, geoms, settings, device=dev,
+                                             progress=part), self.device, "the test-time fit")
+                records.append(rec)
+            timings["refine"] = time.perf_counter() - t
+            info["refine"] = {**records[0], "samples_fitted": n, "per_sample": records}
+            info["method"] = f"{self.label}+refine"
+        sct = _mean_volume(draws)
+        method = info.get("method", self.label)
+        _label_synthetic(sct, model=self.spec.name, method=method, samples=n,
+                         statistic="mean of the samples" if n > 1 else "one sample")
+        sd = None
+        if n > 1:
+            sd_arr = np.std(np.stack([d.array for d in draws]), axis=0, ddof=1)
+            sd = Volume(sd_arr.astype(np.float32), sct.spacing, sct.origin, sct.direction.copy(),
+                        {"synthetic": True, "description": UNCERTAINTY_LABEL,
+                         "units": "HU (standard deviation)", "quantity": "uncertainty",
+                         "model": self.spec.name, "method": method, "samples": n,
+                         "space": "canonical"})
+        t = time.perf_counter()
+        report(progress, c, "projection consistency")
+        scores, reproj = self._consistency(sct, x)
+        timings["consistency"] = time.perf_counter() - t
+        info["sampler"] = {**self.model.sampler_settings(), "samples": n, "seed": seed,
+                           "statistic": "mean" if n > 1 else "the one sample"}
+        if sd is not None:
+            info["uncertainty"] = uncertainty_summary(sct.array, sd.array)
+        return sct, sd, scores, reproj
+
+    def _run_samples(self, raw: torch.Tensor, n: int, seed: int,
+                     progress: ProgressCallback | None) -> tuple[list[Volume], torch.Tensor]:
+        """``n`` samples (canonical HU volumes) of the normalised views from a CPU
+        ``torch.Generator`` seeded with ``seed`` (the same samples on any device)."""
+        names = list(self.spec.views)
+        if raw.shape[1] != len(names):
+            raise InputError(None, f"model {self.label!r} takes {len(names)} view(s) "
+                                   f"({', '.join(names)}); got {raw.shape[1]}")
+        x = normalize_views(raw).float()
+
+        def draw(dev: torch.device) -> list[torch.Tensor]:
+            gen = torch.Generator().manual_seed(seed)  # again on a CPU fallback: same draws
+            self.model.to(dev)
+            out = []
+            for i in range(n):
+                report(progress, i / n, f"sample {i + 1}/{n} ({self.spec.name} on {dev.type})")
+                with torch.no_grad():
+                    out.append(self.model.sample(x.to(dev), 1, generator=gen)[0, 0, 0]
+                               .float().cpu())
+            return out
+        ys, self.device = run_with_cpu_fallback(draw, self.device, f"{self.spec.name} sampling")
+        vols = []
+        for y in ys:
+            if tuple(y.shape) != self.grid.shape:
+                raise XRayToCTError(f"model {self.spec.name!r} returned {tuple(y.shape)} voxels, "
+                                    f"its spec says {self.grid.shape}")
+            hu = torch.as_tensor(self.mapping.to_hu(y)).float().numpy()
+            vols.append(Volume(hu, self.grid.spacing, self.grid.origin,
+                               self.grid.direction.copy(), {"space": "canonical"}))
+        report(progress, 1.0, "samples done")
+        return vols, x
+
     def _info(self, kind: str, t0: float, timings: dict[str, float]) -> dict[str, Any]:
         return {"synthetic": True, "description": SYNTHETIC_LABEL,
                 "model": {**self.package, "name": self.spec.name, "views": list(self.spec.views),
@@ -419,7 +568,9 @@ class Reconstructor:
     # -- radiographs -----------------------------------------------------------------
     def reconstruct_views(self, views: Mapping[str, Radiograph | np.ndarray],
                           progress: ProgressCallback | None = None, *,
-                          invert: bool = False, refine: RefineLike = None) -> ReconstructionResult:
+                          invert: bool = False, refine: RefineLike = None,
+                          samples: int | None = None, seed: int | None = None
+                          ) -> ReconstructionResult:
         """An sCT from radiographs, one per view of the model (``spec.views``).
 
         Args:
@@ -431,6 +582,7 @@ class Reconstructor:
             refine: fit the sCT to the radiographs afterwards (:data:`RefineLike`;
                 :mod:`~XRayToCTLib.refine`). Images whose metadata say they are DRR line
                 integrals are matched in absolute units, others up to a gain and offset per view.
+            samples, seed: a diffusion model's samples and their seed (see :meth:`reconstruct`).
 
         Returns:
             a :class:`ReconstructionResult` whose ``sct`` is on the canonical grid.
@@ -453,12 +605,14 @@ class Reconstructor:
         settings = refine_settings(refine)
         for v in names:
             img, geom = views[v], self.spec.projection(v)
-            arr = prepare_view(img, geom, invert=invert)
+            done: dict[str, Any] = {}
+            arr = prepare_view(img, geom, invert=invert, record=done)
             meta = dict(img.metadata) if isinstance(img, Radiograph) else {}
             inputs[v] = {"source": meta.get("source"), "shape": list(np.shape(
                 img.array if isinstance(img, Radiograph) else img)),
                 "pixel_spacing": None if not isinstance(img, Radiograph) or img.pixel_spacing is None
-                else list(img.pixel_spacing), "inverted": bool(invert or meta.get("inverted"))}
+                else list(img.pixel_spacing), "inverted": bool(invert or meta.get("inverted")),
+                **done}
             stated = meta.get("view_in_file") or meta.get("view")
             if stated and _VIEW_FAMILY.get(stated, stated) != _VIEW_FAMILY.get(v, v):
                 raise InputError(meta.get("source"), f"given as the {v} view, but the file "
@@ -485,15 +639,10 @@ class Reconstructor:
         timings["prepare"] = time.perf_counter() - t0
         raw = view_stack(prepared, names)
         t = time.perf_counter()
-        sct, x = self._run(raw, scaled(progress, 0.1, 0.5 if settings else 0.8))
-        timings["model"] = time.perf_counter() - t
-        t = time.perf_counter()
-        report(progress, 0.5 if settings else 0.85, "projection consistency")
-        scores, reproj = self._consistency(sct, x)
-        timings["consistency"] = time.perf_counter() - t
         extra: dict[str, Any] = {}
-        sct, scores, reproj = self._refine(sct, x, prepared, settings, extra, scores, reproj,
-                                           timings, scaled(progress, 0.55, 0.95))
+        sct, sd, scores, reproj = self._predict(raw, prepared, settings, samples, seed, timings,
+                                                extra, progress,
+                                                (0.1, 0.5 if settings else 0.85, 0.95))
         info = self._info("radiographs", t0, timings)
         info.update({"inputs": inputs, "warnings": warn, "space": "canonical",
                      "invert": bool(invert), **extra})
@@ -501,13 +650,14 @@ class Reconstructor:
             info["harmonize"] = dict(self.harmonizer.record)
         sct.metadata.update({"space": "canonical (template space translated to the origin)"})
         report(progress, 1.0, "done")
-        return ReconstructionResult(sct, sct, prepared, scores, info, reproj)
+        return ReconstructionResult(sct, sct, prepared, scores, info, reproj, sd, sd)
 
     # -- a CT ------------------------------------------------------------------------
     def reconstruct_ct(self, ct: Volume, *, template: Volume | str | os.PathLike | None = None,
                        register: bool | str = "auto", transform: Any = None,
                        progress: ProgressCallback | None = None,
-                       refine: RefineLike = None) -> ReconstructionResult:
+                       refine: RefineLike = None, samples: int | None = None,
+                       seed: int | None = None) -> ReconstructionResult:
         """An sCT from a CT's DRRs, put back on the CT's own grid.
 
         Args:
@@ -519,6 +669,7 @@ class Reconstructor:
             progress: ``(fraction, message)`` callback; returning False cancels.
             refine: fit the sCT to the CT's DRRs (absolute units) before placing it
                 (:data:`RefineLike`; :mod:`~XRayToCTLib.refine`).
+            samples, seed: a diffusion model's samples and their seed (see :meth:`reconstruct`).
 
         Returns:
             a :class:`ReconstructionResult` whose ``sct`` has exactly the CT's size, spacing,
@@ -538,19 +689,17 @@ class Reconstructor:
         drrs, self.device = run_with_cpu_fallback(
             lambda d: self.drr.to(d).render(vol1), self.device, "DRR rendering")
         timings["drr"] = time.perf_counter() - t
-        t = time.perf_counter()
-        sct_c, x = self._run(view_stack(drrs, names), scaled(progress, 0.55, 0.65))
-        timings["model"] = time.perf_counter() - t
-        t = time.perf_counter()
-        report(progress, 0.65, "projection consistency")
-        scores, reproj = self._consistency(sct_c, x)
-        timings["consistency"] = time.perf_counter() - t
         extra: dict[str, Any] = {}
-        sct_c, scores, reproj = self._refine(sct_c, x, drrs, settings, extra, scores, reproj,
-                                             timings, scaled(progress, 0.65, 0.9))
+        sct_c, sd_c, scores, reproj = self._predict(view_stack(drrs, names), drrs, settings,
+                                                    samples, seed, timings, extra, progress,
+                                                    (0.55, 0.65, 0.9))
         t = time.perf_counter()
         report(progress, 0.9, "placing the sCT on the CT grid")
         sct = pp.from_canonical(sct_c, tx, ct)
+        sd = None
+        if sd_c is not None:  # the spread on the CT's grid too (0 outside the field)
+            sd = pp.from_canonical(sd_c, tx, ct, default=0.0)
+            sd.metadata.update(sd_c.metadata, space="patient (the input CT's grid)")
         _label_synthetic(sct, model=self.spec.name, space="patient (the input CT's grid)")
         timings["placement"] = time.perf_counter() - t
         # the radiographs carry their geometry in the CT's space, where the rays went
@@ -570,7 +719,7 @@ class Reconstructor:
                      "canonical_to_ct_convention": "maps canonical LPS points (the model's "
                                                    "frame) to the input CT's LPS points"})
         report(progress, 1.0, "done")
-        return ReconstructionResult(sct, sct_c, drrs, scores, info, reproj)
+        return ReconstructionResult(sct, sct_c, drrs, scores, info, reproj, sd, sd_c)
 
     def drr_grid(self) -> Grid:
         """The canonical grid a CT is resampled onto before its DRRs are rendered: the model's
@@ -584,7 +733,8 @@ class Reconstructor:
                     register: bool | str = "auto",
                     template: Volume | str | os.PathLike | None = None,
                     invert: bool = False, refine: RefineLike = None,
-                    progress: ProgressCallback | None = None) -> ReconstructionResult:
+                    progress: ProgressCallback | None = None, samples: int | None = None,
+                    seed: int | None = None) -> ReconstructionResult:
         """An sCT from a CT **or** from radiographs: the one request every face makes.
 
         Args:
@@ -595,8 +745,14 @@ class Reconstructor:
                 required) or False (:data:`REGISTER_CHOICES`).
             template: the template (Volume or file; ``None``: the default one).
             invert: radiographs only: bone is dark in the images.
-            refine: fit the sCT to its views afterwards (:data:`RefineLike`).
+            refine: fit the sCT to its views afterwards (:data:`RefineLike`; with samples,
+                each sample is fitted).
             progress: ``(fraction, message)`` callback.
+            samples: a diffusion model's number of samples (default 1): the sCT is their
+                voxel-wise **mean** (HU) and, from 2 on, ``uncertainty`` their standard
+                deviation; ``info["uncertainty"]`` its summary, ``info["sampler"]`` the
+                sampler's settings. Other models refuse more than 1.
+            seed: the samples' random seed (default 0): the same seed, the same samples.
 
         Raises:
             InputError: both or neither input given, or an unusable input.
@@ -611,8 +767,58 @@ class Reconstructor:
                                    "a CT is reconstructed from its own DRRs, which need none")
         if ct is not None:
             return self.reconstruct_ct(ct, template=template, register=register,
-                                       progress=progress, refine=refine)
-        return self.reconstruct_views(views, progress, invert=invert, refine=refine)
+                                       progress=progress, refine=refine, samples=samples,
+                                       seed=seed)
+        return self.reconstruct_views(views, progress, invert=invert, refine=refine,
+                                      samples=samples, seed=seed)
+
+
+def _check_samples(model: torch.nn.Module, label: str, samples: int | None) -> int | None:
+    """The number of samples to draw: ``samples`` (default 1) for a model that samples,
+    None (one forward pass) for the others, which refuse more than one."""
+    if samples is not None and (isinstance(samples, bool) or int(samples) != samples
+                                or int(samples) < 1):
+        raise InputError(None, f"the number of samples must be 1 or more, got {samples}")
+    if not hasattr(model, "sample"):
+        if samples is not None and int(samples) > 1:
+            raise InputError(None, f"model {label!r} ({model.spec.name}) makes one sCT per "
+                                   f"input: only a diffusion model draws several samples")
+        return None
+    return 1 if samples is None else int(samples)
+
+
+def _mean_volume(draws: list[Volume]) -> Volume:
+    """The voxel-wise mean of volumes on one grid (float32 HU)."""
+    mean = np.mean(np.stack([d.array for d in draws]), axis=0).astype(np.float32)
+    return draws[0].with_array(mean)
+
+
+def uncertainty_summary(sct_hu: np.ndarray, sd_hu: np.ndarray,
+                        high_hu: float = UNCERTAINTY_HIGH_HU) -> dict[str, Any]:
+    """The summary of an uncertainty map for the JSON: the mean spread (SD, HU) inside the
+    head of the sCT (:func:`~XRayToCTLib.hu.head_mask`: above the head threshold, largest
+    piece, holes filled), the share of head voxels whose spread is above ``high_hu``, and
+    the spread's maximum and median there."""
+    sd = np.asarray(sd_hu, dtype=np.float64)
+    head = np.asarray(head_mask(np.asarray(sct_hu)), dtype=bool)
+    inside = sd[head]
+    n = int(inside.size)
+    return {"head_voxels": n,
+            "mean_sd_head_hu": float(inside.mean()) if n else None,
+            "median_sd_head_hu": float(np.median(inside)) if n else None,
+            "max_sd_head_hu": float(inside.max()) if n else None,
+            f"share_head_sd_above_{high_hu:g}_hu": float((inside > high_hu).mean()) if n else None,
+            "definition": "voxel standard deviation (ddof 1) across the samples, in HU; the "
+                          "head is the mean sCT's (above -500 HU, largest piece, holes filled)"}
+
+
+def uncertainty_path(out: str | os.PathLike) -> Path:
+    """Where :func:`write_result` puts the uncertainty of ``out``: ``sct.nii.gz`` ->
+    ``sct_uncertainty.nii.gz`` (the same format; NIfTI beside a DICOM folder)."""
+    p = Path(out)
+    stem = p.name.split(".")[0]
+    suffix = p.name[len(stem):] if p.suffix else ".nii.gz"
+    return p.with_name(f"{stem}_uncertainty{suffix}")
 
 
 def _field_record(ct: Volume, canonical_to_ct: RigidTransform, model_grid: Grid) -> dict[str, Any]:
@@ -718,6 +924,18 @@ def _write_sct_file(volume: Volume, path: Path) -> None:
     xio.write_sitk_image(img, path)
 
 
+def _write_uncertainty_file(volume: Volume, path: Path) -> None:
+    """An uncertainty map as float32 HU; NIfTI gets :data:`UNCERTAINTY_LABEL` in its
+    ``descrip`` field, NRRD/MHA the metadata (synthetic, description, units) in the header."""
+    volume = volume.with_array(np.asarray(volume.array, dtype=np.float32))
+    if xio.volume_format(path) != "nifti":
+        xio.write_volume(volume, path)
+        return
+    img = xio.volume_to_sitk(Volume(volume.array, volume.spacing, volume.origin, volume.direction))
+    img.SetMetaData("ITK_FileNotes", UNCERTAINTY_LABEL)
+    xio.write_sitk_image(img, path)
+
+
 def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
                  source: Any = None, extra: dict[str, Any] | None = None) -> list[Path]:
     """Write an sCT and its companions; returns the written paths.
@@ -729,7 +947,9 @@ def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
     CT whose study/frame of reference to carry, only for a CT input). Beside it:
     ``<stem>_<view>_input.nrrd`` (the images the model saw: the given radiographs or the
     CT's DRRs), ``<stem>_<view>_reprojection.nrrd`` (the sCT's DRRs) and ``<stem>.json``
-    (the sidecar, ``files`` keys ``<view>_input`` / ``<view>_reprojection``:
+    (the sidecar, ``files`` keys ``<view>_input`` / ``<view>_reprojection``, and
+    ``uncertainty`` for ``<stem>_uncertainty.<ext>``, the samples' voxel SD in HU as float32,
+    labelled :data:`UNCERTAINTY_LABEL`, when the result has one:
     model name and sha256, inputs, device, time, consistency, geometry, ``"synthetic": true``).
     """
     p = check_output_path(out)
@@ -741,6 +961,11 @@ def write_result(result: ReconstructionResult, out: str | os.PathLike, *,
         written.append(p)
     stem = p.name.split(".")[0]
     files: dict[str, Any] = {"sct": str(p)}
+    if result.uncertainty is not None:  # several samples: their spread, on the sCT's grid
+        u = uncertainty_path(p)
+        _write_uncertainty_file(result.uncertainty, u)
+        files["uncertainty"] = str(u)
+        written.append(u)
     for v, rad in result.drrs.items():  # what the model saw, whatever the input kind
         f = xio.write_radiograph(rad, p.with_name(f"{stem}_{v}_input.nrrd"))
         files[f"{v}_input"] = str(f)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageOps
+from scipy import ndimage
 
 from ..errors import InputError
 from ..geometry import ProjectionGeometry, Radiograph
@@ -73,6 +74,9 @@ def _read_radiograph_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] 
                                f"loop, not one radiograph")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     meta: dict[str, Any] = {"photometric": photometric}
+    if samples == 1:
+        arr = _stored_bits(arr, ds)
+        meta["bits_stored"] = int(ds.get("BitsStored", 0) or 0) or None
     if samples > 1:
         if photometric.startswith("YBR") and arr.ndim == 3:
             arr = convert_color_space(arr, photometric, "RGB")
@@ -89,13 +93,6 @@ def _read_radiograph_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] 
             img = nominal[0] + nominal[1] - img
             meta["inverted"] = True
         img = img.astype(np.float32)
-    spacing = None
-    for tag in ("ImagerPixelSpacing", "PixelSpacing"):
-        ps = dicom_floats(ds.get(tag, []) or [], 2)
-        if ps is not None and min(ps) > 0:
-            spacing = (float(ps[0]), float(ps[1]))
-            meta["pixel_spacing_source"] = tag
-            break
     meta["dicom"] = dicom_info(ds)
     for tag in ("DistanceSourceToDetector", "DistanceSourceToPatient",
                 "EstimatedRadiographicMagnificationFactor"):
@@ -104,10 +101,63 @@ def _read_radiograph_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] 
                 meta[tag] = float(ds[tag].value)
             except (TypeError, ValueError):
                 pass
+    magnification = dicom_magnification(meta)
+    if magnification is not None:
+        meta["magnification"] = magnification
+    spacing = _detector_spacing(ds, magnification, meta)
     view = _VIEW_POSITIONS.get(str(ds.get("ViewPosition", "") or "").upper())
     if view:
         meta["view"] = view
     return img, spacing, meta
+
+
+def _stored_bits(arr: np.ndarray, ds: Any) -> np.ndarray:
+    """Stored integer values limited to BitsStored (12-16-bit data in 16 allocated bits:
+    the unused high bits masked off, signed values sign-extended)."""
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if arr.dtype.kind not in "iu" or not 0 < bits < arr.dtype.itemsize * 8:
+        return arr
+    values = arr.astype(np.int64) & ((1 << bits) - 1)
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:  # two's complement in BitsStored bits
+        values = np.where(values >= (1 << (bits - 1)), values - (1 << bits), values)
+    return values
+
+
+def dicom_magnification(meta: dict[str, Any]) -> float | None:
+    """The radiograph's magnification at the imaged object from its DICOM metadata:
+    EstimatedRadiographicMagnificationFactor, else DistanceSourceToDetector /
+    DistanceSourceToPatient; ``None`` when neither is there (or they are not > 1)."""
+    emf = meta.get("EstimatedRadiographicMagnificationFactor")
+    if emf is not None and 1.0 <= float(emf) < 10.0:
+        return float(emf)
+    sid, sod = meta.get("DistanceSourceToDetector"), meta.get("DistanceSourceToPatient")
+    if sid and sod and 0 < float(sod) < float(sid):
+        return float(sid) / float(sod)
+    return None
+
+
+def _detector_spacing(ds: Any, magnification: float | None, meta: dict[str, Any]
+                      ) -> tuple[float, float] | None:
+    """Pixel size at the detector plane: ImagerPixelSpacing when present; else PixelSpacing,
+    which a DX/CR file calibrates at the patient when it names a PixelSpacingCalibrationType
+    (then times the magnification, when known) and which is otherwise taken as the
+    detector's (older CR files)."""
+    imager = dicom_floats(ds.get("ImagerPixelSpacing", []) or [], 2)
+    if imager is not None and min(imager) > 0:
+        meta["pixel_spacing_source"] = "ImagerPixelSpacing"
+        return (float(imager[0]), float(imager[1]))
+    ps = dicom_floats(ds.get("PixelSpacing", []) or [], 2)
+    if ps is None or min(ps) <= 0:
+        return None
+    calibrated = bool(str(ds.get("PixelSpacingCalibrationType", "") or "").strip())
+    if calibrated and magnification is not None:
+        meta["pixel_spacing_source"] = "PixelSpacing x magnification"
+        return (float(ps[0]) * magnification, float(ps[1]) * magnification)
+    meta["pixel_spacing_source"] = "PixelSpacing"
+    if calibrated:
+        meta["pixel_spacing_note"] = ("PixelSpacing is calibrated at the patient and no "
+                                      "magnification is given: taken as the detector's")
+    return (float(ps[0]), float(ps[1]))
 
 
 def _read_radiograph_bitmap(path: Path, fmt: str) -> tuple[np.ndarray, None, dict]:
@@ -236,6 +286,124 @@ def read_radiograph(path: str | os.PathLike, *, view: str | None = None) -> Radi
         return Radiograph(array, spacing, geometry, meta)
     except ValueError as exc:
         raise InputError(p, one_line(exc)) from None
+
+
+# --------------------------------------------------------------------------------------
+# cleaning: collimation borders and burned-in markers
+# --------------------------------------------------------------------------------------
+EDGE_CONSTANT = 0.01
+"""An edge row or column is part of a collimation border (shutter) when its values span at
+most this fraction of the image's range (a constant band)."""
+SHUTTER_CONTRAST = 0.05
+"""A border band is a shutter to remove when it is brighter than the field's air level by
+more than this fraction of the range."""
+MARKER_MAX_AREA = 0.01
+"""A burned-in marker covers at most this fraction of the field (a side letter, a text)."""
+MARKER_SATURATION = 0.02
+"""Marker pixels lie within this fraction of the range from the image's maximum."""
+MARKER_MIN_PIXELS = 8
+"""A burned-in marker has at least this many pixels at the image's maximum (a side letter
+of 2 cm on a 3 mm detector pixel grid has about 15)."""
+MARKER_CONTRAST = 0.6
+"""A marker stands out: the median of the ring around it lies below this fraction of the
+range (dense bone clipped by a look-up table lies inside bright bone and is kept)."""
+
+
+def collimated_field(array: np.ndarray, *, tolerance: float = EDGE_CONSTANT
+                     ) -> tuple[int, int, int, int]:
+    """The exposed field ``(row0, row1, col0, col1)`` (half-open) inside constant bands at
+    the image's edges (collimator shutters; a black or white border). The whole image when
+    there is none."""
+    a = np.asarray(array, dtype=np.float64)
+    span = float(a.max() - a.min())
+    if span <= 0:
+        return 0, a.shape[0], 0, a.shape[1]
+    tol = tolerance * span
+    r0, r1, c0, c1 = 0, a.shape[0], 0, a.shape[1]
+
+    def flat(v: np.ndarray) -> bool:
+        return float(v.max() - v.min()) <= tol
+
+    changed = True
+    while changed and r1 - r0 > 2 and c1 - c0 > 2:
+        changed = False
+        for side in range(4):
+            line = (a[r0, c0:c1], a[r1 - 1, c0:c1], a[r0:r1, c0], a[r0:r1, c1 - 1])[side]
+            if flat(line) and (r1 - r0 > 2 and c1 - c0 > 2):
+                if side == 0:
+                    r0 += 1
+                elif side == 1:
+                    r1 -= 1
+                elif side == 2:
+                    c0 += 1
+                else:
+                    c1 -= 1
+                changed = True
+    return r0, r1, c0, c1
+
+
+def burned_in_markers(array: np.ndarray, field: tuple[int, int, int, int] | None = None
+                      ) -> np.ndarray:
+    """Bool mask of burned-in markers: small saturated blobs (within
+    :data:`MARKER_SATURATION` of the range from the image's maximum, at least
+    :data:`MARKER_MIN_PIXELS` and half of them at the maximum itself) of at most
+    :data:`MARKER_MAX_AREA` of the field, standing out from their surroundings (the ring
+    around a blob has its median below :data:`MARKER_CONTRAST` of the range), inside
+    ``field``; grown by one pixel to take the blurred rim."""
+    a = np.asarray(array, dtype=np.float64)
+    r0, r1, c0, c1 = field or (0, a.shape[0], 0, a.shape[1])
+    inner = a[r0:r1, c0:c1]
+    lo, hi = float(inner.min()), float(inner.max())
+    out = np.zeros(a.shape, dtype=bool)
+    if hi <= lo:
+        return out
+    saturated = inner >= hi - MARKER_SATURATION * (hi - lo)
+    at_max = inner >= hi - 1e-6 * (hi - lo)
+    labels, n = ndimage.label(saturated, structure=np.ones((3, 3)))
+    if n == 0:
+        return out
+    sizes = np.bincount(labels.ravel())
+    keep = np.zeros(inner.shape, dtype=bool)
+    for k in range(1, n + 1):
+        if not MARKER_MIN_PIXELS <= sizes[k] <= MARKER_MAX_AREA * inner.size:
+            continue
+        blob = labels == k
+        flat = int((blob & at_max).sum())
+        if flat < MARKER_MIN_PIXELS or flat < 0.5 * sizes[k]:
+            continue  # burned-in pixels sit at the maximum itself: a plateau, not a peak
+        ring = ndimage.binary_dilation(blob, iterations=2) & ~saturated
+        if ring.any() and float(np.median(inner[ring])) < lo + MARKER_CONTRAST * (hi - lo):
+            keep |= blob
+    out[r0:r1, c0:c1] = ndimage.binary_dilation(keep) if keep.any() else keep
+    return out
+
+
+def clean_radiograph(array: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """A bone-bright radiograph without its collimation border and burned-in markers, and
+    what was done: a border (:func:`collimated_field`) brighter than the field's air level
+    (its 1st percentile) by more than :data:`SHUTTER_CONTRAST` of the range becomes that level (what lies outside the field is unknown, and a
+    DRR shows air there; a dark border is left as it is), and
+    each marker (:func:`burned_in_markers`) takes the value of the nearest pixel outside it.
+    An image with neither is returned unchanged."""
+    a = np.asarray(array, dtype=np.float32)
+    r0, r1, c0, c1 = collimated_field(a)
+    info: dict[str, Any] = {"field": [r0, r1, c0, c1], "collimated": False, "marker_pixels": 0}
+    out = a.copy()
+    markers = burned_in_markers(a, (r0, r1, c0, c1))
+    if markers.any():
+        _, (ri, ci) = ndimage.distance_transform_edt(markers, return_indices=True)
+        out = out[ri, ci]
+        info["marker_pixels"] = int(markers.sum())
+    outside = np.ones(a.shape, dtype=bool)
+    outside[r0:r1, c0:c1] = False
+    air = float(np.percentile(out[r0:r1, c0:c1], 1.0))
+    # a bright (unexposed) border becomes air; a dark one (air already, a black shutter,
+    # the faint edge of a DRR) is left as it is
+    bright = outside & (out > air + SHUTTER_CONTRAST * float(a.max() - a.min()))
+    if bright.any():
+        out[bright] = air
+        info.update(collimated=True, air_level=air)
+    return out, info
 
 
 # --------------------------------------------------------------------------------------
