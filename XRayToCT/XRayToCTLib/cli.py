@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .constants import TEMPLATE_ENV
 from .errors import (AmbiguousSeries, InputError, NotHounsfield, TemplateUnavailable,
@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="output folder")
     p.add_argument("--backend", choices=["torch", "plastimatch"], default="torch",
                    help="torch (differentiable, CPU/GPU; default) or plastimatch (reference)")
+    p.add_argument("--model", metavar="NAME|FILE",
+                   help="render the views of this model (catalog name or .safetensors package) at "
+                   "its geometry, centred on the CT (or --isocenter), instead of the geometry "
+                   "options")
     _add_geometry(p)
     _add_device(p)
     _add_rescale(p)
@@ -408,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "blue-white-red map")
     p.add_argument("--window", choices=["full", "brain", "bone", "soft_tissue"], default="full",
                    help="grey-level window of the views (default %(default)s: [-1000, 1000] HU)")
+    p.add_argument("--no-picture", action="store_true",
+                   help="write the metrics and the difference only (what the Slicer module reads)")
     p.add_argument("--pane-size", type=int, default=256, metavar="PX",
                    help="pixels per side of each view (default %(default)d)")
     _add_rescale(p)
@@ -492,16 +498,20 @@ def _tqdm_progress(desc: str) -> tuple[ProgressCallback, Callable[[], None]]:
     return cb, bar.close
 
 
-def _line_progress(desc: str, step: float = 0.05, every_s: float = 15.0) -> ProgressCallback:
-    """Plain progress lines on stderr for a non-terminal (see :func:`_tqdm_progress`)."""
+def _line_progress(desc: str, step: float = 0.05, every_s: float = 15.0,
+                   new_message_s: float = 2.0, stream: Any = None) -> ProgressCallback:
+    """Plain progress lines on ``stream`` (default stderr) for a non-terminal (see
+    :func:`_tqdm_progress`): at each ``step`` of progress, at a new message ``new_message_s``
+    after the last line, and every ``every_s`` (``process.parse_progress`` reads them back)."""
     import time
-    last = {"bucket": -1, "t": 0.0}
+    last = {"bucket": -1, "t": 0.0, "message": ""}
 
     def cb(fraction: float, message: str):
         bucket, now = int(fraction / step + 1e-9), time.monotonic()
-        if bucket != last["bucket"] or now - last["t"] >= every_s:
-            last.update(bucket=bucket, t=now)
-            print(f"{desc}: {fraction:4.0%} {message}".rstrip(), file=sys.stderr, flush=True)
+        if (bucket != last["bucket"] or now - last["t"] >= every_s
+                or (message != last["message"] and now - last["t"] >= new_message_s)):
+            last.update(bucket=bucket, t=now, message=message)
+            print(f"{desc}: {fraction:4.0%} {message}".rstrip(), file=stream or sys.stderr, flush=True)
         return None
 
     return cb
@@ -660,7 +670,8 @@ def _cmd_drr(args) -> int:
     from .drr_plastimatch import render_views
     ct = _read_ct(args, args.ct)
     try:
-        geoms = biplanar_geometry(ct, **_geometry_kw(args))
+        geoms = (_model_geometries(args.model, args.isocenter or ct.center) if args.model
+                 else biplanar_geometry(ct, **_geometry_kw(args)))
         images = (DRR(geoms).render(ct, device=args.device) if args.backend == "torch"
                   else render_views(ct, geoms))
     except ValueError as err:  # geometry out of range
@@ -671,6 +682,55 @@ def _cmd_drr(args) -> int:
                           {"ct": str(Path(args.ct).resolve()), "backend": args.backend})
     print("wrote " + ", ".join(str(f) for f in written))
     return 0
+
+
+def _cmd_simulate(args) -> int:
+    from .drr import biplanar_geometry
+    from .geometry import ProjectionGeometry
+    from .models.package import read_info, resolve_model
+    from .simulate import SimulationSettings, check_ct, simulate, write_simulation
+    try:
+        settings = SimulationSettings(
+            kvp=args.kvp, filtration_mm_al=args.filtration, energy_kev=args.energy,
+            scatter=args.scatter, scatter_sigma_mm=args.scatter_sigma,
+            focal_spot_mm=args.focal_spot, detector_blur_mm=args.detector_blur,
+            dose_ugy=args.dose, electronic_noise=args.electronic_noise,
+            processing=args.processing, collimation_mm=args.collimation,
+            marker=not args.no_marker, seed=args.seed)
+    except ValueError as err:
+        raise InputError(None, f"invalid simulation setting: {err}") from None
+    if args.no_noise:
+        settings = settings.noiseless()
+    ct = _read_ct(args, args.ct)
+    check_ct(ct)
+    try:
+        if args.model:  # the model's views and detector, centred on the CT
+            spec = read_info(resolve_model(args.model))["spec"]
+            center = args.isocenter or ct.center
+            geoms = {v: ProjectionGeometry.from_dict(spec["geometry"][v]).centered_on(center)
+                     for v in spec["views"]}
+        else:
+            geoms = biplanar_geometry(ct, **_geometry_kw(args))
+        images = simulate(ct, geoms, settings, device=args.device)
+    except ValueError as err:  # geometry or collimation out of range
+        raise InputError(None, f"cannot simulate: {err}") from err
+    out = _out_dir(args.out_dir)
+    stem = Path(args.ct).resolve().name.split(".")[0]
+    written = write_simulation(images, out, stem, settings,
+                               extra={"ct": str(Path(args.ct).resolve()),
+                                      "model": args.model, "views_geometry": "model" if
+                                      args.model else "options"})
+    print("wrote " + ", ".join(str(f) for f in written) + " (SIMULATED radiographs, synthetic)")
+    return 0
+
+
+def _model_geometries(model: str, center) -> dict:
+    """``{view: ProjectionGeometry}`` of a model package's views, centred on ``center`` (LPS)."""
+    from .geometry import ProjectionGeometry
+    from .models.package import read_info, resolve_model
+    spec = read_info(resolve_model(model))["spec"]
+    return {v: ProjectionGeometry.from_dict(spec["geometry"][v]).centered_on(center)
+            for v in spec["views"]}
 
 
 def _cmd_simulate(args) -> int:
@@ -956,16 +1016,17 @@ def _cmd_compare(args) -> int:
     if args.pane_size < 16:
         raise InputError(None, f"--pane-size must be at least 16 pixels, got {args.pane_size}")
     out = _out_dir(args.out)
-    missing = unavailable()
+    missing = None if args.no_picture else unavailable()
     cb = _line_progress("compare")
     cb(0.0, "reading the volumes")
     sct, ct = read_volume(args.sct), _read_ct(args, args.ct)
     cb(0.2, "metrics and difference")
     comparison = compare_volumes(sct, ct)
-    cb(0.6, "writing" + (" and rendering compare.png" if missing is None else ""))
+    picture = missing is None and not args.no_picture
+    cb(0.6, "writing" + (" and rendering compare.png" if picture else ""))
     try:
         paths = write_comparison(comparison, out, sct_path=args.sct, ground_truth_path=args.ct,
-                                 picture=missing is None, position_ras=args.position,
+                                 picture=picture, position_ras=args.position,
                                  range_hu=args.range_hu, opacity=args.opacity,
                                  overlay=args.overlay, window=args.window, pane_px=args.pane_size,
                                  blend=args.blend)
