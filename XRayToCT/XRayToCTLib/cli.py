@@ -684,46 +684,6 @@ def _cmd_drr(args) -> int:
     return 0
 
 
-def _cmd_simulate(args) -> int:
-    from .drr import biplanar_geometry
-    from .geometry import ProjectionGeometry
-    from .models.package import read_info, resolve_model
-    from .simulate import SimulationSettings, check_ct, simulate, write_simulation
-    try:
-        settings = SimulationSettings(
-            kvp=args.kvp, filtration_mm_al=args.filtration, energy_kev=args.energy,
-            scatter=args.scatter, scatter_sigma_mm=args.scatter_sigma,
-            focal_spot_mm=args.focal_spot, detector_blur_mm=args.detector_blur,
-            dose_ugy=args.dose, electronic_noise=args.electronic_noise,
-            processing=args.processing, collimation_mm=args.collimation,
-            marker=not args.no_marker, seed=args.seed)
-    except ValueError as err:
-        raise InputError(None, f"invalid simulation setting: {err}") from None
-    if args.no_noise:
-        settings = settings.noiseless()
-    ct = _read_ct(args, args.ct)
-    check_ct(ct)
-    try:
-        if args.model:  # the model's views and detector, centred on the CT
-            spec = read_info(resolve_model(args.model))["spec"]
-            center = args.isocenter or ct.center
-            geoms = {v: ProjectionGeometry.from_dict(spec["geometry"][v]).centered_on(center)
-                     for v in spec["views"]}
-        else:
-            geoms = biplanar_geometry(ct, **_geometry_kw(args))
-        images = simulate(ct, geoms, settings, device=args.device)
-    except ValueError as err:  # geometry or collimation out of range
-        raise InputError(None, f"cannot simulate: {err}") from err
-    out = _out_dir(args.out_dir)
-    stem = Path(args.ct).resolve().name.split(".")[0]
-    written = write_simulation(images, out, stem, settings,
-                               extra={"ct": str(Path(args.ct).resolve()),
-                                      "model": args.model, "views_geometry": "model" if
-                                      args.model else "options"})
-    print("wrote " + ", ".join(str(f) for f in written) + " (SIMULATED radiographs, synthetic)")
-    return 0
-
-
 def _model_geometries(model: str, center) -> dict:
     """``{view: ProjectionGeometry}`` of a model package's views, centred on ``center`` (LPS)."""
     from .geometry import ProjectionGeometry
@@ -735,8 +695,6 @@ def _model_geometries(model: str, center) -> dict:
 
 def _cmd_simulate(args) -> int:
     from .drr import biplanar_geometry
-    from .geometry import ProjectionGeometry
-    from .models.package import read_info, resolve_model
     from .simulate import SimulationSettings, check_ct, simulate, write_simulation
     try:
         settings = SimulationSettings(
@@ -753,13 +711,8 @@ def _cmd_simulate(args) -> int:
     ct = _read_ct(args, args.ct)
     check_ct(ct)
     try:
-        if args.model:  # the model's views and detector, centred on the CT
-            spec = read_info(resolve_model(args.model))["spec"]
-            center = args.isocenter or ct.center
-            geoms = {v: ProjectionGeometry.from_dict(spec["geometry"][v]).centered_on(center)
-                     for v in spec["views"]}
-        else:
-            geoms = biplanar_geometry(ct, **_geometry_kw(args))
+        geoms = (_model_geometries(args.model, args.isocenter or ct.center) if args.model
+                 else biplanar_geometry(ct, **_geometry_kw(args)))
         images = simulate(ct, geoms, settings, device=args.device)
     except ValueError as err:  # geometry or collimation out of range
         raise InputError(None, f"cannot simulate: {err}") from err
