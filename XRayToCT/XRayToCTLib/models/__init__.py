@@ -1,6 +1,7 @@
 """The model zoo: every sCT model behind one registry.
 
-* :data:`MODELS`: name -> class (``x2ct_gan``, ``x2ct_gan_single``, ``cnn_inr``); each
+* :data:`MODELS`: name -> class (``x2ct_gan``, ``x2ct_gan_single``, ``cnn_inr``,
+  ``sxr2ct``); each
   class takes typed keyword arguments (the spec's ``views``, ``image_size``,
   ``output_size``, ``output_spacing``, ``geometry``, ``intensity``, then its own layers);
 * :func:`build_model` ``(name, config) -> nn.Module`` maps a config dict onto those
@@ -29,9 +30,10 @@ from .intensity import get_mapping
 from .package import (CATALOG_PATH, catalog, load_model, load_package, resolve_model,
                       save_package)
 from .registry import MODELS, build_model
+from .sxr2ct import SXR2CT
 from .x2ct_gan import X2CTGenerator, X2CTGeneratorSingle
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "build_discriminator", "normalize_views",
            "intensity", "get_mapping", "save_package", "load_package", "load_model",
            "catalog", "resolve_model", "CATALOG_PATH", "X2CTGenerator", "X2CTGeneratorSingle",
-           "CNNINR", "ConditionalPatchDiscriminator", "project_points_torch"]
+           "CNNINR", "SXR2CT", "ConditionalPatchDiscriminator", "project_points_torch"]

@@ -18,7 +18,7 @@ __all__ = ["TrainConfig", "LOG_COLUMNS", "LOSS_NAMES", "VAL_METRICS", "VAL_REGIO
 
 VAL_METRICS = ("ssim", "psnr", "cosine")
 VAL_REGIONS = ("whole", "head")
-LOSS_NAMES = ("loss_g", "loss_d", "loss_adv", "loss_rec", "loss_proj")
+LOSS_NAMES = ("loss_g", "loss_d", "loss_adv", "loss_rec", "loss_proj", "loss_perc")
 LOG_COLUMNS = (["epoch", "step", *LOSS_NAMES]
                + [f"val_{m}_{r}" for r in VAL_REGIONS for m in VAL_METRICS]
                + ["time_s", "step_time_s", "lr"])
@@ -31,6 +31,9 @@ _GAN_DEFAULTS = dict(lambda_adv=0.1, lambda_rec=10.0, lambda_proj=10.0, recon_lo
 _INR_DEFAULTS = dict(lambda_adv=0.0, lambda_rec=10.0, lambda_proj=10.0, recon_loss="mse")
 # Pix2Pix (Isola et al. 2017; seed 003 uses it with no other settings): cGAN + 100 x L1
 _PIX2PIX_DEFAULTS = dict(lambda_adv=1.0, lambda_rec=100.0, lambda_proj=0.0, recon_loss="l1")
+# S-XR2CT (seed 004): X2CT-GAN's losses plus a perceptual term, lambda 0.1 / 10 / 10 / 1; the
+# other models have no perceptual term (lambda_perc 0)
+_SXR2CT_DEFAULTS = dict(_GAN_DEFAULTS, lambda_perc=1.0)
 
 
 DEFAULT_MODEL = "x2ct_gan"
@@ -40,6 +43,8 @@ DEFAULT_MODEL = "x2ct_gan"
 def _family_defaults(model: str) -> dict[str, Any]:
     if model == "pix2pix":
         return _PIX2PIX_DEFAULTS
+    if model == "sxr2ct":
+        return _SXR2CT_DEFAULTS
     return _INR_DEFAULTS if "inr" in model else _GAN_DEFAULTS
 
 
@@ -76,6 +81,10 @@ class TrainConfig:
         weight_decay: Adam weight decay (0).
         lambda_adv, lambda_rec, lambda_proj: loss weights (GAN: 0.1, 10, 10; CNN–INR: 0, 10, 10;
             pix2pix: 1, 100, 0, :mod:`.translation`).
+        lambda_perc: weight of the perceptual term (:class:`.losses.PerceptualLoss`; seed
+            004: 1 for ``sxr2ct``; ``None`` is 0 for the other models).
+        perceptual_model: the frozen network of the perceptual term: a CNN-INR package (a
+            catalog name or a ``.safetensors`` file) whose 2D encoders give the features.
         recon_loss: ``"l1"`` (GAN default) or ``"mse"`` (CNN–INR default, seed 001).
         projection_reference: ``"input"`` (the input DRRs), ``"target"`` (the ground truth
             passed through the intensity mapping and rendered), ``"auto"`` (``target`` for the
@@ -133,6 +142,8 @@ class TrainConfig:
     lambda_adv: float | None = None
     lambda_rec: float | None = None
     lambda_proj: float | None = None
+    lambda_perc: float | None = None
+    perceptual_model: str = "cnn_inr_phantom64"
     recon_loss: str | None = None
     projection_reference: str = "auto"
     proj_gate_hu: float = 10.0
@@ -218,6 +229,8 @@ class TrainConfig:
                              for k in fam})
         if cfg.lr_d is None:
             cfg = cfg.replace(lr_d=cfg.lr)
+        if cfg.lambda_perc is None:
+            cfg = cfg.replace(lambda_perc=0.0)
         check_choice("training", "recon_loss", cfg.recon_loss, ("l1", "mse"))
         check_choice("training", "projection_reference", cfg.projection_reference,
                      ("auto", "input", "target"))
@@ -233,7 +246,7 @@ class TrainConfig:
         for name in ("lr", "lr_d", "proj_gate_hu"):
             if not float(getattr(cfg, name)) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
-        for name in ("lambda_adv", "lambda_rec", "lambda_proj", "weight_decay"):
+        for name in ("lambda_adv", "lambda_rec", "lambda_proj", "lambda_perc", "weight_decay"):
             if not float(getattr(cfg, name)) >= 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
         if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -52,9 +53,10 @@ from .config import LOG_COLUMNS, LOSS_NAMES, VAL_METRICS, VAL_REGIONS, TrainConf
 from .cpu import fast_conv3d
 from .distributed import Dist, unwrap
 from .finetune import load_init_weights
-from .losses import AdversarialLoss, ProjectionLoss, ReconstructionLoss, sample_points
+from .losses import (AdversarialLoss, PerceptualLoss, ProjectionLoss, ReconstructionLoss,
+                     sample_points)
 
-__all__ = ["Engine", "train", "check_dataset", "views_tensor"]
+__all__ = ["Engine", "train", "check_dataset", "views_tensor", "view_statistics"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -137,6 +139,35 @@ class _EpochBatches(Sampler):
                 yield order[i:i + self.batch_size]
 
 
+def view_statistics(ds: CaseDataset, views: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel mean and standard deviation ``[V, P, P]`` (float32) of the cases' views of
+    ``ds`` (its split) after :func:`~XRayToCTLib.drr.normalize_views`, the models' input
+    convention: the statistics of ``sxr2ct``'s likelihood image. Reads only the view files."""
+    px = int(ds.pixels)
+    total = torch.zeros(len(views), px, px, dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for cid in ds.ids:
+        files = ds.manifest["cases"][cid]["files"]
+        arrays = []
+        for v in views:
+            path = ds.root / "cases" / cid / files[v]
+            try:
+                arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32))
+            except RuntimeError as err:
+                raise InputError(path, f"unreadable case file: "
+                                 f"{str(err).strip().splitlines()[-1]}") from None
+            if arr.shape != (px, px):
+                raise InputError(path, f"shape {arr.shape} differs from the dataset's {(px, px)}")
+            arrays.append(arr)
+        x = normalize_views(torch.from_numpy(np.stack(arrays))[None])[0].double()
+        total += x
+        squares += x * x
+    n = max(len(ds.ids), 1)
+    mean = total / n
+    std = (squares / n - mean * mean).clamp_min(0.0).sqrt()
+    return mean.float(), std.float()
+
+
 def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % (2 ** 32)
     np.random.seed(seed)
@@ -196,6 +227,10 @@ class Engine:
         if missing:
             raise InputError(root, f"the dataset has no {', '.join(missing)} view(s), which "
                              f"{cfg.model} needs")
+        if hasattr(self.model, "set_view_statistics") and self.init_record is None:
+            # sxr2ct's likelihood image: per-pixel statistics of the training views (a
+            # fine-tuned model keeps its package's; a resumed run's checkpoint has them)
+            self.model.set_view_statistics(*view_statistics(self.train_ds, self.views))
         self.grid = spec.grid()  # S^3 canonical grid, centred on the origin
         self.mapping = models.get_mapping(spec.intensity)
         # the targets are made per case where the loader reads it (workers: off the loop),
@@ -217,6 +252,10 @@ class Engine:
         self.projection = ProjectionLoss(self.drr, self.mapping, ref).to(self.device)
         self._reference: dict[str, torch.Tensor] = {}  # "target" reference DRRs, per case
         self.reconstruction = ReconstructionLoss(cfg.recon_loss)
+        self.perceptual: PerceptualLoss | None = None
+        self._perc_reference: dict[str, torch.Tensor] = {}  # the targets' DRRs, per case
+        if cfg.lambda_perc > 0:
+            self.perceptual = self._perceptual_loss(ds)
         self.adversarial: AdversarialLoss | None = None
         self.disc = None
         self.disc_config: dict[str, Any] = {}
@@ -344,6 +383,39 @@ class Engine:
             self._reference.update({ids[i]: r for i, r in zip(todo, rendered)})
         return torch.stack([self._reference[c] for c in ids])
 
+    def _perceptual_loss(self, ds: CaseDataset) -> PerceptualLoss:
+        """The perceptual term's frozen network (``cfg.perceptual_model``, a CNN-INR package)
+        and the DRRs of its views that the dataset has, on the output grid."""
+        net, _ = models.load_model(self.cfg.perceptual_model, device=self.device)
+        if not hasattr(net, "encode"):
+            raise XRayToCTError(f"perceptual_model {self.cfg.perceptual_model!r} is a "
+                                f"{net.spec.name}, not a cnn_inr (its 2D encoders give the "
+                                f"perceptual features)")
+        if net.spec.image_size != int(ds.pixels):
+            raise XRayToCTError(f"perceptual_model {self.cfg.perceptual_model!r} takes "
+                                f"{net.spec.image_size}-pixel views, the dataset has "
+                                f"{ds.pixels}")
+        names = [v for v in net.spec.views if v in ds.geometries]
+        if not names:
+            raise XRayToCTError(f"the dataset has none of the views of perceptual_model "
+                                f"{self.cfg.perceptual_model!r} ({', '.join(net.spec.views)})")
+        drr = DRR([ds.geometries[v] for v in names], self.grid, attenuation="soft",
+                  gate_hu=self.cfg.proj_gate_hu)
+        return PerceptualLoss(net, names, drr, self.mapping).to(self.device)
+
+    def _perceptual_reference(self, batch, target: torch.Tensor) -> list[torch.Tensor]:
+        """The targets' perceptual features, from their DRRs (rendered once per case and kept:
+        ``V x P x P`` floats each, not the features)."""
+        ids = list(batch["id"])
+        todo = [i for i, c in enumerate(ids) if c not in self._perc_reference]
+        if todo:
+            with torch.no_grad(), torch.autocast(target.device.type, enabled=False):
+                rendered = self.perceptual.render(target[todo])
+            self._perc_reference.update({ids[i]: r for i, r in zip(todo, rendered)})
+        drrs = torch.stack([self._perc_reference[c] for c in ids])
+        with torch.no_grad(), torch.autocast(target.device.type, enabled=False):
+            return [f.detach() for f in self.perceptual.features(drrs)]
+
     def _autocast(self):
         if self.amp_dtype is None:
             return torch.autocast(self.device.type, enabled=False)
@@ -370,6 +442,11 @@ class Engine:
         if cfg.lambda_proj > 0:
             proj = self.projection(pred, reference=self._projection_reference(batch, x, target))
             loss = loss + cfg.lambda_proj * proj
+        out["loss_perc"] = float("nan")
+        if self.perceptual is not None:
+            perc = self.perceptual(pred, self._perceptual_reference(batch, target))
+            loss = loss + cfg.lambda_perc * perc
+            out["loss_perc"] = float(perc.detach())
         if self.adversarial is not None:
             self.disc.requires_grad_(False)  # the generator step moves G only
             adv = self.adversarial.generator_loss(self.disc, pred, x, self._autocast)
@@ -558,7 +635,8 @@ class Engine:
                 step_time += time.perf_counter() - ts
                 self.step += 1
                 n += 1
-                sums += torch.tensor([losses[k] for k in LOSS_NAMES], dtype=torch.float64)
+                sums += torch.tensor([losses.get(k, math.nan) for k in LOSS_NAMES],
+                                     dtype=torch.float64)
                 report(self.progress, self.step / total,
                        f"epoch {self.epoch + 1}/{cfg.epochs} loss {losses['loss_g']:.4f}")
             self.epoch += 1

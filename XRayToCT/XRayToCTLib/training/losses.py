@@ -26,6 +26,10 @@ X2CT-GAN's, as quoted by seed 004: ``G = argmin(λ1 L_G + λ2 L_rec + λ2 L_pl)`
   (``models.build_discriminator``), weight ``lambda_adv`` (0.1). The discriminator's loss
   is ``0.5 (LSGAN(D(real), 1) + LSGAN(D(fake), 0))``, conditioned on the input views.
   ``cnn_inr`` has no adversarial term by default (seed 001 trains it without).
+* :class:`PerceptualLoss` (seed 004's perceptual term), weight ``lambda_perc`` (1 for
+  ``sxr2ct``, 0 for the others): L1 between the features of a frozen network trained in this
+  project (``perceptual_model``, the bundled ``cnn_inr_phantom64``'s 2D encoders) on the AP
+  and lateral DRRs of prediction and ground truth (no pretrained weights can be downloaded).
 
 Every loss is computed in float32; the networks may run under autocast (``autocast``
 arguments), the DRR projection never does.
@@ -43,8 +47,8 @@ from torch import nn
 from ..drr import DRR
 from ..geometry import Grid
 
-__all__ = ["ReconstructionLoss", "ProjectionLoss", "AdversarialLoss", "sample_points",
-           "last_logits"]
+__all__ = ["ReconstructionLoss", "ProjectionLoss", "AdversarialLoss", "PerceptualLoss",
+           "sample_points", "last_logits"]
 
 Autocast = Callable[[], ContextManager]
 
@@ -156,3 +160,55 @@ class AdversarialLoss(nn.Module):
         with autocast():
             logits = last_logits(disc(fake, views)).float()
         return self.criterion(logits, target_is_real=True, for_discriminator=False)
+
+
+class PerceptualLoss(nn.Module):
+    """A perceptual term without downloaded weights (seed 004's ``L_p``): L1 between the
+    features of a frozen network trained in this project on the normalised DRRs of the
+    prediction and of the ground truth.
+
+    The network is a CNN-INR package's 2D encoders (``model.encode``: per view, every scale's
+    map through the MLP's first layer, summed at the input's size, ``[B, hidden, P, P]``;
+    the bundled ``cnn_inr_phantom64`` by default), frozen and in eval mode. Its views that
+    ``drr`` renders (the run's DRR chain at the dataset's geometry, soft attenuation) are
+    compared: for a single-view model the unseen view(s) too (the lateral view of an AP
+    model), which the projection loss cannot constrain.
+
+    Args:
+        encoder: the feature network (an ``nn.Module`` with ``encode(views, view_names)``).
+        view_names: the views it encodes, in ``drr``'s order.
+        drr: a :class:`~XRayToCTLib.drr.DRR` of those views on the output grid.
+        mapping: the generator's intensity mapping (``to_hu``).
+    """
+
+    def __init__(self, encoder: nn.Module, view_names: list[str], drr: DRR, mapping: Any):
+        super().__init__()
+        if not hasattr(encoder, "encode"):
+            raise ValueError("the perceptual network needs an encode(views, view_names) method "
+                             "(a cnn_inr package)")
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.view_names = list(view_names)
+        self.drr = drr
+        self.mapping = mapping
+
+    def train(self, mode: bool = True) -> "PerceptualLoss":
+        super().train(mode)
+        self.encoder.eval()  # frozen: its norms keep their inference behaviour
+        return self
+
+    def render(self, x_model: torch.Tensor) -> torch.Tensor:
+        """Normalised DRRs ``[B, V, P, P]`` of volumes in model intensity (float32)."""
+        return self.drr.normalized(self.mapping.to_hu(x_model.float()))
+
+    def features(self, views: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder.encode(views, self.view_names)
+
+    def reference(self, target: torch.Tensor) -> list[torch.Tensor]:
+        """The ground truth's features (no gradients)."""
+        with torch.no_grad(), torch.autocast(target.device.type, enabled=False):
+            return [f.detach() for f in self.features(self.render(target))]
+
+    def forward(self, pred: torch.Tensor, reference: list[torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(pred.device.type, enabled=False):
+            feats = self.features(self.render(pred))
+            return sum(F.l1_loss(f, r) for f, r in zip(feats, reference)) / len(feats)
