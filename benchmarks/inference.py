@@ -93,6 +93,8 @@ def time_model(name: str, config: dict[str, Any] | None = None, device: str = "c
     if size is not None:
         cfg["output_size"] = size
         cfg.pop("output_spacing", None)
+    if name == "diffusion":  # every timed call pays the prior's sCT: one whole sample
+        cfg.setdefault("cache", 0)
     dev = torch.device(device)
     torch.manual_seed(0)
     model = models.build_model(name, cfg).eval().to(dev)
@@ -123,6 +125,8 @@ def time_model(name: str, config: dict[str, Any] | None = None, device: str = "c
               "peak_exact": exact}
     if dev.type == "cuda":
         result["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2 ** 20, 1)
+    if hasattr(model, "sampler_settings"):  # diffusion: forward = one sample (prior + DDIM)
+        result["sampler"] = model.sampler_settings()
     with tempfile.TemporaryDirectory() as tmp:
         for dt, key in ((torch.float32, "package_mb"), (torch.float16, "package_mb_fp16")):
             p = models.save_package(model.cpu(), Path(tmp) / "m.safetensors",
@@ -176,7 +180,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--size", type=int, default=128, help="output_size (and image size)")
-    ap.add_argument("--models", default="x2ct_gan,cnn_inr")
+    ap.add_argument("--models", default="x2ct_gan,cnn_inr",
+                    help="registry names, comma-separated (diffusion: one sample, its default "
+                    "prior cnn_inr_real128 from the catalog, 64-pixel views)")
     ap.add_argument("--config", default="{}", help="JSON config for every model (widths)")
     ap.add_argument("--no-seed-width", action="store_true",
                     help="skip re-measuring the published width (16 s, 2 GB on 2 cores)")

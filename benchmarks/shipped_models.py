@@ -42,6 +42,10 @@ def main(argv=None) -> int:
                     "every bundled model)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=None, metavar="N",
+                    help="diffusion models: N samples per case (seed 0), the sCT their mean; "
+                    "from 2 on their spread is written beside it and evaluate reports the "
+                    "calibration")
     ap.add_argument("--refine", action="store_true",
                     help="also each model followed by the test-time fit (rows <model>+refine)")
     args = ap.parse_args(argv)
@@ -66,8 +70,11 @@ def main(argv=None) -> int:
             for cid in ids:
                 views = {v: read_radiograph(data / "cases" / cid / f"{v}.nrrd")
                          for v in rec.spec.views}
-                write_volume(rec.reconstruct_views(views, refine=refine).sct,
-                             folder / f"{cid}.nii.gz")
+                n = args.samples if hasattr(rec.model, "sample") else None
+                res = rec.reconstruct_views(views, refine=refine, samples=n, seed=0)
+                write_volume(res.sct, folder / f"{cid}.nii.gz")
+                if res.uncertainty is not None:
+                    write_volume(res.uncertainty, folder / f"{cid}_uncertainty.nii.gz")
             print(f"{method}: {len(ids)} cases in {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr)
             preds.append(folder)
@@ -79,8 +86,13 @@ def main(argv=None) -> int:
     table = _table(summary)
     print(table)
     print(f"report: {Path(paths['report']).resolve()}")
+    for m, c in (summary.get("calibration_by_model") or {}).items():
+        print(f"uncertainty calibration of {m}: Spearman (spread vs |error|, head voxels) "
+              f"mean {c['mean_spearman']:.3f}, median {c['median_spearman']:.3f} over "
+              f"{c['cases']} cases")
     print(json.dumps({"split": args.split, "cases": len(ids), "models": names,
-                      "figures": _figures(summary)}))
+                      "figures": _figures(summary),
+                      "calibration": summary.get("calibration_by_model")}))
     return 0
 
 

@@ -235,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(per-tissue intensity, smooth deformation, small residual; at most STEPS "
                    "steps, default 120, stopping early); the JSON keeps the consistency before "
                    "and after")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="a diffusion model: draw N samples; the sCT is their voxel-wise mean "
+                   "and, for N >= 2, OUT's _uncertainty file beside it holds their standard "
+                   "deviation in HU (same grid, labelled synthetic); the JSON gets its summary "
+                   "and the sampler settings. With --refine each sample is fitted. Other "
+                   "models take 1")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="the samples' random seed (default 0): the same seed gives the same "
+                   "samples")
     p.add_argument("--harmonize", metavar="NAME|FILE",
                    help="translate each radiograph into the DRR domain with this harmoniser "
                    "(a pix2pix model, see `xraytoct models`) before the reconstruction; the "
@@ -762,6 +771,9 @@ def _cmd_reconstruct(args) -> int:
         raise InputError(None, "nothing to reconstruct from: give --ap AP [--lateral LAT] or --ct CT")
     if args.refine is not None and args.refine < -1:
         raise InputError(None, f"--refine takes a number of steps (0 or more), got {args.refine}")
+    if args.samples is not None and args.samples < 1:
+        raise InputError(None, f"--samples takes a number of samples (1 or more), "
+                               f"got {args.samples}")
     out = check_output_path(args.out)
     ct = _read_ct(args, args.ct) if args.ct else None
     images = {v: read_radiograph(f, view=v) for v, f in radiographs.items()}
@@ -771,6 +783,7 @@ def _cmd_reconstruct(args) -> int:
     try:
         result = rec.reconstruct(ct=ct, views=images, progress=cb, invert=args.invert,
                                  template=args.template, refine=refine,
+                                 samples=args.samples, seed=args.seed,
                                  register=False if args.no_register else
                                  (True if args.template else "auto"))
     finally:
@@ -784,6 +797,11 @@ def _cmd_reconstruct(args) -> int:
                        for v, s in result.consistency["views"].items())
     print(f"wrote {out} (SYNTHETIC CT, not for diagnosis) on {result.info['device']} in "
           f"{result.info['time_s']:.1f} s; projection consistency: {scores}")
+    if "uncertainty" in result.info:
+        u, s = result.info["uncertainty"], result.info["sampler"]
+        print(f"{s['samples']} samples (seed {s['seed']}, {s['steps']} DDIM steps): the sCT is "
+              f"their mean; spread inside the head {u['mean_sd_head_hu']:.1f} HU on average, "
+              f"{u['share_head_sd_above_100_hu']:.1%} of head voxels above 100 HU")
     if "refine" in result.info:
         fit, before = result.info["refine"], result.info["consistency_before_refine"]["mean"]
         print(f"refined in {fit['steps_run']} steps ({fit['time_s']:.1f} s): view error "

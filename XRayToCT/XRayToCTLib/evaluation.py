@@ -54,7 +54,8 @@ from .report import comparison_png, metric_definitions, write_html_report
 from .stats import higher_is_better, summarize
 
 __all__ = ["VOLUME_SUFFIXES", "CSV_COLUMNS", "BASELINES", "FIELD_OF_VIEW_DEFINITION", "case_id",
-           "find_volumes", "align", "Sidecar", "read_sidecar", "field_of_view_mask",
+           "find_volumes", "align", "uncertainty_file", "uncertainty_calibration",
+           "CALIBRATION_DEFINITION", "Sidecar", "read_sidecar", "field_of_view_mask",
            "check_frames", "FRAME_TOLERANCE",
            "prediction_field", "EvaluationResult", "evaluate", "write_csv", "write_summary",
            "case_figures", "run_evaluation"]
@@ -78,6 +79,18 @@ FIELD_OF_VIEW_DEFINITION = (
 # finding and pairing files
 # ----------------------------------------------------------------------------------------
 _SIDECAR = re.compile(r".+_(ap|pa|lateral|lateral_left)_(drr|input|reprojection)")
+UNCERTAINTY_SUFFIX = "_uncertainty"
+"""``<id>_uncertainty.<ext>`` beside a prediction: its voxel spread (``reconstruct --samples``)."""
+CALIBRATION_DEFINITION = (
+    "Uncertainty calibration (for predictions with an <id>_uncertainty file beside them, the "
+    "voxel standard deviation in HU of a diffusion model's samples): over the ground truth's "
+    "head voxels inside the model's field, the Spearman rank correlation between the spread "
+    "and the absolute error |sCT - CT| in HU (1: the larger the spread, the larger the error, "
+    "voxel for voxel; 0: the spread says nothing about the error), and the reliability "
+    "curve: the voxels cut into ten bins of equal count by their spread, each bin's mean "
+    "absolute error against its mean spread (for Gaussian errors of that SD, the mean "
+    "absolute error is 0.80 x SD).")
+"""What the calibration numbers are, in words for the readers of a report."""
 
 
 def case_id(path: str | os.PathLike) -> str:
@@ -111,8 +124,8 @@ def find_volumes(folder: str | os.PathLike) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for p in files:
         cid = case_id(p)
-        if _SIDECAR.fullmatch(cid):  # the 2D images `xraytoct reconstruct` writes beside an sCT
-            continue
+        if _SIDECAR.fullmatch(cid) or cid.endswith(UNCERTAINTY_SUFFIX):
+            continue  # the 2D images, the uncertainty `xraytoct reconstruct` writes beside an sCT
         if cid in out:
             raise InputError(root, f"two volumes for case {cid!r}: {out[cid].name} and {p.name}")
         out[cid] = p
@@ -267,6 +280,7 @@ class EvaluationResult:
     fields: dict[tuple[str, str], dict[str, Any]] = dataclasses.field(default_factory=dict)
     template: Volume | None = None
     outline_hu: float | None = None
+    calibration: dict[tuple[str, str], dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -279,6 +293,7 @@ class _Candidate:
     field: np.ndarray | None = None  # bool [k, j, i]; None: the whole volume counts
     field_note: str = "whole volume"
     error: BaseException | None = None
+    spread: np.ndarray | None = None  # its uncertainty (SD, HU) on the truth's grid, if any
 
 
 _ERRORS = (XRayToCTError, ValueError, OSError, RuntimeError)
@@ -313,6 +328,10 @@ def _candidates(result: EvaluationResult, cid: str, gt_vol: Volume) -> Iterator[
             if bad:
                 raise InputError(src, f"{bad} NaN or infinite voxels in the prediction")
             cand = _Candidate(name, arr, cov, prediction_field(side, gt_vol), _field_note(side))
+            spread_file = uncertainty_file(src)
+            if spread_file is not None:  # outside it: -1000 (align's air), left out below
+                cand.spread = np.asarray(align(read_volume(spread_file, require_hu=False), gt_vol,
+                                               name=spread_file)[0], dtype=np.float32)
         except Cancelled:
             raise
         except _ERRORS as err:
@@ -497,6 +516,8 @@ def evaluate(preds: Sequence[str | os.PathLike], gt: str | os.PathLike, *,
                 if cand.field is not None and head is None:
                     head = _head_np(masks, g)  # the truth's head, for the share outside the field
                 _score(result, cid, cand, g, masks, windows, metrics, regions, head)
+                if cand.spread is not None:
+                    result.calibration[cid, cand.name] = _calibrate(cand, g, masks)
             except Cancelled:
                 raise
             except _ERRORS as err:
@@ -533,6 +554,91 @@ def _score(result: EvaluationResult, cid: str, cand: _Candidate, g: torch.Tensor
             for r in regions:
                 result.rows.append({"case": cid, "model": cand.name, "metric": m, "window": w,
                                     "region": r, "value": float(vals[m, r][0])})
+
+
+def uncertainty_file(prediction: str | os.PathLike) -> Path | None:
+    """The uncertainty map ``reconstruct --samples`` writes beside a prediction
+    (``<id>_uncertainty.<ext>``, any volume format), or None."""
+    p = Path(prediction)
+    for suffix in VOLUME_SUFFIXES:
+        f = p.with_name(f"{case_id(p)}{UNCERTAINTY_SUFFIX}{suffix}")
+        if f.is_file():
+            return f
+    return None
+
+
+def uncertainty_calibration(spread: np.ndarray, error: np.ndarray,
+                            mask: np.ndarray | None = None, bins: int = 10) -> dict[str, Any]:
+    """How well a voxel spread predicts the error (:data:`CALIBRATION_DEFINITION`).
+
+    Args:
+        spread: the voxel spread (SD, HU); negative values (no spread known) are left out.
+        error: the absolute error (HU), same shape.
+        mask: the voxels to use (the head); None: all.
+        bins: spread bins of equal count for the reliability curve.
+
+    Returns:
+        ``spearman`` (rank correlation, None with fewer than 3 voxels or a constant input),
+        ``voxels``, and ``bins``: per bin ``spread_low``, ``spread_high``, ``mean_spread``,
+        ``mae_hu``, ``voxels``.
+    """
+    s = np.asarray(spread, dtype=np.float64)
+    e = np.abs(np.asarray(error, dtype=np.float64))
+    if s.shape != e.shape:
+        raise ValueError(f"spread {s.shape} and error {e.shape} differ in shape")
+    keep = np.isfinite(s) & np.isfinite(e) & (s >= 0)
+    if mask is not None:
+        keep &= np.asarray(mask, dtype=bool)
+    s, e = s[keep], e[keep]
+    rho = None
+    if s.size >= 3 and np.ptp(s) > 0 and np.ptp(e) > 0:
+        rs, re_ = _average_ranks(s), _average_ranks(e)
+        rs -= rs.mean()
+        re_ -= re_.mean()
+        rho = float((rs * re_).sum() / np.sqrt((rs * rs).sum() * (re_ * re_).sum()))
+    out_bins = []
+    if s.size:
+        order = np.argsort(s, kind="stable")
+        for part in np.array_split(order, min(int(bins), s.size)):
+            if part.size:
+                out_bins.append({"spread_low": float(s[part].min()),
+                                 "spread_high": float(s[part].max()),
+                                 "mean_spread": float(s[part].mean()),
+                                 "mae_hu": float(e[part].mean()), "voxels": int(part.size)})
+    return {"spearman": rho, "voxels": int(s.size), "bins": out_bins}
+
+
+def _average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``a`` with ties given their average rank (Spearman's convention)."""
+    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts).astype(np.float64)
+    return ((ends - counts + 1.0 + ends) / 2.0)[inverse.reshape(-1)]
+
+
+def _calibrate(cand: _Candidate, g: torch.Tensor, masks: Mapping[str, torch.Tensor | None]
+               ) -> dict[str, Any]:
+    """A candidate's calibration over the truth's head inside its field."""
+    region = _head_np(masks, g)
+    if cand.field is not None:
+        region = region & cand.field
+    gt = g[0, 0].cpu().numpy()
+    return uncertainty_calibration(cand.spread, np.abs(cand.array - gt), region)
+
+
+def _calibration_summary(result: EvaluationResult) -> dict[str, Any]:
+    """The summary's ``calibration`` (per case and model) and ``calibration_by_model`` (mean
+    and median Spearman over the cases), when any prediction had an uncertainty map."""
+    if not result.calibration:
+        return {}
+    per_case = [{"case": c, "model": m, **v} for (c, m), v in sorted(result.calibration.items())]
+    by_model: dict[str, Any] = {}
+    for m in dict.fromkeys(m for _, m in sorted(result.calibration)):
+        rhos = [v["spearman"] for (_, mm), v in result.calibration.items()
+                if mm == m and v["spearman"] is not None]
+        by_model[m] = {"cases": len(rhos), "mean_spearman": float(np.mean(rhos)) if rhos else None,
+                       "median_spearman": float(np.median(rhos)) if rhos else None}
+    return {"calibration": per_case, "calibration_by_model": by_model,
+            "calibration_definition": CALIBRATION_DEFINITION}
 
 
 def _reason(err: BaseException) -> str:
@@ -575,6 +681,7 @@ def write_summary(result: EvaluationResult, path: str | os.PathLike, *,
         "settings": result.settings,
         "definitions": metric_definitions(result.settings),
         "field_of_view_definition": FIELD_OF_VIEW_DEFINITION,
+        **_calibration_summary(result),
         "baseline_definitions": "\n\n".join(f"{b}: {t}" for b, t in BASELINE_DEFINITIONS.items()
                                              if b in result.baselines),
     })

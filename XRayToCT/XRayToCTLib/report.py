@@ -405,6 +405,61 @@ def _field_table(summary: dict) -> str:
     return "\n".join(out)
 
 
+def reliability_png(calibration: list[dict]) -> bytes:
+    """The reliability plot of uncertainty maps: per model, each case's mean absolute error
+    (HU) against the mean spread (SD, HU) of its spread bins (``calibration``: the summary's
+    per-case entries with ``bins``), and the line ``MAE = 0.80 SD`` (Gaussian errors of
+    that SD), as PNG bytes."""
+    fig = _figure(5.5, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = matplotlib.colormaps["tab10"]
+    models = list(dict.fromkeys(c["model"] for c in calibration))
+    top = 1.0
+    for i, m in enumerate(models):
+        for j, c in enumerate(x for x in calibration if x["model"] == m):
+            xs = [b["mean_spread"] for b in c["bins"]]
+            ys = [b["mae_hu"] for b in c["bins"]]
+            if xs:
+                top = max(top, max(xs))
+                ax.plot(xs, ys, "o-", color=colours(i % 10), alpha=0.6, markersize=3,
+                        label=m if j == 0 else None)
+    ax.plot([0, top], [0, 0.8 * top], "k--", linewidth=1, label="MAE = 0.80 x SD (Gaussian)")
+    ax.set_xlabel("spread in the bin (mean voxel SD, HU)")
+    ax.set_ylabel("mean absolute error in the bin (HU)")
+    ax.set_title("Uncertainty reliability (head voxels, 10 bins of equal count per case)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.9)
+    return _png_bytes(fig)
+
+
+def _calibration_section(summary: dict) -> str:
+    """The uncertainty calibration table (Spearman per model and per case), if any."""
+    by_model = summary.get("calibration_by_model") or {}
+    if not by_model:
+        return ""
+    out = ["<h2>Uncertainty calibration</h2><p>Spearman rank correlation between the voxel "
+           "spread of the samples and the absolute error over the head (see Definitions; the "
+           "reliability plot is under Figures).</p><table><tr><th>model</th><th>cases</th>"
+           "<th>mean Spearman</th><th>median Spearman</th></tr>"]
+    for m, v in by_model.items():
+        out.append(f"<tr><td>{_esc(m)}</td><td>{v['cases']}</td><td>{_num(v['mean_spearman'], 3)}"
+                   f"</td><td>{_num(v['median_spearman'], 3)}</td></tr>")
+    out.append("</table><table><tr><th>case</th><th>model</th><th>Spearman</th><th>head voxels"
+               "</th><th>spread, lowest bin (HU)</th><th>MAE there (HU)</th><th>spread, highest "
+               "bin (HU)</th><th>MAE there (HU)</th></tr>")
+    for c in summary.get("calibration") or []:
+        lo, hi = (c["bins"][0], c["bins"][-1]) if c["bins"] else ({}, {})
+        out.append(f"<tr><td>{_esc(c['case'])}</td><td>{_esc(c['model'])}</td>"
+                   f"<td>{_num(c['spearman'], 3)}</td><td>{c['voxels']}</td>"
+                   f"<td>{_num(lo.get('mean_spread'), 3)}</td><td>{_num(lo.get('mae_hu'), 3)}</td>"
+                   f"<td>{_num(hi.get('mean_spread'), 3)}</td>"
+                   f"<td>{_num(hi.get('mae_hu'), 3)}</td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
 def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
                       png_dir=None) -> Path:
     """Write the self-contained evaluation report (``report.html``) atomically.
@@ -428,6 +483,9 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
     for label, (cid, value, png) in (cases or {}).items():
         key = "case_" + "_".join("".join(c if c.isalnum() else " " for c in label).split())
         images.append((key, f"{label} case: {cid} ({value})", png))
+    if summary.get("calibration"):
+        images.append(("reliability", "Uncertainty reliability: mean absolute error against "
+                       "the spread, per case", reliability_png(summary["calibration"])))
     if png_dir is not None:
         for key, _, png in images:
             Path(png_dir).mkdir(parents=True, exist_ok=True)
@@ -461,6 +519,7 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
                      + "</p>")
     parts.append(_field_table(summary))
     parts.append("<h2>Statistics</h2>" + _stats_table(summary))
+    parts.append(_calibration_section(summary))
     parts.append("<h2>Model comparisons</h2>" + _comparisons_table(summary))
     parts.append("<h2>Figures</h2>")
     for key, caption, png in images:
@@ -469,6 +528,9 @@ def write_html_report(path, result, summary: dict, *, cases: dict | None = None,
                      "</figcaption></figure>")
     parts.append("<h2>Definitions</h2>" + "".join(
         f"<p>{_esc(t)}</p>" for t in metric_definitions(result.settings).split("\n\n")))
+    if summary.get("calibration_definition"):
+        parts.append("<h3>Uncertainty calibration</h3><p>" + _esc(summary["calibration_definition"])
+                     + "</p>")
     if summary.get("field_of_view_definition"):
         parts.append("<h3>Field of view</h3><p>" + _esc(summary["field_of_view_definition"]) + "</p>")
     if summary.get("baseline_definitions"):

@@ -8,6 +8,7 @@ import torch
 
 from .cnn_inr import CNNINR
 from .common import config_arguments
+from .diffusion import ConditionalDiffusion
 from .pix2pix import Pix2PixGenerator
 from .sxr2ct import SXR2CT
 from .x2ct_gan import X2CTGenerator, X2CTGeneratorSingle
@@ -16,6 +17,7 @@ MODELS: dict[str, type[torch.nn.Module]] = {
     "x2ct_gan": X2CTGenerator,
     "x2ct_gan_single": X2CTGeneratorSingle,
     "cnn_inr": CNNINR,
+    "diffusion": ConditionalDiffusion,  # residual diffusion on a prior model's sCT
     "sxr2ct": SXR2CT,
     "pix2pix": Pix2PixGenerator,  # 2D translation (harmoniser), not a reconstruction model
 }

@@ -29,6 +29,9 @@ seconds (validation included), ``step_time_s`` the mean seconds per training ste
 # seed defaults per model family (see the package docstring for the sources)
 _GAN_DEFAULTS = dict(lambda_adv=0.1, lambda_rec=10.0, lambda_proj=10.0, recon_loss="l1")
 _INR_DEFAULTS = dict(lambda_adv=0.0, lambda_rec=10.0, lambda_proj=10.0, recon_loss="mse")
+# diffusion: lambda_rec weighs the diffusion loss (MSE of the UNet's output against its
+# prediction target), lambda_proj the projection term on its predicted clean volume
+_DIFFUSION_DEFAULTS = dict(lambda_adv=0.0, lambda_rec=1.0, lambda_proj=1.0, recon_loss="mse")
 # Pix2Pix (Isola et al. 2017; seed 003 uses it with no other settings): cGAN + 100 x L1
 _PIX2PIX_DEFAULTS = dict(lambda_adv=1.0, lambda_rec=100.0, lambda_proj=0.0, recon_loss="l1")
 # S-XR2CT (seed 004): X2CT-GAN's losses plus a perceptual term, lambda 0.1 / 10 / 10 / 1; the
@@ -41,6 +44,8 @@ DEFAULT_MODEL = "x2ct_gan"
 
 
 def _family_defaults(model: str) -> dict[str, Any]:
+    if model == "diffusion":
+        return _DIFFUSION_DEFAULTS
     if model == "pix2pix":
         return _PIX2PIX_DEFAULTS
     if model == "sxr2ct":

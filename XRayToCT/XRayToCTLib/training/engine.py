@@ -247,7 +247,10 @@ class Engine:
         ref = cfg.projection_reference
         if ref == "auto":
             ref = "input" if getattr(self.mapping, "invertible", True) else "target"
-        self.drr = DRR([ds.geometries[v] for v in self.views], self.grid, attenuation="soft",
+        # (a diffusion model's projection term works on its own low-resolution grid)
+        proj_grid = (self.model.training_grid() if hasattr(self.model, "diffusion_loss")
+                     else self.grid)
+        self.drr = DRR([ds.geometries[v] for v in self.views], proj_grid, attenuation="soft",
                        gate_hu=cfg.proj_gate_hu)
         self.projection = ProjectionLoss(self.drr, self.mapping, ref).to(self.device)
         self._reference: dict[str, torch.Tensor] = {}  # "target" reference DRRs, per case
@@ -303,8 +306,9 @@ class Engine:
         self.d_train = self.disc
         if dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # with points, query() bypasses forward: the gradients are averaged by hand
-            if not self.points:
+            # with points, query() bypasses forward (as a diffusion model's diffusion_loss):
+            # the gradients are averaged by hand
+            if not self.points and not hasattr(self.model, "diffusion_loss"):
                 self.g_train = DistributedDataParallel(self.model, device_ids=ids)
             if self.disc is not None:
                 self.d_train = DistributedDataParallel(self.disc, device_ids=ids)
@@ -428,6 +432,8 @@ class Engine:
         cfg = self.cfg
         x = self.normalize(views_tensor(batch, self.views, self.device))
         target = self.model_target(batch)
+        if hasattr(self.model, "diffusion_loss"):
+            return self._diffusion_step(x, target)
         pred = None
         if self.need_grid:
             with self._autocast():
@@ -467,6 +473,35 @@ class Engine:
         out.update(loss_g=float(loss.detach()), loss_rec=float(rec.detach()),
                    loss_proj=float(proj.detach()))
         return out
+
+    def _diffusion_step(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """A conditional diffusion model's step (:mod:`~XRayToCTLib.models.diffusion`): the
+        diffusion loss (weight ``lambda_rec``) plus the projection-consistency term (weight
+        ``lambda_proj``) of its predicted clean volume, on its low-resolution grid, against
+        the input views (or the target there rendered the same way)."""
+        cfg = self.cfg
+        with self._autocast():
+            diff, clean, target_low = self.model.diffusion_loss(x, target)
+        loss = cfg.lambda_rec * diff.float()
+        proj = torch.zeros((), device=self.device)
+        if cfg.lambda_proj > 0:
+            ref = (x if self.projection.reference == "input"
+                   else self.projection.render_reference(target_low))
+            proj = self.projection(clean.float(), reference=ref)
+            loss = loss + cfg.lambda_proj * proj
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.dist.world > 1:  # diffusion_loss bypasses forward (and DDP's hooks)
+            self.dist.average_gradients(self.model)
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        if not torch.isfinite(loss.detach()):
+            raise XRayToCTError(f"training diverged at step {self.step + 1}: the loss is "
+                                f"{float(loss)} (lower the learning rate, or turn mixed "
+                                f"precision off)")
+        nan = float("nan")
+        return {"loss_d": nan, "loss_adv": nan, "loss_g": float(loss.detach()),
+                "loss_rec": float(diff.detach()), "loss_proj": float(proj.detach())}
 
     def _discriminator_step(self, target: torch.Tensor, pred: torch.Tensor,
                             x: torch.Tensor) -> float:
