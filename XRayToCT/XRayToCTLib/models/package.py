@@ -193,8 +193,14 @@ def load_package(path: str | os.PathLike, *, device: str | torch.device = "cpu",
 # Catalog
 # -------------------------------------------------------------------------------------------
 
-def catalog(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """The bundled models (entries of ``models.json``; none when the file is absent)."""
+def catalog(path: str | os.PathLike | None = None, *, kind: str | None = None
+            ) -> list[dict[str, Any]]:
+    """The bundled models (entries of ``models.json``; none when the file is absent).
+
+    An entry's ``kind`` says what the model does: none (or ``"reconstruction"``) for the
+    sCT models, ``"translation_2d"`` for a harmoniser (:mod:`.pix2pix`). ``kind`` keeps
+    only the entries of that kind (``"reconstruction"``: the models a reconstruction can
+    use)."""
     path = Path(path) if path is not None else CATALOG_PATH
     if not path.is_file():
         return []
@@ -206,7 +212,8 @@ def catalog(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     if not isinstance(entries, list) or not all(
             isinstance(e, dict) and {"name", "file", "sha256"} <= set(e) for e in entries):
         raise InputError(path, "the model catalog must list entries with name, file and sha256")
-    return [dict(e) for e in entries]
+    return [dict(e) for e in entries
+            if kind is None or e.get("kind", "reconstruction") == kind]
 
 
 def _find(name_or_path: str | os.PathLike, catalog_path: str | os.PathLike | None
