@@ -14,6 +14,7 @@ from ..models.common import check_choice
 from ..models.pix2pix import is_translation
 from .checkpoint import load_checkpoint
 from .config import VAL_REGIONS
+from .translation import translation_record
 
 __all__ = ["export_run", "portable"]
 
@@ -59,9 +60,12 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, checkpoint: s
     model.load_state_dict(state["model"])
     model.eval()
     cfg = json.loads(state["config"])
+    data = json.loads(state["data"])
+    if is_translation(model):  # a pairs folder's record in the catalog's form
+        data = translation_record(data)
     metadata = portable({
         "title": title or f"{state['model_name']} trained by XRayToCT",
-        "training_data": json.loads(state["data"]),
+        "training_data": data,
         "validation": ({"images": "[0, 1] normalised output vs target (validation pairs)",
                         "regions": {"whole": "every pixel", "head": "target > 0.02"},
                         **state.get("val", {})} if is_translation(model) else

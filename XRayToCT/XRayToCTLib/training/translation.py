@@ -48,7 +48,7 @@ from .distributed import Dist, unwrap
 from .engine import Engine, check_dataset
 from .losses import AdversarialLoss, ReconstructionLoss
 
-__all__ = ["TranslationEngine", "OBJECT_THRESHOLD", "translation_metrics"]
+__all__ = ["TranslationEngine", "OBJECT_THRESHOLD", "translation_metrics", "translation_record"]
 
 OBJECT_THRESHOLD = 0.02
 """Target pixels above this (normalised [0, 1]) are the object (``*_head`` metrics)."""
@@ -71,11 +71,31 @@ def translation_metrics(pred: torch.Tensor, target: torch.Tensor
 def _description(root: Path, ds: PairDataset) -> dict[str, Any]:
     man = load_pairs_manifest(root)
     keep = {k: man[k] for k in ("kind", "version", "pixels", "input_domain", "target_domain",
-                                "source", "per_ct", "seed", "settings_ranges") if k in man}
+                                "source", "per_ct", "seed", "settings_ranges", "description")
+            if k in man}
     keep["split"] = {s: len(PairDataset(root, s, ds.pixels)) if (root / s).is_dir() else 0
                      for s in ("train", "val", "test")}
     keep["path"] = str(root.resolve())  # a model package keeps only the folder's name
-    return to_jsonable(keep)
+    return translation_record(to_jsonable(keep))
+
+
+def translation_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A pairs folder's training record in the catalog's form: ``description`` (one
+    sentence), ``sources`` (where the pairs came from), ``settings`` (how they were made),
+    ``split`` (pairs per split), plus the manifest's own keys. Idempotent."""
+    out = dict(record)
+    split = out.get("split") or {}
+    n = sum(v for v in split.values() if isinstance(v, int))
+    src, dst = out.get("input_domain", "input"), out.get("target_domain", "target")
+    made = (f", {out['per_ct']} per CT and view drawn with random physics, from the CTs of "
+            f"{out['source']}" if out.get("per_ct") and out.get("source") else "")
+    out.setdefault("description", f"{n} pairs of {out.get('pixels', '?')}^2 images, "
+                                  f"{src} -> {dst}{made}")
+    out.setdefault("sources", {k: out[k] for k in ("source", "input_domain", "target_domain")
+                               if k in out})
+    out.setdefault("settings", {k: out[k] for k in ("pixels", "per_ct", "seed", "settings_ranges")
+                                if k in out})
+    return out
 
 
 class TranslationEngine(Engine):
