@@ -858,13 +858,14 @@ def reconstruct(model: str | os.PathLike | torch.nn.Module, *, ct: Volume | None
                 invert: bool = False, device: str | torch.device = "auto",
                 refine: RefineLike = None,
                 progress: ProgressCallback | None = None,
-                harmonize: str | os.PathLike | torch.nn.Module | None = None
+                harmonize: str | os.PathLike | torch.nn.Module | None = None,
+                samples: int | None = None, seed: int | None = None
                 ) -> ReconstructionResult:
     """Load ``model`` (and the ``harmonize`` model, if any) and run
     :meth:`Reconstructor.reconstruct` (see there)."""
-    return Reconstructor(model, device, harmonize=harmonize).reconstruct(ct=ct, views=views, register=register,
-                                                    template=template, invert=invert,
-                                                    refine=refine, progress=progress)
+    return Reconstructor(model, device, harmonize=harmonize).reconstruct(
+        ct=ct, views=views, register=register, template=template, invert=invert,
+        refine=refine, progress=progress, samples=samples, seed=seed)
 
 
 def _load(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
