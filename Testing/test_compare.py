@@ -39,6 +39,29 @@ def _mae(a: np.ndarray, b: np.ndarray, lo: float, hi: float) -> float:
 # numbers
 # ---------------------------------------------------------------------------------------
 
+
+def test_compare_with_an_uncertainty_map_adds_the_spread_rows(phantom, tmp_path, capsys):
+    """An sCT whose error grows with its spread: the compare table gains the mean spread in
+    the head and a rank correlation near 1; the command finds the map beside the sCT."""
+    from XRayToCTLib.hu import head_mask
+    rng = np.random.default_rng(0)
+    spread = phantom.with_array(rng.uniform(5.0, 200.0, phantom.array.shape).astype(np.float32))
+    sct = phantom.with_array(phantom.array + spread.array)  # error = spread, voxel for voxel
+    result = compare_volumes(sct, phantom, uncertainty=spread)
+    assert len(result.rows) == 18
+    head = np.asarray(head_mask(phantom), dtype=bool)
+    assert result.value("spread_hu", "full") == pytest.approx(float(spread.array[head].mean()), rel=1e-5)
+    assert result.value("spread_error_spearman", "full") > 0.99
+    assert len(compare_volumes(sct, phantom).rows) == 16  # no map, no spread rows
+    write_volume(sct, tmp_path / "sct.nii.gz")
+    write_volume(spread, tmp_path / "sct_uncertainty.nii.gz")
+    write_volume(phantom, tmp_path / "ct.nii.gz")
+    assert main(["compare", str(tmp_path / "sct.nii.gz"), str(tmp_path / "ct.nii.gz"),
+                 "--out", str(tmp_path / "out"), "--no-picture"]) == 0
+    rows = json.loads((tmp_path / "out" / "metrics.json").read_text())["rows"]
+    assert {r["metric"] for r in rows} >= {"spread_hu", "spread_error_spearman"}
+    assert not (tmp_path / "out" / "compare.png").exists()
+
 def test_compare_volumes_offset(phantom):
     sct = phantom.with_array(phantom.array + 20.0)
     result = compare_volumes(sct, phantom)

@@ -197,8 +197,14 @@ class XRayToCTParameterNode:
     lateralVolume - the lateral radiograph (X-ray or DRR).
     modelName - catalog name or path of the model package (the panel's model list sets it).
     device - where PyTorch computes: auto, cuda or cpu.
+    harmonizerName - catalog name or path of the harmoniser (a 2D translation model that turns
+        a real-like radiograph into the DRR domain the models were trained on).
+    harmonizeAp, harmonizeLateral - which input views Harmonize translates.
     outputVolume - the synthetic CT (created by Apply when empty).
     refine - fit the sCT to its radiographs after the model (test-time fitting).
+    samples - samples of a diffusion model (from 2: their mean is the sCT and their voxel
+        spread the uncertainty map); other models take 1.
+    uncertaintyVolume - the sCT's uncertainty map (HU), when samples >= 2.
     groundTruthVolume - the CT the sCT is compared with.
     differenceVolume - sCT minus ground truth, HU (created by Compare).
     metricsTable - the comparison's metrics (created by Compare).
@@ -210,8 +216,13 @@ class XRayToCTParameterNode:
     lateralVolume: vtkMRMLScalarVolumeNode
     modelName: str = ""
     device: Annotated[str, Choice(DEVICES)] = "auto"
+    harmonizerName: str = ""
+    harmonizeAp: bool = True
+    harmonizeLateral: bool = True
     outputVolume: vtkMRMLScalarVolumeNode
     refine: bool = False
+    samples: Annotated[int, WithinRange(1, 64)] = 1
+    uncertaintyVolume: vtkMRMLScalarVolumeNode
     groundTruthVolume: vtkMRMLScalarVolumeNode
     differenceVolume: vtkMRMLScalarVolumeNode
     metricsTable: vtkMRMLTableNode
@@ -264,6 +275,9 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Buttons and the model list
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependenciesButton)
         self.ui.synthesizeDrrsButton.connect("clicked(bool)", self.onSynthesizeDrrsButton)
+        self.ui.simulateButton.connect("clicked(bool)", self.onSimulateButton)
+        self.ui.harmonizeButton.connect("clicked(bool)", self.onHarmonizeButton)
+        self.ui.harmonizerComboBox.connect("currentIndexChanged(int)", self.onHarmonizerSelected)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
@@ -357,6 +371,11 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         busy = self._task is not None
         hasCt = bool(parameters and parameters.ctVolume)
         self.ui.synthesizeDrrsButton.enabled = hasCt and not busy
+        self.ui.simulateButton.enabled = hasCt and not busy
+        self.ui.harmonizeButton.enabled = bool(parameters and self.logic.harmonizeProblem(parameters) is None
+                                              and not busy)
+        self.ui.harmonizeButton.toolTip = ((self.logic.harmonizeProblem(parameters) if parameters else "")
+                                           or _("Translate the checked radiographs into the DRR domain"))
         problem = self.logic.reconstructionProblem(parameters) if parameters else _("No parameters")
         self.ui.applyButton.enabled = problem is None and not busy
         self.ui.applyButton.toolTip = problem or _("Compute the synthetic CT in the background")
@@ -394,6 +413,31 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = combo.findData(current) if current else 0
         combo.setCurrentIndex(max(index, 0))
         self.onModelSelected(combo.currentIndex)
+        self._refreshHarmonizerList()
+
+    def _refreshHarmonizerList(self) -> None:
+        """Fill the harmoniser list (catalog models of the 2D translation kind)."""
+        combo = self.ui.harmonizerComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        try:
+            harmonizers = self.logic.harmonizerCatalog()
+        except Exception as e:  # the catalog needs the library's packages
+            logging.info(f"XRayToCT: harmoniser catalog not available: {e}")
+            harmonizers = []
+        for entry in harmonizers:
+            combo.addItem(entry.get("title") or entry["name"], entry["name"])
+        combo.blockSignals(False)
+        current = self._parameterNode.harmonizerName if self._parameterNode else ""
+        index = combo.findData(current) if current else 0
+        combo.setCurrentIndex(max(index, 0) if harmonizers else -1)
+        self.onHarmonizerSelected(combo.currentIndex)
+
+    def onHarmonizerSelected(self, index: int) -> None:
+        if not self._parameterNode:
+            return
+        self._parameterNode.harmonizerName = (self.ui.harmonizerComboBox.itemData(index) or "") if index >= 0 else ""
+        self._checkCanApply()
 
     def onModelSelected(self, index: int) -> None:
         if index < 0 or not self._parameterNode:
@@ -449,6 +493,54 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=parameters.device, modelName=parameters.modelName or None)
             self._startTask(task, self._drrsDone, _("Rendering DRRs of {name}...").format(name=ctVolume.GetName()))
 
+    def onSimulateButton(self) -> None:
+        """Realistic radiographs of the selected CT (``xraytoct simulate``: polychromatic beam,
+        scatter, blur, noise, vendor processing) at the model's geometry, in the background."""
+        if not self._ensureDependencies(_("Simulating radiographs")):
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the radiograph simulation."), waitCursor=True):
+            task = self.logic.startSimulate(parameters.ctVolume, modelName=parameters.modelName or None,
+                                            device=parameters.device)
+            self._startTask(task, self._simulationDone, _("Simulating radiographs of {name}...").format(
+                name=parameters.ctVolume.GetName()))
+
+    def _simulationDone(self, nodes) -> None:
+        self.logic.showRadiographs(nodes)
+        self._setStatus(_("Simulated radiographs: {names}. To reconstruct from them, select them as the "
+                          "radiographs and clear the CT selector (the sCT is then in the model's template "
+                          "space); Harmonize translates them into the DRR domain first.").format(
+            names=", ".join(n.GetName() for n in nodes.values())))
+
+    def onHarmonizeButton(self) -> None:
+        """Translate the checked radiographs, one background process per view, and select the
+        harmonised images as the inputs."""
+        if not self._ensureDependencies(_("Harmonising radiographs")):
+            return
+        parameters = self._parameterNode
+        pending = [(view, node) for view, node, wanted in (
+            ("ap", parameters.apVolume, parameters.harmonizeAp),
+            ("lateral", parameters.lateralVolume, parameters.harmonizeLateral)) if wanted and node is not None]
+
+        def runNext(done=None):
+            if done is not None:
+                view = done.GetAttribute(mrml.ATTRIBUTE_VIEW)
+                if view == "ap":
+                    self._parameterNode.apVolume = done
+                else:
+                    self._parameterNode.lateralVolume = done
+            if not pending:
+                self._setStatus(_("Harmonised with {model}; the harmonised images are the inputs now.").format(
+                    model=parameters.harmonizerName))
+                return
+            view, node = pending.pop(0)
+            with slicer.util.tryWithErrorDisplay(_("Failed to start the harmonisation."), waitCursor=True):
+                task = self.logic.startHarmonize(node, parameters.harmonizerName, view=view,
+                                                 device=parameters.device)
+                self._startTask(task, runNext, _("Harmonising {name}...").format(name=node.GetName()))
+
+        runNext()
+
     def _drrsDone(self, nodes) -> None:
         self._parameterNode.apVolume = nodes.get("ap")
         self._parameterNode.lateralVolume = nodes.get("lateral")
@@ -464,14 +556,21 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             task = self.logic.startReconstruction(
                 parameters.apVolume, parameters.lateralVolume, modelName=parameters.modelName,
                 device=parameters.device, ctVolumeNode=parameters.ctVolume,
-                outputVolumeNode=parameters.outputVolume, refine=parameters.refine)
+                outputVolumeNode=parameters.outputVolume, refine=parameters.refine,
+                samples=parameters.samples, uncertaintyVolumeNode=parameters.uncertaintyVolume)
             self._startTask(task, self._reconstructionDone, _("Computing the synthetic CT..."))
 
     def _reconstructionDone(self, sctNode) -> None:
         self._parameterNode.outputVolume = sctNode
         if not self._parameterNode.groundTruthVolume:
             self._parameterNode.groundTruthVolume = self.logic.defaultGroundTruth(sctNode)
-        slicer.util.setSliceViewerLayers(background=sctNode, fit=True)
+        uncertainty = mrml.uncertainty_of(sctNode)
+        if uncertainty is not None:  # the spread as a colour overlay on the sCT, with its legend
+            self._parameterNode.uncertaintyVolume = uncertainty
+            slicer.util.setSliceViewerLayers(background=sctNode, foreground=uncertainty, foregroundOpacity=0.5,
+                                             fit=True)
+        else:
+            slicer.util.setSliceViewerLayers(background=sctNode, fit=True)
         summary = self.logic.consistencySummary(sctNode)
         self.ui.consistencyLabel.text = summary
         self._setStatus(_("{name} is ready. {summary}").format(name=sctNode.GetName(), summary=summary))
@@ -687,9 +786,13 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
 
     # -- models -----------------------------------------------------------------------------
     def modelCatalog(self) -> list:
-        """The installed models: ``models.catalog()`` entries (name, title, description, file,
-        sha256, size, views, output_size, trained_on)."""
-        return list(self._importLibrary("models").catalog())
+        """The installed reconstruction models: ``models.catalog(kind="reconstruction")``
+        entries (name, title, description, file, sha256, size, views, output_size, trained_on)."""
+        return list(self._importLibrary("models").catalog(kind="reconstruction"))
+
+    def harmonizerCatalog(self) -> list:
+        """The installed harmonisers (2D translation models, ``kind`` ``translation_2d``)."""
+        return list(self._importLibrary("models").catalog(kind="translation_2d"))
 
     def smallestModel(self) -> Optional[str]:
         """Name of the smallest catalog model (by file size), or None when there is none."""
@@ -796,6 +899,76 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
 
         return process.CommandTask(prepare, finish, name="XRayToCT DRR synthesis")
 
+    def startSimulate(self, ctVolumeNode, modelName: Optional[str] = None, device: str = "auto", seed: int = 0,
+                      options: Optional[list] = None):
+        """Realistic radiographs of a CT in a background process (``xraytoct simulate``, at the
+        model's geometry when ``modelName`` is given; ``options``: more of its arguments, e.g.
+        ``["--kvp", 80, "--processing", "cr"]``). The task's ``result()`` is ``{view: node}``:
+        new nodes ``"<CT> simulated <view>"``, which are radiographs (not the CT's DRRs)."""
+        if ctVolumeNode is None or ctVolumeNode.GetImageData() is None:
+            raise ValueError(_("Select a CT volume with image data."))
+        xio = self._importLibrary("io")
+        ct = mrml.volume_from_node(ctVolumeNode)
+
+        def prepare(folder):
+            xio.write_volume(ct, folder / "ct.nrrd", compress=False)
+            argv = ["simulate", folder / "ct.nrrd", "--out-dir", folder / "sim", "--device", device,
+                    "--seed", int(seed)]
+            return argv + (["--model", modelName] if modelName else []) + list(options or [])
+
+        def finish(folder):
+            _checkInScene(ctVolumeNode)
+            scene = ctVolumeNode.GetScene()
+            nodes = {}
+            for view in ("ap", "lateral"):
+                path = folder / "sim" / f"ct_{view}_simulated.nrrd"
+                if path.is_file():
+                    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(
+                        f"{ctVolumeNode.GetName()} simulated {VIEW_LABELS.get(view, view)}"))
+                    nodes[view] = mrml.update_node_from_radiograph(node, xio.read_radiograph(path, view=view), view,
+                                                                   source_node=ctVolumeNode)
+            return nodes
+
+        return process.CommandTask(prepare, finish, name="XRayToCT radiograph simulation")
+
+    def harmonizeProblem(self, parameters) -> Optional[str]:
+        """Why Harmonize cannot run with these parameters, in words; None when it can."""
+        if not parameters.harmonizerName:
+            return _("No harmoniser is installed or selected.")
+        chosen = [node for node, wanted in ((parameters.apVolume, parameters.harmonizeAp),
+                                            (parameters.lateralVolume, parameters.harmonizeLateral)) if wanted]
+        if not any(node is not None for node in chosen):
+            return _("Select a radiograph and check its view.")
+        if any(node is not None and node.GetAttribute(ATTRIBUTE_KIND) == mrml.KIND_DRR for node in chosen):
+            return _("DRRs are already in the DRR domain: harmonise real or simulated radiographs.")
+        return None
+
+    def startHarmonize(self, radiographNode, harmonizerName: str, view: Optional[str] = None, device: str = "auto"):
+        """Translate a radiograph into the DRR domain in a background process (``xraytoct
+        harmonize``); the task's ``result()`` is a new node ``"<name> harmonised"`` with the
+        input's geometry and view, which names the harmoniser."""
+        if radiographNode is None:
+            raise ValueError(_("Select a radiograph."))
+        if not harmonizerName:
+            raise XRayToCTError(_("No harmoniser is selected."))
+        xio = self._importLibrary("io")
+        radiograph = mrml.radiograph_from_node(radiographNode, view)
+        view = view or radiographNode.GetAttribute(ATTRIBUTE_VIEW) or "ap"
+
+        def prepare(folder):
+            xio.write_radiograph(radiograph, folder / "in.nrrd")
+            return ["harmonize", folder / "in.nrrd", "--model", harmonizerName, "--out", folder / "out.nrrd",
+                    "--device", device]
+
+        def finish(folder):
+            _checkInScene(radiographNode)
+            scene = radiographNode.GetScene()
+            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                           scene.GenerateUniqueName(f"{radiographNode.GetName()} harmonised"))
+            return mrml.update_node_from_radiograph(node, xio.read_radiograph(folder / "out.nrrd", view=view), view)
+
+        return process.CommandTask(prepare, finish, name="XRayToCT harmonisation")
+
     @staticmethod
     def showRadiographs(nodes: dict) -> None:
         """Show the AP radiograph in the Green (coronal) view and the lateral one in the Yellow
@@ -830,11 +1003,11 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
 
     def startReconstruction(self, apVolumeNode, lateralVolumeNode, modelName: str, device: str = "auto",
                             ctVolumeNode=None, outputVolumeNode=None, register: Optional[bool] = None,
-                            refine: Any = False):
+                            refine: Any = False, samples: int = 1, seed: int = 0, uncertaintyVolumeNode=None):
         """:meth:`reconstruct` in a background process (``xraytoct reconstruct``); the task's
         ``result()`` is the sCT node. ``refine`` is False, True or a number of steps."""
         job = self._reconstructionJob(apVolumeNode, lateralVolumeNode, modelName, device,
-                                      ctVolumeNode, outputVolumeNode, register, refine)
+                                      ctVolumeNode, outputVolumeNode, register, refine, uncertaintyVolumeNode)
         xio = self._importLibrary("io")
 
         def prepare(folder):
@@ -852,21 +1025,26 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
                     raise XRayToCTError(_("In the background refine is True or a number of steps; "
                                           "for other settings call reconstruct()."))
                 argv += ["--refine", refine]
+            if int(samples) > 1:
+                argv += ["--samples", int(samples), "--seed", int(seed)]
             return argv
 
         def finish(folder):
             sidecar = json.loads((folder / "sct.json").read_text(encoding="utf-8"))
             drrs = {view: xio.read_radiograph(folder / f"sct_{view}_input.nrrd", view=view)
                     for view in ("ap", "lateral") if (folder / f"sct_{view}_input.nrrd").is_file()}
+            spread = folder / "sct_uncertainty.nrrd"
             result = SimpleNamespace(sct=xio.read_volume(folder / "sct.nrrd"), drrs=drrs,
-                                     consistency=sidecar.get("consistency") or {}, info=sidecar)
+                                     consistency=sidecar.get("consistency") or {}, info=sidecar,
+                                     uncertainty=xio.read_volume(spread, require_hu=False) if spread.is_file() else None)
             return job.finish(result)
 
         return process.CommandTask(prepare, finish, name="XRayToCT reconstruction")
 
     def reconstruct(self, apVolumeNode, lateralVolumeNode, modelName: str, device: str = "auto",
                     ctVolumeNode=None, outputVolumeNode=None, register: Optional[bool] = None,
-                    progress: Optional[Callable[[float, str], Any]] = None, refine: Any = False):
+                    progress: Optional[Callable[[float, str], Any]] = None, refine: Any = False,
+                    samples: int = 1, seed: int = 0, uncertaintyVolumeNode=None):
         """Synthetic CT from radiographs or from a CT, into a scalar volume node (blocks).
 
         * From a CT: when ``ctVolumeNode`` is given and the radiograph nodes are None or its
@@ -882,14 +1060,17 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         (``XRayToCT.Consistency``). ``progress(fraction, message)`` may raise
         :class:`~XRayToCTLib.errors.Cancelled`. ``refine`` (True or a number of steps) fits
         the sCT to its views afterwards (:mod:`XRayToCTLib.refine`); the node's method is then
-        ``<model>+refine``. Returns the node.
+        ``<model>+refine``. ``samples`` >= 2 (a diffusion model): the sCT is the samples' mean
+        and their voxel spread goes into ``uncertaintyVolumeNode`` (or a new node), a colour
+        map linked from the sCT node (:func:`XRayToCTLib.mrml.uncertainty_of`); ``seed`` makes
+        the samples reproducible. Returns the node.
         """
         job = self._reconstructionJob(apVolumeNode, lateralVolumeNode, modelName, device,
-                                      ctVolumeNode, outputVolumeNode, register, refine)
-        return job.finish(job.work(progress))
+                                      ctVolumeNode, outputVolumeNode, register, refine, uncertaintyVolumeNode)
+        return job.finish(job.work(progress, samples=samples, seed=seed))
 
     def _reconstructionJob(self, apVolumeNode, lateralVolumeNode, modelName, device, ctVolumeNode,
-                           outputVolumeNode, register, refine=False):
+                           outputVolumeNode, register, refine=False, uncertaintyVolumeNode=None):
         """The inputs (``ct`` or ``views``, library objects), ``work(progress)`` (computes in
         this process) and ``finish(result)`` (writes the scene) of a reconstruction."""
         if not modelName:
@@ -917,11 +1098,12 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         sourceName = sourceNode.GetName()
         scene = sourceNode.GetScene() or slicer.mrmlScene
 
-        def work(progress):
+        def work(progress, samples=1, seed=0):
             reconstructor = self.reconstructor(modelName, device)
             try:
                 return reconstructor.reconstruct(ct=ct, views=views, register=register, progress=progress,
-                                                 refine=refine or None)
+                                                 refine=refine or None,
+                                                 **({"samples": int(samples), "seed": int(seed)} if samples > 1 else {}))
             except TemplateUnavailable as err:
                 raise XRayToCTError(_("{problem}. Reinstall the extension (it ships a head CT "
                                       "template), set {env}, or reconstruct without "
@@ -949,8 +1131,15 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
                 info["refine"] = {"steps": fit.get("steps_run"), "time_s": fit.get("time_s"),
                                   "view_error": fit.get("view_error"),
                                   "consistency_before": result.info.get("consistency_before_refine")}
+            if "uncertainty" in result.info:
+                info["uncertainty"] = result.info["uncertainty"]
+                info["sampler"] = result.info.get("sampler")
             mrml.update_node_from_sct(node, result.sct, model=str(modelName), consistency=consistency,
                                       source_node=ctVolumeNode if useCt else None, input_nodes=inputs, info=info)
+            if getattr(result, "uncertainty", None) is not None:
+                spreadNode = uncertaintyVolumeNode or scene.AddNewNodeByClass(
+                    "vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{node.GetName()} uncertainty (HU)"))
+                mrml.update_uncertainty_node(spreadNode, result.uncertainty, node)
             logging.info(f"XRayToCT: {node.GetName()} computed with {modelName} in "
                          f"{result.info.get('time_s')} s on {result.info.get('device')}")
             return node
@@ -999,7 +1188,7 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         "rows": [...]}``."""
         job = self._compareJob(sctVolumeNode, groundTruthVolumeNode, differenceVolumeNode, metricsTableNode,
                                opacity, showLayout)
-        comparison = self._importLibrary("compare").compare_volumes(job.sct, job.gt)
+        comparison = self._importLibrary("compare").compare_volumes(job.sct, job.gt, uncertainty=job.spread)
         return job.finish(comparison.rows, comparison.difference)
 
     def startCompare(self, sctVolumeNode, groundTruthVolumeNode, differenceVolumeNode=None, metricsTableNode=None,
@@ -1013,8 +1202,12 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         def prepare(folder):
             xio.write_volume(job.sct, folder / "sct.nrrd", compress=False)
             xio.write_volume(job.gt, folder / "ground_truth.nrrd", compress=False)
-            return ["compare", folder / "sct.nrrd", folder / "ground_truth.nrrd", "--out", folder / "compare",
+            argv = ["compare", folder / "sct.nrrd", folder / "ground_truth.nrrd", "--out", folder / "compare",
                     "--no-picture"]
+            if job.spread is not None:
+                xio.write_volume(job.spread, folder / "spread.nrrd", compress=False)
+                argv += ["--uncertainty", folder / "spread.nrrd"]
+            return argv
 
         def finish(folder):
             metrics = json.loads((folder / "compare" / "metrics.json").read_text(encoding="utf-8"))
@@ -1045,7 +1238,9 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
             self.linkCompareViews(sctVolumeNode, groundTruthVolumeNode, differenceNode, opacity=opacity)
             return {"difference": differenceNode, "table": table, "rows": rows}
 
+        spreadNode = mrml.uncertainty_of(sctVolumeNode)
         return SimpleNamespace(sct=mrml.volume_from_node(sctVolumeNode), gt=mrml.volume_from_node(groundTruthVolumeNode),
+                               spread=mrml.volume_from_node(spreadNode) if spreadNode is not None else None,
                                finish=finish)
 
     @staticmethod
@@ -1074,10 +1269,14 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         def get(metric, window, region="head"):
             return values.get((metric, window, region), float("nan"))
 
-        return _("Inside the head: SSIM {ssim_b:.3f} (brain window) / {ssim_f:.3f} (full range), PSNR {psnr_f:.1f} dB, "
-                 "MAE {mae:.0f} HU. All values are in the table.").format(
+        text = _("Inside the head: SSIM {ssim_b:.3f} (brain window) / {ssim_f:.3f} (full range), PSNR {psnr_f:.1f} dB, "
+                 "MAE {mae:.0f} HU.").format(
             ssim_b=get("ssim", "brain"), ssim_f=get("ssim", "full"), psnr_f=get("psnr", "full"),
             mae=get("mae_hu", "full"))
+        if ("spread_hu", "full", "head") in values:
+            text += " " + _("Uncertainty: mean spread {spread:.0f} HU; its rank correlation with the error "
+                            "{rho:.2f}.").format(spread=get("spread_hu", "full"), rho=get("spread_error_spearman", "full"))
+        return text + " " + _("All values are in the table.")
 
     # -- sample data ------------------------------------------------------------------------------
     def loadSampleData(self, scene=None, withDrrs: bool = True) -> list:

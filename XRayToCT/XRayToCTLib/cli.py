@@ -421,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "blue-white-red map")
     p.add_argument("--window", choices=["full", "brain", "bone", "soft_tissue"], default="full",
                    help="grey-level window of the views (default %(default)s: [-1000, 1000] HU)")
+    p.add_argument("--uncertainty", metavar="FILE",
+                   help="the sCT's uncertainty map (reconstruct --samples); default: "
+                   "SCT's _uncertainty file when there is one. Adds its mean inside the head and "
+                   "its rank correlation with the absolute error to the metrics")
     p.add_argument("--no-picture", action="store_true",
                    help="write the metrics and the difference only (what the Slicer module reads)")
     p.add_argument("--pane-size", type=int, default=256, metavar="PX",
@@ -571,7 +575,7 @@ _INPUTS = {"convert": ("input",), "preprocess": ("ct", "template"), "drr": ("ct"
            "simulate": ("ct",),
            "reconstruct": ("ap", "lateral", "ct", "template"), "train": ("data", "config"),
            "export": ("run_dir",), "prepare": ("ct_dir", "template"),
-           "evaluate": ("pred", "gt", "template", "dataset"), "compare": ("sct", "ct")}
+           "evaluate": ("pred", "gt", "template", "dataset"), "compare": ("sct", "ct", "uncertainty")}
 """Each command's arguments naming files or folders that must exist."""
 _OUTPUT_FILES = {"convert": "output", "preprocess": "out", "phantom": "out",
                  "reconstruct": "out", "export": "out"}
@@ -979,6 +983,7 @@ def _cmd_compare(args) -> int:
 
     from .compare import compare_volumes, write_comparison
     from .compare_view import unavailable
+    from .evaluation import uncertainty_file
     from .io import read_volume
     if not (math.isfinite(args.range_hu) and args.range_hu > 0):
         raise InputError(None, f"--range-hu must be a positive number of HU, got {args.range_hu:g}")
@@ -991,8 +996,10 @@ def _cmd_compare(args) -> int:
     cb = _line_progress("compare")
     cb(0.0, "reading the volumes")
     sct, ct = read_volume(args.sct), _read_ct(args, args.ct)
+    spread_file = args.uncertainty or uncertainty_file(args.sct)
+    spread = read_volume(spread_file, require_hu=False) if spread_file else None
     cb(0.2, "metrics and difference")
-    comparison = compare_volumes(sct, ct)
+    comparison = compare_volumes(sct, ct, uncertainty=spread)
     picture = missing is None and not args.no_picture
     cb(0.6, "writing" + (" and rendering compare.png" if picture else ""))
     try:

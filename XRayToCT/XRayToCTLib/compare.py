@@ -101,11 +101,16 @@ def _extent_lps(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     return corners.min(axis=0), corners.max(axis=0)
 
 
-def compare_volumes(sct: Volume, ground_truth: Volume) -> Comparison:
+def compare_volumes(sct: Volume, ground_truth: Volume, uncertainty: Volume | None = None) -> Comparison:
     """Compare a synthetic CT with a ground-truth CT (both HU, any grids that overlap in
     world space): the metric rows of the module's Compare (:data:`COMPARE_METRICS` in the
     :data:`COMPARE_WINDOWS`, over the :data:`COMPARE_REGIONS`; the sCT resampled onto the
-    ground truth's grid) and the difference map (:func:`difference_volume`)."""
+    ground truth's grid) and the difference map (:func:`difference_volume`).
+
+    With the sCT's ``uncertainty`` (the voxel SD of a diffusion model's samples, HU), two more
+    head-region rows: ``spread_hu`` (its mean inside the head) and ``spread_error_spearman``
+    (how well it ranks the voxels' absolute error:
+    :func:`XRayToCTLib.evaluation.uncertainty_calibration`)."""
     # late: metrics loads torch (see the module's docstring)
     from .errors import InputError
     from .metrics import evaluate_pair
@@ -116,10 +121,30 @@ def compare_volumes(sct: Volume, ground_truth: Volume) -> Comparison:
                                f"(LPS extents {np.round(slo, 1).tolist()}..{np.round(shi, 1).tolist()} and "
                                f"{np.round(glo, 1).tolist()}..{np.round(ghi, 1).tolist()} mm): "
                                "they are in different frames")
-    rows = evaluate_pair(on_grid_of(sct, ground_truth), ground_truth, windows=COMPARE_WINDOWS,
+    on_gt = on_grid_of(sct, ground_truth)
+    rows = evaluate_pair(on_gt, ground_truth, windows=COMPARE_WINDOWS,
                          regions=COMPARE_REGIONS, metrics=COMPARE_METRICS)
+    if uncertainty is not None:
+        rows += _spread_rows(on_gt, ground_truth, on_grid_of(uncertainty, ground_truth, default=-1.0))
     return Comparison(rows=rows, difference=difference_volume(sct, ground_truth), sct=sct,
                       ground_truth=ground_truth)
+
+
+def _spread_rows(sct_on_gt: Volume, ground_truth: Volume, spread: Volume) -> list[dict[str, Any]]:
+    """The uncertainty rows of :func:`compare_volumes` (inside the ground truth's head;
+    outside the uncertainty map the spread is unknown, -1, and left out)."""
+    from .evaluation import uncertainty_calibration
+    from .hu import head_mask
+
+    head = np.asarray(head_mask(ground_truth), dtype=bool)
+    known = head & (spread.array >= 0)
+    error = np.abs(sct_on_gt.array - ground_truth.array)  # as evaluate's calibration
+    calibration = uncertainty_calibration(spread.array, error, mask=head)
+    mean = float(spread.array[known].mean()) if known.any() else float("nan")
+    rho = calibration["spearman"]
+    return [{"metric": "spread_hu", "window": "full", "region": "head", "value": mean},
+            {"metric": "spread_error_spearman", "window": "full", "region": "head",
+             "value": float("nan") if rho is None else float(rho)}]
 
 
 def head_center_ras(volume: Volume) -> np.ndarray:

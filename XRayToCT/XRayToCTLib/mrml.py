@@ -48,6 +48,8 @@ __all__ = [
     "link_compare_views", "set_difference_opacity", "jump_compare_views",
     "difference_volume", "difference_color_node", "update_difference_node",
     "update_metrics_table", "metrics_from_table", "on_grid_of",
+    "ATTRIBUTE_UNCERTAINTY", "KIND_UNCERTAINTY", "uncertainty_color_node", "update_uncertainty_node",
+    "uncertainty_of",
 ]
 
 #: Node attributes (strings) that XRayToCT reads and writes.
@@ -61,9 +63,11 @@ ATTRIBUTE_MODEL = "XRayToCT.Model"
 ATTRIBUTE_CONSISTENCY = "XRayToCT.Consistency"
 ATTRIBUTE_INPUTS = "XRayToCT.InputVolumeIDs"
 ATTRIBUTE_INFO = "XRayToCT.Info"
+ATTRIBUTE_UNCERTAINTY = "XRayToCT.UncertaintyVolumeID"
 
 KIND_DRR = "DRR"
 KIND_SCT = "sCT"
+KIND_UNCERTAINTY = "sCT uncertainty"
 
 SYNTHETIC_DESCRIPTION = f"{SYNTHETIC_LABEL}: {SYNTHETIC_NOTE}."
 """A synthetic CT node's description: the one sCT label and its explanation."""
@@ -359,6 +363,53 @@ def update_node_from_sct(node, sct: Volume, *, model: str, consistency: Mapping[
     node.SetAttribute(ATTRIBUTE_INFO, json_text(dict(info or {}), sort_keys=True))
     node.SetDescription(SYNTHETIC_DESCRIPTION)
     return node
+
+
+def uncertainty_color_node(scene, name: str = "XRayToCT uncertainty (HU)"):
+    """A sequential colour table for a spread map (black, no spread -> red -> yellow -> white,
+    the largest), 256 entries; the same node is reused when it exists."""
+    existing = scene.GetFirstNodeByName(name)
+    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
+        return existing
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
+    node.SetTypeToUser()
+    n = 256
+    node.SetNumberOfColors(n)
+    for index in range(n):
+        t = index / (n - 1)
+        rgb = (min(1.0, 3.0 * t), min(1.0, max(0.0, 3.0 * t - 1.0)), min(1.0, max(0.0, 3.0 * t - 2.0)))
+        node.SetColor(index, f"{t * 100:.0f}%", rgb[0], rgb[1], rgb[2], 1.0)
+    node.SetAttribute("Category", "XRayToCT")
+    return node
+
+
+def update_uncertainty_node(node, uncertainty: Volume, sct_node, *, range_hu: float = 200.0):
+    """Put an sCT's uncertainty (the voxel SD of a diffusion model's samples, HU, on the sCT's
+    grid) into ``node``: shown with :func:`uncertainty_color_node` over ``[0, range_hu]`` and a
+    colour legend, labelled synthetic, linked from the sCT node (:data:`ATTRIBUTE_UNCERTAINTY`).
+    Returns the node."""
+    if not (math.isfinite(range_hu) and range_hu > 0):
+        raise ValueError(f"range_hu must be positive, got {range_hu}")
+    update_node_from_volume(node, uncertainty, window_level=(range_hu, range_hu / 2.0))
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetAndObserveColorNodeID(uncertainty_color_node(_scene_of(node)).GetID())
+        display.SetInterpolate(False)
+        _ensure_color_legend(display, "sCT uncertainty: SD of the samples (HU)")
+    node.SetAttribute(ATTRIBUTE_KIND, KIND_UNCERTAINTY)
+    node.SetAttribute(ATTRIBUTE_SYNTHETIC, "true")
+    node.SetAttribute(ATTRIBUTE_SOURCE, sct_node.GetID())
+    node.SetDescription(f"Uncertainty of a {SYNTHETIC_LABEL}: the voxel standard deviation (HU) of the "
+                        "model's samples (XRayToCT); not a measurement of the patient.")
+    sct_node.SetAttribute(ATTRIBUTE_UNCERTAINTY, node.GetID())
+    return node
+
+
+def uncertainty_of(sct_node):
+    """The uncertainty node of an sCT node, when it has one in the scene (else None)."""
+    node_id = sct_node.GetAttribute(ATTRIBUTE_UNCERTAINTY) if sct_node is not None else None
+    scene = sct_node.GetScene() if sct_node is not None else None
+    return scene.GetNodeByID(node_id) if node_id and scene is not None else None
 
 
 def consistency_of(node) -> dict[str, Any]:
