@@ -1253,7 +1253,7 @@ def _ui_namespace(path):
                                     for w in ET.parse(path).getroot().iter("widget")})
 
 
-def test_widget_actions_reach_the_logic(xraytoct, scene, monkeypatch):
+def test_widget_actions_reach_the_logic(xraytoct, scene, monkeypatch, tmp_path):
     import contextlib
     import time
     import slicer
@@ -1325,6 +1325,16 @@ def test_widget_actions_reach_the_logic(xraytoct, scene, monkeypatch):
     monkeypatch.setattr(xraytoct.XRayToCTLogic, "modelCatalog", lambda self: [
         {"name": model, "title": "Tiny", "description": "A test model.", "views": ["ap", "lateral"],
          "output_size": 64, "trained_on": "nothing"}])
+    from XRayToCTLib import models
+    from XRayToCTLib.models import package
+    import torch
+    torch.manual_seed(0)
+    harmonizer = str(tmp_path / "tiny_pix2pix.safetensors")
+    package.save_package(models.build_model("pix2pix", {"image_size": 64, "channels": [4, 8, 16], "strides": [2, 2]}),
+                         harmonizer, metadata={"training_data": {"description": "none: random weights"},
+                                               "validation": {}})
+    monkeypatch.setattr(xraytoct.XRayToCTLogic, "harmonizerCatalog", lambda self: [
+        {"name": harmonizer, "title": "Tiny harmoniser", "kind": "translation_2d"}])
     missing = ["torch"]  # first run: a package is missing, and the panel offers to install it
     installs = []
     monkeypatch.setattr(xraytoct.XRayToCTLogic, "missingDependencies", staticmethod(lambda: list(missing)))
@@ -1362,6 +1372,25 @@ def test_widget_actions_reach_the_logic(xraytoct, scene, monkeypatch):
     assert xraytoct.XRayToCTLogic.isDrrOf(parameters.apVolume, ct)
     assert xraytoct.XRayToCTLogic.isDrrOf(parameters.lateralVolume, ct)
     assert "DRRs ready" in ui.statusLabel.text
+    drrs = (parameters.apVolume, parameters.lateralVolume)
+
+    # Simulate: realistic radiographs of the CT; Harmonize the checked view into the DRR domain
+    assert ui.harmonizerComboBox.items == [("Tiny harmoniser", harmonizer)] and parameters.harmonizerName == harmonizer
+    assert not ui.harmonizeButton.enabled  # DRRs need no harmonisation
+    ui.simulateButton.emit("clicked(bool)", True)
+    run_task()
+    assert "Simulated radiographs" in ui.statusLabel.text
+    simulated = [n for n in scene.GetNodesByClass("vtkMRMLScalarVolumeNode") if "simulated" in n.GetName()]
+    assert len(simulated) == 2
+    parameters.apVolume = next(n for n in simulated if n.GetAttribute(mrml.ATTRIBUTE_VIEW) == "ap")
+    parameters.harmonizeLateral = False
+    widget._checkCanApply()
+    assert ui.harmonizeButton.enabled
+    ui.harmonizeButton.emit("clicked(bool)", True)
+    run_task()
+    assert parameters.apVolume.GetName() == "Head simulated AP harmonised" and parameters.lateralVolume is drrs[1]
+    assert "Harmonised with" in ui.statusLabel.text
+    parameters.apVolume, parameters.lateralVolume = drrs
 
     # Apply: a background process, polled by the timer, ends in an sCT node
     ui.applyButton.emit("clicked(bool)", True)

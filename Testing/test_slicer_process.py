@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import sys
 import time
+import types
 import unittest
 from pathlib import Path
 
@@ -178,3 +180,88 @@ def test_command_process_reads_its_log_without_a_thread(tmp_path):
     assert command.wait(120) == 0
     assert any("cnn_inr" in line for line in command.new_lines()) and command.new_lines() == []
     assert Path(command.log).is_file() and command.failure().startswith("xraytoct models stopped")
+
+
+def test_simulated_radiographs_in_a_process(xraytoct, scene, head):  # noqa: F811
+    """Simulate (issue 12) from the panel: realistic radiographs of the CT at the model's
+    geometry, as radiograph nodes of their own (not the CT's DRRs)."""
+    logic = xraytoct.XRayToCTLogic()
+    nodes = _wait(logic.startSimulate(head, modelName=MODEL, device="cpu", seed=1))
+    assert set(nodes) == {"ap", "lateral"}
+    drrs = logic.synthesizeDrrs(head, modelName=MODEL, device="cpu")
+    for view, node in nodes.items():
+        assert node.GetName() == f"Head simulated {xraytoct.VIEW_LABELS[view]}"
+        assert node.GetAttribute(mrml.ATTRIBUTE_VIEW) == view and not logic.isDrrOf(node, head)
+        simulated, drr = mrml.radiograph_from_node(node), mrml.radiograph_from_node(drrs[view])
+        assert simulated.array.shape == drr.array.shape  # the model's detector
+        assert simulated.geometry.to_dict() == drr.geometry.to_dict()
+        assert not np.allclose(simulated.array, drr.array)
+
+
+def test_harmonize_each_checked_view_in_a_process(xraytoct, scene, tmp_path):  # noqa: F811
+    """Harmonize (issue 12): a radiograph node is translated by a harmoniser package into a new
+    node with the same view and geometry; DRRs are not offered for harmonisation."""
+    from XRayToCTLib import models
+    from XRayToCTLib.geometry import Radiograph, default_biplanar
+    from XRayToCTLib.models import package
+    torch.manual_seed(0)
+    harmonizer = tmp_path / "tiny_pix2pix.safetensors"
+    package.save_package(models.build_model("pix2pix", {"image_size": 32, "channels": [4, 8, 16],
+                                                        "strides": [2, 2]}), harmonizer,
+                         metadata={"training_data": {"description": "none: random weights"}, "validation": {}})
+    geometry = default_biplanar(pixels=32)["ap"]
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "AP X-ray")
+    mrml.update_node_from_radiograph(node, Radiograph(image, geometry.pixel_spacing, geometry), "ap")
+    logic = xraytoct.XRayToCTLogic()
+    out = _wait(logic.startHarmonize(node, str(harmonizer), view="ap", device="cpu"))
+    assert out.GetName() == "AP X-ray harmonised" and out.GetAttribute(mrml.ATTRIBUTE_VIEW) == "ap"
+    before, after = mrml.radiograph_from_node(node), mrml.radiograph_from_node(out)
+    assert after.array.shape == before.array.shape and not np.allclose(after.array, before.array)
+    assert after.geometry.to_dict() == before.geometry.to_dict()
+    parameters = types.SimpleNamespace(harmonizerName=str(harmonizer), apVolume=node, lateralVolume=None,
+                                       harmonizeAp=True, harmonizeLateral=True)
+    assert logic.harmonizeProblem(parameters) is None
+    node.SetAttribute(mrml.ATTRIBUTE_KIND, mrml.KIND_DRR)
+    assert "DRR" in logic.harmonizeProblem(parameters)
+
+
+def test_diffusion_samples_give_an_uncertainty_overlay_and_compare_reports_the_spread(xraytoct, scene, tmp_path):  # noqa: F811
+    """Samples (issue 11) from the panel: a diffusion package's mean sCT, its uncertainty map
+    as a colour overlay linked from the sCT node, and Compare's spread rows."""
+    from XRayToCTLib import models
+    from XRayToCTLib.drr import DRR
+    from XRayToCTLib.models import package
+    torch.manual_seed(0)
+    model = models.build_model("diffusion", {
+        "image_size": 16, "output_size": 16, "output_spacing": 16.0, "prior": None, "diffusion_size": 8,
+        "channels": [8, 8], "norm_groups": 4, "train_timesteps": 50, "sample_steps": 3, "cache": 8})
+    path = tmp_path / "tiny_diffusion.safetensors"
+    package.save_package(model, path, metadata={"training_data": {"description": "none: random weights"},
+                                                "validation": {}})
+    ct = head_phantom(32, 8.0, seed=2, pose=False)
+    drrs = DRR({v: model.spec.projection(v) for v in model.spec.views}).render(ct)
+    nodes = {}
+    for view, radiograph in drrs.items():
+        nodes[view] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{view} X-ray")
+        mrml.update_node_from_radiograph(nodes[view], radiograph, view)
+    logic = xraytoct.XRayToCTLogic()
+    sct = _wait(logic.startReconstruction(nodes["ap"], nodes["lateral"], modelName=str(path), device="cpu",
+                                          samples=3, seed=5))
+    spread = mrml.uncertainty_of(sct)
+    assert spread is not None and spread.GetAttribute(mrml.ATTRIBUTE_KIND) == mrml.KIND_UNCERTAINTY
+    assert spread.GetAttribute(mrml.ATTRIBUTE_SYNTHETIC) == "true"
+    assert spread.GetDisplayNode().GetColorNodeID() == mrml.uncertainty_color_node(scene).GetID()
+    a, b = mrml.volume_from_node(spread), mrml.volume_from_node(sct)
+    np.testing.assert_allclose(a.index_to_lps(), b.index_to_lps(), atol=1e-6)
+    assert a.array.min() >= 0 and a.array.max() > 0
+    info = json.loads(sct.GetAttribute(mrml.ATTRIBUTE_INFO))
+    assert info["sampler"]["samples"] == 3 and "mean_sd_head_hu" in info["uncertainty"]
+    # the same seed in this process gives the same mean
+    again = logic.reconstruct(nodes["ap"], nodes["lateral"], modelName=str(path), device="cpu", samples=3, seed=5)
+    assert np.abs(mrml.volume_from_node(again).array - b.array).max() <= 1.0  # the file holds whole HU
+    gt = _phantom_node(scene, ct.with_array(ct.array), "GT")
+    result = logic.compare(sct, gt, showLayout=False)
+    metrics = {r["metric"] for r in result["rows"]}
+    assert {"spread_hu", "spread_error_spearman"} <= metrics
+    assert "Uncertainty: mean spread" in logic.metricsSummary(result["rows"])
