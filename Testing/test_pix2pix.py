@@ -329,3 +329,23 @@ def test_fsim_is_one_for_identical_images_and_drops_with_noise():
         noisy = torch.as_tensor((img + rng.normal(0, sigma, img.shape)).clip(0, 1))[None, None]
         scores.append(float(fsim(x, noisy)[0]))
     assert 1.0 > scores[0] > scores[1] > scores[2]
+
+
+# -- the bundled harmoniser ----------------------------------------------------------------
+def test_bundled_harmonisers_load_translate_and_are_listed_as_such(capsys):
+    entries = models.catalog(kind="translation_2d")
+    if not entries:
+        pytest.skip("no harmoniser in the bundled catalog")
+    assert not {e["name"] for e in entries} & {e["name"] for e in
+                                               models.catalog(kind="reconstruction")}
+    for e in entries:
+        h = Harmonizer(e["name"])
+        assert h.spec.image_size == e["image_size"] and h.record["sha256"] == e["sha256"]
+        out = h.translate_array(np.random.default_rng(0).random((64, 64)))
+        assert out.shape == (64, 64) and np.isfinite(out).all()
+        assert {"psnr", "ssim", "fsim"} <= set(e["test"]["after"])
+    code, out, _ = run(["models"], capsys)
+    assert code == 0
+    for e in entries:
+        block = out.split(f"{e['name']}:", 1)[1].split("\n")[1]
+        assert "harmoniser" in block and "views" not in block
