@@ -294,6 +294,20 @@ def test_package_round_trip_loads_the_prior_by_sha256(tmp_path):
     assert entry["model"] == "diffusion" and entry["output_size"] == SIZE
 
 
+def test_the_residual_is_added_inside_the_priors_head_only():
+    m = tiny_diffusion()
+    m.set_prior(tiny_prior())
+    prior_low = torch.zeros(1, 1, 8, 8, 8)  # air (0 in hu_compand) ...
+    prior_low[..., 2:6, 2:6, 2:6] = 0.5  # ... around a head
+    gate = m.residual_gate(prior_low, (SIZE,) * 3)
+    assert gate.shape == (1, 1, SIZE, SIZE, SIZE)
+    assert float(gate[..., SIZE // 2, SIZE // 2, SIZE // 2]) == 1.0  # inside
+    assert float(gate[..., 0, 0, 0]) == 0.0 and float(gate.min()) >= 0.0  # far outside
+    everywhere = tiny_diffusion(head_gate_hu=None)
+    everywhere.set_prior(tiny_prior())
+    assert everywhere.residual_gate(prior_low, (SIZE,) * 3) is None
+
+
 def test_the_grids_match_the_spec():
     m = tiny_diffusion()
     assert m.training_grid().same_as(canonical_grid(8, 256.0))

@@ -22,8 +22,10 @@ giving a voxel-wise spread (the uncertainty).
   ``x0 = sqrt(a) x_t - sqrt(1 - a) v`` is well behaved at every noise level, so the
   projection-consistency term of the training can use it), MONAI's ``DDIMScheduler`` samples
   it in ``sample_steps`` steps (deterministic for ``eta = 0`` given the starting noise).
-* **Output**: ``prior (full size) + trilinear upsampling of the residual / residual_scale``,
-  clipped to the mapping's range: ``S^3`` voxels like every model's (``forward``: one sample
+* **Output**: ``prior (full size) + trilinear upsampling of the residual / residual_scale``
+  inside the prior's head (``head_gate_hu``: where the prior's low-resolution sCT is above
+  -500 HU, grown by one voxel; outside, the prior's air is kept), clipped to the mapping's
+  range: ``S^3`` voxels like every model's (``forward``: one sample
   from a fixed seed; :meth:`sample`: ``N`` samples from a ``torch.Generator``).
 
 Measured on the project's 2-core CPU with one thread (a shared machine): the UNet at 32^3
@@ -86,6 +88,11 @@ class ConditionalDiffusion(nn.Module):
         sample_steps: DDIM steps of :meth:`sample` by default (1 to ``train_timesteps``).
         eta: DDIM's stochasticity (0: deterministic given the starting noise).
         residual_scale: the residual (model intensity) times this is what is diffused.
+        head_gate_hu: the sampled residual is added only inside the prior's head: its
+            low-resolution sCT above this HU, grown by one voxel (the gate upsampled
+            trilinearly, a soft edge); outside, the prior's sCT (air) is kept. ``None``:
+            everywhere. (The residual is zero in air by construction; its sampling noise
+            there would only blur the background.)
         cache: conditions (and prior sCTs) kept per input, least recently used first out
             (the training sees the same cases every epoch; the prior is frozen).
     """
@@ -101,7 +108,7 @@ class ConditionalDiffusion(nn.Module):
                  norm_groups: int = 8, train_timesteps: int = 1000,
                  schedule: str = "scaled_linear_beta", prediction_type: str = "v_prediction",
                  sample_steps: int = 10, eta: float = 0.0, residual_scale: float = 15.0,
-                 cache: int = 512) -> None:
+                 head_gate_hu: float | None = -500.0, cache: int = 512) -> None:
         super().__init__()
         name = self.name
         channels = check_ints(name, "channels", channels, 1, min_length=1)
@@ -126,6 +133,8 @@ class ConditionalDiffusion(nn.Module):
         if residual_scale == 0:
             raise ValueError(f"{name}: residual_scale must be positive")
         cache = check_int(name, "cache", cache, 0)
+        if head_gate_hu is not None:
+            head_gate_hu = check_float(name, "head_gate_hu", head_gate_hu, -1000.0, 1000.0)
         if prior is not None and not (isinstance(prior, str) and prior.strip()):
             raise ValueError(f"{name}: prior must be a catalog name, a package file or null, "
                              f"got {prior!r}")
@@ -134,7 +143,8 @@ class ConditionalDiffusion(nn.Module):
                   "channels": channels, "res_blocks": res_blocks, "norm_groups": norm_groups,
                   "train_timesteps": train_timesteps, "schedule": schedule,
                   "prediction_type": prediction_type, "sample_steps": sample_steps,
-                  "eta": eta, "residual_scale": residual_scale, "cache": cache}
+                  "eta": eta, "residual_scale": residual_scale, "head_gate_hu": head_gate_hu,
+                  "cache": cache}
         self.spec: ModelSpec = make_spec(
             name, views=views, image_size=image_size, output_size=output_size,
             output_spacing=output_spacing, geometry=geometry, intensity=intensity, layers=layers)
@@ -318,10 +328,22 @@ class ConditionalDiffusion(nn.Module):
                 "train_timesteps": L["train_timesteps"], "schedule": L["schedule"],
                 "prediction_type": L["prediction_type"], "diffusion_size": self.size,
                 "diffusion_spacing_mm": self.spec.field_mm / self.size,
-                "residual_scale": L["residual_scale"],
+                "residual_scale": L["residual_scale"], "head_gate_hu": L["head_gate_hu"],
                 "prior": L["prior"],
                 "prior_sha256": L["prior_sha256"],
-                "output": "prior sCT + trilinear upsampling of the sampled residual"}
+                "output": "prior sCT + trilinear upsampling of the sampled residual (inside "
+                          "the prior's head, grown by one voxel, when head_gate_hu is set)"}
+
+    def residual_gate(self, prior_low: torch.Tensor, size: Sequence[int]) -> torch.Tensor | None:
+        """Where the sampled residual is added (``head_gate_hu``): ``[B, 1, *size]`` in
+        [0, 1] from the prior's low-resolution sCT, or None (everywhere; also without a
+        prior)."""
+        hu = self.layers["head_gate_hu"]
+        if hu is None or self.prior is None:
+            return None
+        inside = (prior_low > float(self.mapping.to_model(torch.tensor(float(hu))))).float()
+        inside = F.max_pool3d(inside, 3, stride=1, padding=1)  # grown by one voxel
+        return F.interpolate(inside, size=tuple(size), mode="trilinear", align_corners=False)
 
     def set_sample_steps(self, steps: int) -> None:
         """Change the default number of DDIM steps (the spec's ``sample_steps``: a package
@@ -346,6 +368,7 @@ class ConditionalDiffusion(nn.Module):
         L = self.layers
         cond = self.condition(x)
         full = self.prior_full(x)
+        gate = self.residual_gate(cond[:, :1], full.shape[-3:])
         sched = DDIMScheduler(L["train_timesteps"], schedule=L["schedule"],
                               prediction_type=L["prediction_type"], clip_sample=False)
         sched.set_timesteps(min(steps, L["train_timesteps"]))
@@ -361,7 +384,7 @@ class ConditionalDiffusion(nn.Module):
                 r, _ = sched.step(pred, int(t), r, eta, noise_gen)
             res = F.interpolate(r / L["residual_scale"], size=full.shape[-3:],
                                 mode="trilinear", align_corners=False)
-            out.append((full + res).clamp(lo, hi))
+            out.append((full + res if gate is None else full + gate * res).clamp(lo, hi))
         return torch.stack(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
