@@ -17,6 +17,11 @@
   :func:`save_package`, :func:`load_package`, :func:`load_model`, :func:`catalog`,
   :func:`resolve_model`.
 
+* ``pix2pix`` (:mod:`.pix2pix`) is registered too but is not an sCT model: a 2D translation
+  model (a harmoniser, spec ``kind = "translation_2d"``: ``[B, 1, P, P] -> [B, 1, P, P]``),
+  listed in the catalog with that ``kind`` (``catalog(kind=...)``) and refused by the
+  reconstruction code.
+
 Models never import training, inference or the CLI.
 """
 from __future__ import annotations

@@ -15,6 +15,8 @@ Modules, one per concern:
 * :mod:`.export` -- :func:`export_run`, a checkpoint packaged as one ``.safetensors`` file;
 * :mod:`.finetune` -- ``TrainConfig.init``: a run that starts from a model package's weights;
 * :mod:`.cpu` -- oneDNN for the one-case 3D convolutions PyTorch would run slowly on a CPU.
+* :mod:`.translation` -- a 2D translation model (``pix2pix``, the harmoniser) on a pairs folder
+  (:mod:`~XRayToCTLib.pairs`): the engine's loop with Pix2Pix's losses and 2D validation.
 
 A run folder holds ``config.yaml`` (the resolved settings), ``checkpoints/last.pt``,
 ``checkpoints/best.pt`` and ``log.csv`` (and ``tensorboard/`` when TensorBoard is
