@@ -58,7 +58,7 @@ def main(argv=None) -> int:
             return code
     manifest = load_manifest(data)
     ids = list(manifest["split"][args.split])
-    models = args.models or [e["name"] for e in catalog()]
+    models = args.models or [e["name"] for e in catalog(kind="reconstruction")]
     names = [Path(m).stem if m.endswith(".safetensors") else m for m in models]
     preds, methods = [], []
     for model, name in zip(models, names):
