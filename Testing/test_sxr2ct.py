@@ -56,7 +56,8 @@ def test_default_view_and_argument_checks():
     for bad, match in [({"views": ["ap", "lateral"]}, "exactly one view"),
                        ({"encoder_depths": [1, 1]}, "same number"),
                        ({"attention_heads": 3}, "divide"),
-                       ({"output_activation": "relu"}, "template_residual"),
+                       ({"output_activation": "relu", "template_residual": True},
+                        "template_residual"),
                        ({"image_size": 30}, "multiples"),
                        ({"std_floor": 0}, "std_floor")]:
         with pytest.raises(ValueError, match=match):
@@ -98,7 +99,8 @@ def test_template_buffer_is_the_shipped_template_on_the_canonical_grid():
     centre = grid.physical_points(np.stack([i, j, k], 1).astype(float)).mean(0)
     assert np.all(np.abs(centre) < 16.0), centre  # 2 voxels of 8 mm
     assert head[-1].sum() == 0 and head[:, :, 0].sum() == 0 and head[16].sum() > 0
-    # the untrained network starts from the template (template_residual)
+    # with template_residual, the network starts from the template
+    m = small(template_residual=True)
     with torch.no_grad():
         for p in m.head.parameters():
             p.zero_()
