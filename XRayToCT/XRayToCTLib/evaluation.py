@@ -36,6 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from . import metrics as M
 from .baselines import (DEFINITIONS as BASELINE_DEFINITIONS, NAMES as BASELINES,
@@ -592,10 +593,7 @@ def uncertainty_calibration(spread: np.ndarray, error: np.ndarray,
     s, e = s[keep], e[keep]
     rho = None
     if s.size >= 3 and np.ptp(s) > 0 and np.ptp(e) > 0:
-        rs, re_ = _average_ranks(s), _average_ranks(e)
-        rs -= rs.mean()
-        re_ -= re_.mean()
-        rho = float((rs * re_).sum() / np.sqrt((rs * rs).sum() * (re_ * re_).sum()))
+        rho = float(spearmanr(s, e)[0])
     out_bins = []
     if s.size:
         order = np.argsort(s, kind="stable")
@@ -606,13 +604,6 @@ def uncertainty_calibration(spread: np.ndarray, error: np.ndarray,
                                  "mean_spread": float(s[part].mean()),
                                  "mae_hu": float(e[part].mean()), "voxels": int(part.size)})
     return {"spearman": rho, "voxels": int(s.size), "bins": out_bins}
-
-
-def _average_ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``a`` with ties given their average rank (Spearman's convention)."""
-    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts).astype(np.float64)
-    return ((ends - counts + 1.0 + ends) / 2.0)[inverse.reshape(-1)]
 
 
 def _calibrate(cand: _Candidate, g: torch.Tensor, masks: Mapping[str, torch.Tensor | None]
