@@ -947,7 +947,7 @@ class _StandInReconstructor:
 
 def _logic_with(xraytoct, monkeypatch, reconstructor):
     logic = xraytoct.XRayToCTLogic()
-    monkeypatch.setattr(logic, "reconstructor", lambda name, device="auto": reconstructor)
+    monkeypatch.setattr(logic, "reconstructor", lambda name, device="auto", harmonize=None: reconstructor)
     monkeypatch.setattr(logic, "modelViews", lambda name: list(reconstructor.spec.views))
     return logic
 

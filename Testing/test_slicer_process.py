@@ -265,3 +265,32 @@ def test_diffusion_samples_give_an_uncertainty_overlay_and_compare_reports_the_s
     metrics = {r["metric"] for r in result["rows"]}
     assert {"spread_hu", "spread_error_spearman"} <= metrics
     assert "Uncertainty: mean spread" in logic.metricsSummary(result["rows"])
+
+
+def test_reconstruct_with_a_harmoniser_from_the_console_and_in_a_process(xraytoct, scene, tmp_path):  # noqa: F811
+    """``harmonize=`` (issue 12: reconstruct --harmonize from the console) translates each
+    radiograph first, in this process and in the background process alike, and says so."""
+    from XRayToCTLib import models
+    from XRayToCTLib.drr import DRR
+    from XRayToCTLib.models import package
+    torch.manual_seed(0)
+    meta = {"training_data": {"description": "none: random weights"}, "validation": {}}
+    harmonizer = tmp_path / "tiny_pix2pix.safetensors"
+    package.save_package(models.build_model("pix2pix", {"image_size": 64, "channels": [4, 8, 16],
+                                                        "strides": [2, 2]}), harmonizer, metadata=meta)
+    spec = models.load_model(MODEL)[0].spec
+    drrs = DRR({v: spec.projection(v) for v in spec.views}).render(head_phantom(64, 4.0, seed=2, pose=False))
+    nodes = {}
+    for view, radiograph in drrs.items():
+        nodes[view] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{view} X-ray")
+        mrml.update_node_from_radiograph(nodes[view], radiograph, view)
+    logic = xraytoct.XRayToCTLogic()
+    plain = logic.reconstruct(nodes["ap"], nodes["lateral"], modelName=MODEL, device="cpu")
+    direct = logic.reconstruct(nodes["ap"], nodes["lateral"], modelName=MODEL, device="cpu",
+                               harmonize=str(harmonizer))
+    background = _wait(logic.startReconstruction(nodes["ap"], nodes["lateral"], modelName=MODEL, device="cpu",
+                                                 harmonize=str(harmonizer)))
+    for node in (direct, background):
+        assert json.loads(node.GetAttribute(mrml.ATTRIBUTE_INFO))["harmonize"]["model"]
+    a, b = mrml.volume_from_node(direct).array, mrml.volume_from_node(background).array
+    assert np.abs(a - b).max() <= 1.0 and not np.allclose(a, mrml.volume_from_node(plain).array, atol=5.0)

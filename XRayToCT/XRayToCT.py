@@ -825,14 +825,15 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         """Load a model package once (raises a clear error when it is not one)."""
         self.reconstructor(path, "cpu")
 
-    def reconstructor(self, modelName: str, device: str = "auto"):
-        """The loaded :class:`~XRayToCTLib.inference.Reconstructor` (cached per model and device)."""
+    def reconstructor(self, modelName: str, device: str = "auto", harmonize: Optional[str] = None):
+        """The loaded :class:`~XRayToCTLib.inference.Reconstructor` (cached per model, device
+        and harmoniser)."""
         if not modelName:
             raise XRayToCTError(_("No model is selected: pick one in the model list or load a model file."))
-        key = (str(modelName), str(device))
+        key = (str(modelName), str(device), str(harmonize or ""))
         if key not in self._reconstructors:
             inference = self._importLibrary("inference")
-            self._reconstructors[key] = inference.Reconstructor(modelName, device=device)
+            self._reconstructors[key] = inference.Reconstructor(modelName, device=device, harmonize=harmonize or None)
         return self._reconstructors[key]
 
     def modelViews(self, modelName: str) -> list:
@@ -1003,11 +1004,13 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
 
     def startReconstruction(self, apVolumeNode, lateralVolumeNode, modelName: str, device: str = "auto",
                             ctVolumeNode=None, outputVolumeNode=None, register: Optional[bool] = None,
-                            refine: Any = False, samples: int = 1, seed: int = 0, uncertaintyVolumeNode=None):
+                            refine: Any = False, samples: int = 1, seed: int = 0, uncertaintyVolumeNode=None,
+                            harmonize: Optional[str] = None):
         """:meth:`reconstruct` in a background process (``xraytoct reconstruct``); the task's
         ``result()`` is the sCT node. ``refine`` is False, True or a number of steps."""
         job = self._reconstructionJob(apVolumeNode, lateralVolumeNode, modelName, device,
-                                      ctVolumeNode, outputVolumeNode, register, refine, uncertaintyVolumeNode)
+                                      ctVolumeNode, outputVolumeNode, register, refine, uncertaintyVolumeNode,
+                                      harmonize)
         xio = self._importLibrary("io")
 
         def prepare(folder):
@@ -1027,6 +1030,8 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
                 argv += ["--refine", refine]
             if int(samples) > 1:
                 argv += ["--samples", int(samples), "--seed", int(seed)]
+            if harmonize:
+                argv += ["--harmonize", harmonize]
             return argv
 
         def finish(folder):
@@ -1044,7 +1049,7 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
     def reconstruct(self, apVolumeNode, lateralVolumeNode, modelName: str, device: str = "auto",
                     ctVolumeNode=None, outputVolumeNode=None, register: Optional[bool] = None,
                     progress: Optional[Callable[[float, str], Any]] = None, refine: Any = False,
-                    samples: int = 1, seed: int = 0, uncertaintyVolumeNode=None):
+                    samples: int = 1, seed: int = 0, uncertaintyVolumeNode=None, harmonize: Optional[str] = None):
         """Synthetic CT from radiographs or from a CT, into a scalar volume node (blocks).
 
         * From a CT: when ``ctVolumeNode`` is given and the radiograph nodes are None or its
@@ -1063,14 +1068,17 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         ``<model>+refine``. ``samples`` >= 2 (a diffusion model): the sCT is the samples' mean
         and their voxel spread goes into ``uncertaintyVolumeNode`` (or a new node), a colour
         map linked from the sCT node (:func:`XRayToCTLib.mrml.uncertainty_of`); ``seed`` makes
-        the samples reproducible. Returns the node.
+        the samples reproducible. ``harmonize`` (a harmoniser's catalog name or file) translates
+        each radiograph into the DRR domain first (radiograph inputs only; the panel's
+        *Harmonize* does it per view, as a step of its own). Returns the node.
         """
         job = self._reconstructionJob(apVolumeNode, lateralVolumeNode, modelName, device,
-                                      ctVolumeNode, outputVolumeNode, register, refine, uncertaintyVolumeNode)
+                                      ctVolumeNode, outputVolumeNode, register, refine, uncertaintyVolumeNode,
+                                      harmonize)
         return job.finish(job.work(progress, samples=samples, seed=seed))
 
     def _reconstructionJob(self, apVolumeNode, lateralVolumeNode, modelName, device, ctVolumeNode,
-                           outputVolumeNode, register, refine=False, uncertaintyVolumeNode=None):
+                           outputVolumeNode, register, refine=False, uncertaintyVolumeNode=None, harmonize=None):
         """The inputs (``ct`` or ``views``, library objects), ``work(progress)`` (computes in
         this process) and ``finish(result)`` (writes the scene) of a reconstruction."""
         if not modelName:
@@ -1099,7 +1107,7 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         scene = sourceNode.GetScene() or slicer.mrmlScene
 
         def work(progress, samples=1, seed=0):
-            reconstructor = self.reconstructor(modelName, device)
+            reconstructor = self.reconstructor(modelName, device, harmonize)
             try:
                 return reconstructor.reconstruct(ct=ct, views=views, register=register, progress=progress,
                                                  refine=refine or None,
@@ -1131,6 +1139,8 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
                 info["refine"] = {"steps": fit.get("steps_run"), "time_s": fit.get("time_s"),
                                   "view_error": fit.get("view_error"),
                                   "consistency_before": result.info.get("consistency_before_refine")}
+            if "harmonize" in result.info:
+                info["harmonize"] = result.info["harmonize"]
             if "uncertainty" in result.info:
                 info["uncertainty"] = result.info["uncertainty"]
                 info["sampler"] = result.info.get("sampler")
