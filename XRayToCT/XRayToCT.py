@@ -58,7 +58,7 @@ if sys.version_info < MINIMUM_PYTHON:
         f"{'.'.join(map(str, MINIMUM_PYTHON))} or later); this Slicer runs Python "
         f"{platform.python_version()}. Install a current 3D Slicer from https://download.slicer.org.")
 
-from XRayToCTLib import mrml, process
+from XRayToCTLib import mrml, mrml_tasks
 from XRayToCTLib.constants import TEMPLATE_ENV
 from XRayToCTLib.errors import Cancelled, TemplateUnavailable, XRayToCTError
 
@@ -884,21 +884,9 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         ``result()`` is ``{view: node}``."""
         if ctVolumeNode is None or ctVolumeNode.GetImageData() is None:
             raise ValueError(_("Select a CT volume with image data."))
-        xio = self._importLibrary("io")
-        ct = mrml.volume_from_node(ctVolumeNode)
-
-        def prepare(folder):
-            xio.write_volume(ct, folder / "ct.nrrd", compress=False)
-            argv = ["drr", folder / "ct.nrrd", "--out-dir", folder / "drr", "--device", device]
-            return argv + (["--model", modelName] if modelName else ["--pixels", int(pixels)])
-
-        def finish(folder):
-            _checkInScene(ctVolumeNode)
-            radiographs = {view: xio.read_radiograph(folder / "drr" / f"ct_{view}_drr.nrrd", view=view)
-                           for view in ("ap", "lateral") if (folder / "drr" / f"ct_{view}_drr.nrrd").is_file()}
-            return mrml.update_drr_nodes(ctVolumeNode, radiographs, {"ap": apOutputNode, "lateral": lateralOutputNode})
-
-        return process.CommandTask(prepare, finish, name="XRayToCT DRR synthesis")
+        self._importLibrary("io")
+        return mrml_tasks.drr_task(ctVolumeNode, {"ap": apOutputNode, "lateral": lateralOutputNode},
+                                   pixels=pixels, device=device, model=modelName)
 
     def startSimulate(self, ctVolumeNode, modelName: Optional[str] = None, device: str = "auto", seed: int = 0,
                       options: Optional[list] = None):
@@ -908,29 +896,9 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         new nodes ``"<CT> simulated <view>"``, which are radiographs (not the CT's DRRs)."""
         if ctVolumeNode is None or ctVolumeNode.GetImageData() is None:
             raise ValueError(_("Select a CT volume with image data."))
-        xio = self._importLibrary("io")
-        ct = mrml.volume_from_node(ctVolumeNode)
-
-        def prepare(folder):
-            xio.write_volume(ct, folder / "ct.nrrd", compress=False)
-            argv = ["simulate", folder / "ct.nrrd", "--out-dir", folder / "sim", "--device", device,
-                    "--seed", int(seed)]
-            return argv + (["--model", modelName] if modelName else []) + list(options or [])
-
-        def finish(folder):
-            _checkInScene(ctVolumeNode)
-            scene = ctVolumeNode.GetScene()
-            nodes = {}
-            for view in ("ap", "lateral"):
-                path = folder / "sim" / f"ct_{view}_simulated.nrrd"
-                if path.is_file():
-                    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(
-                        f"{ctVolumeNode.GetName()} simulated {VIEW_LABELS.get(view, view)}"))
-                    nodes[view] = mrml.update_node_from_radiograph(node, xio.read_radiograph(path, view=view), view,
-                                                                   source_node=ctVolumeNode)
-            return nodes
-
-        return process.CommandTask(prepare, finish, name="XRayToCT radiograph simulation")
+        self._importLibrary("io")
+        return mrml_tasks.simulate_task(ctVolumeNode, model=modelName, device=device, seed=seed,
+                                        options=options or ())
 
     def harmonizeProblem(self, parameters) -> Optional[str]:
         """Why Harmonize cannot run with these parameters, in words; None when it can."""
@@ -952,23 +920,8 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select a radiograph."))
         if not harmonizerName:
             raise XRayToCTError(_("No harmoniser is selected."))
-        xio = self._importLibrary("io")
-        radiograph = mrml.radiograph_from_node(radiographNode, view)
-        view = view or radiographNode.GetAttribute(ATTRIBUTE_VIEW) or "ap"
-
-        def prepare(folder):
-            xio.write_radiograph(radiograph, folder / "in.nrrd")
-            return ["harmonize", folder / "in.nrrd", "--model", harmonizerName, "--out", folder / "out.nrrd",
-                    "--device", device]
-
-        def finish(folder):
-            _checkInScene(radiographNode)
-            scene = radiographNode.GetScene()
-            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
-                                           scene.GenerateUniqueName(f"{radiographNode.GetName()} harmonised"))
-            return mrml.update_node_from_radiograph(node, xio.read_radiograph(folder / "out.nrrd", view=view), view)
-
-        return process.CommandTask(prepare, finish, name="XRayToCT harmonisation")
+        self._importLibrary("io")
+        return mrml_tasks.harmonize_task(radiographNode, harmonizerName, view=view, device=device)
 
     @staticmethod
     def showRadiographs(nodes: dict) -> None:
@@ -1008,43 +961,16 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
                             harmonize: Optional[str] = None):
         """:meth:`reconstruct` in a background process (``xraytoct reconstruct``); the task's
         ``result()`` is the sCT node. ``refine`` is False, True or a number of steps."""
+        if refine not in (True, False) and not isinstance(refine, int):
+            raise XRayToCTError(_("In the background refine is True or a number of steps; "
+                                  "for other settings call reconstruct()."))
         job = self._reconstructionJob(apVolumeNode, lateralVolumeNode, modelName, device,
                                       ctVolumeNode, outputVolumeNode, register, refine, uncertaintyVolumeNode,
                                       harmonize)
-        xio = self._importLibrary("io")
-
-        def prepare(folder):
-            argv = ["reconstruct", "--model", modelName, "--out", folder / "sct.nrrd", "--device", device]
-            if job.ct is not None:
-                xio.write_volume(job.ct, folder / "ct.nrrd", compress=False)
-                argv += ["--ct", folder / "ct.nrrd"] + (["--no-register"] if register is False else [])
-            for view, radiograph in (job.views or {}).items():
-                xio.write_radiograph(radiograph, folder / f"{view}.nrrd")
-                argv += [f"--{view}", folder / f"{view}.nrrd"]
-            if refine is True:
-                argv.append("--refine")
-            elif refine:
-                if not isinstance(refine, int):
-                    raise XRayToCTError(_("In the background refine is True or a number of steps; "
-                                          "for other settings call reconstruct()."))
-                argv += ["--refine", refine]
-            if int(samples) > 1:
-                argv += ["--samples", int(samples), "--seed", int(seed)]
-            if harmonize:
-                argv += ["--harmonize", harmonize]
-            return argv
-
-        def finish(folder):
-            sidecar = json.loads((folder / "sct.json").read_text(encoding="utf-8"))
-            drrs = {view: xio.read_radiograph(folder / f"sct_{view}_input.nrrd", view=view)
-                    for view in ("ap", "lateral") if (folder / f"sct_{view}_input.nrrd").is_file()}
-            spread = folder / "sct_uncertainty.nrrd"
-            result = SimpleNamespace(sct=xio.read_volume(folder / "sct.nrrd"), drrs=drrs,
-                                     consistency=sidecar.get("consistency") or {}, info=sidecar,
-                                     uncertainty=xio.read_volume(spread, require_hu=False) if spread.is_file() else None)
-            return job.finish(result)
-
-        return process.CommandTask(prepare, finish, name="XRayToCT reconstruction")
+        self._importLibrary("io")
+        return mrml_tasks.reconstruction_task(job.finish, model=modelName, device=device, ct=job.ct, views=job.views,
+                                              register=job.register, refine=refine, samples=samples, seed=seed,
+                                              harmonize=harmonize)
 
     def reconstruct(self, apVolumeNode, lateralVolumeNode, modelName: str, device: str = "auto",
                     ctVolumeNode=None, outputVolumeNode=None, register: Optional[bool] = None,
@@ -1118,43 +1044,12 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
                                       "registration.").format(problem=err, env=TEMPLATE_ENV)) from None
 
         def finish(result):
-            _checkInScene(*(n for n in (ctVolumeNode, apVolumeNode, lateralVolumeNode) if n is not None))
-            node = outputVolumeNode
-            if node is None:
-                node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
-                                               scene.GenerateUniqueName(mrml.sct_node_name(sourceName)))
-            inputs = [n for n in (apVolumeNode, lateralVolumeNode) if n is not None]
-            if useCt:
-                drrNodes = mrml.update_drr_nodes(ctVolumeNode, result.drrs,
-                                                 {"ap": apVolumeNode, "lateral": lateralVolumeNode})
-                inputs = list(drrNodes.values())
-            consistency = {k: v for k, v in result.consistency.items() if not str(k).startswith("_")}
-            info = {"model": result.info.get("model", {}).get("name", modelName),
-                    "device": result.info.get("device"), "time_s": result.info.get("time_s"),
-                    "space": result.info.get("space"), "input_kind": result.info.get("input_kind"),
-                    "method": result.info.get("method"),
-                    "field_of_view": result.info.get("field_of_view")}
-            if "refine" in result.info:
-                fit = result.info["refine"]
-                info["refine"] = {"steps": fit.get("steps_run"), "time_s": fit.get("time_s"),
-                                  "view_error": fit.get("view_error"),
-                                  "consistency_before": result.info.get("consistency_before_refine")}
-            if "harmonize" in result.info:
-                info["harmonize"] = result.info["harmonize"]
-            if "uncertainty" in result.info:
-                info["uncertainty"] = result.info["uncertainty"]
-                info["sampler"] = result.info.get("sampler")
-            mrml.update_node_from_sct(node, result.sct, model=str(modelName), consistency=consistency,
-                                      source_node=ctVolumeNode if useCt else None, input_nodes=inputs, info=info)
-            if getattr(result, "uncertainty", None) is not None:
-                spreadNode = uncertaintyVolumeNode or scene.AddNewNodeByClass(
-                    "vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{node.GetName()} uncertainty (HU)"))
-                mrml.update_uncertainty_node(spreadNode, result.uncertainty, node)
-            logging.info(f"XRayToCT: {node.GetName()} computed with {modelName} in "
-                         f"{result.info.get('time_s')} s on {result.info.get('device')}")
-            return node
+            return mrml_tasks.put_reconstruction(
+                result, model=modelName, scene=scene, source_name=sourceName, ct_node=ctVolumeNode if useCt else None,
+                ap_node=apVolumeNode, lateral_node=lateralVolumeNode, output_node=outputVolumeNode,
+                uncertainty_node=uncertaintyVolumeNode)
 
-        return SimpleNamespace(ct=ct, views=views, work=work, finish=finish)
+        return SimpleNamespace(ct=ct, views=views, register=register, work=work, finish=finish)
 
     @staticmethod
     def consistencySummary(sctVolumeNode) -> str:
@@ -1207,46 +1102,20 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         ``result()`` is what :meth:`compare` returns."""
         job = self._compareJob(sctVolumeNode, groundTruthVolumeNode, differenceVolumeNode, metricsTableNode,
                                opacity, showLayout)
-        xio = self._importLibrary("io")
-
-        def prepare(folder):
-            xio.write_volume(job.sct, folder / "sct.nrrd", compress=False)
-            xio.write_volume(job.gt, folder / "ground_truth.nrrd", compress=False)
-            argv = ["compare", folder / "sct.nrrd", folder / "ground_truth.nrrd", "--out", folder / "compare",
-                    "--no-picture"]
-            if job.spread is not None:
-                xio.write_volume(job.spread, folder / "spread.nrrd", compress=False)
-                argv += ["--uncertainty", folder / "spread.nrrd"]
-            return argv
-
-        def finish(folder):
-            metrics = json.loads((folder / "compare" / "metrics.json").read_text(encoding="utf-8"))
-            return job.finish(metrics["rows"], xio.read_volume(folder / "compare" / "difference.nrrd",
-                                                               require_hu=False))
-
-        return process.CommandTask(prepare, finish, name="XRayToCT comparison")
+        self._importLibrary("io")
+        return mrml_tasks.compare_task(job.finish, job.sct, job.gt, job.spread)
 
     def _compareJob(self, sctVolumeNode, groundTruthVolumeNode, differenceVolumeNode, metricsTableNode,
                     opacity, showLayout):
-        """The two volumes of a comparison and ``finish(rows, difference)``, which writes the scene."""
+        """The volumes of a comparison (``sct``, ``gt`` and the sCT's ``spread`` or None) and
+        ``finish(rows, difference)``, which writes the scene."""
         if sctVolumeNode is None or groundTruthVolumeNode is None:
             raise ValueError(_("Select a synthetic CT and a ground-truth CT."))
 
         def finish(rows, difference):
-            _checkInScene(sctVolumeNode, groundTruthVolumeNode)
-            scene = sctVolumeNode.GetScene()
-            table = metricsTableNode or scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(
-                f"{sctVolumeNode.GetName()} vs {groundTruthVolumeNode.GetName()} metrics"))
-            mrml.update_metrics_table(table, rows)
-            differenceNode = differenceVolumeNode or scene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode",
-                scene.GenerateUniqueName(f"{sctVolumeNode.GetName()} - {groundTruthVolumeNode.GetName()} (HU)"))
-            mrml.update_difference_node(differenceNode, sctVolumeNode, groundTruthVolumeNode, difference=difference)
-            layoutNode = self.layoutNode(scene)
-            if layoutNode is not None:
-                mrml.register_compare_layout(layoutNode, show=showLayout)
-            self.linkCompareViews(sctVolumeNode, groundTruthVolumeNode, differenceNode, opacity=opacity)
-            return {"difference": differenceNode, "table": table, "rows": rows}
+            return mrml_tasks.put_comparison(rows, difference, sctVolumeNode, groundTruthVolumeNode,
+                                             difference_node=differenceVolumeNode, table_node=metricsTableNode,
+                                             opacity=opacity, show_layout=showLayout)
 
         spreadNode = mrml.uncertainty_of(sctVolumeNode)
         return SimpleNamespace(sct=mrml.volume_from_node(sctVolumeNode), gt=mrml.volume_from_node(groundTruthVolumeNode),
@@ -1302,13 +1171,6 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         if getattr(getattr(slicer, "app", None), "layoutManager", None) is not None and slicer.app.layoutManager():
             slicer.util.setSliceViewerLayers(background=ctNode, fit=True)
         return nodes
-
-
-def _checkInScene(*nodes) -> None:
-    """Cancelled when a node a background task was started with left its scene (the scene
-    was closed, or the node deleted): its result has nowhere to go."""
-    if any(node is None or node.GetScene() is None for node in nodes):
-        raise Cancelled(_("the scene was closed (or an input node deleted) while the task ran"))
 
 
 #
