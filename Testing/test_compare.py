@@ -8,6 +8,7 @@ import csv
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -333,3 +334,32 @@ def test_oblique_volumes(tmp_path):
     picture, image = _render(tmp_path, sct, gt, overlay="none")
     for key in picture.panes:
         _check_marker(_pane(image, picture, key), key[1], picture, key)
+
+
+REAL_HEAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "head_ct" / "slicer_ctheadaxial"
+
+
+@needs_mrml
+def test_the_picture_of_a_real_head(tmp_path, capsys):
+    """``xraytoct compare`` on a real head CT read from ../shared/data (pictures of the project's
+    real heads are made from there, never committed): an sCT 40 HU above the CT. Every pane
+    shows the head (bright skull and dark air), the top row carries the +40 HU overlay in red,
+    the bottom row is the CT's own grey."""
+    if not REAL_HEAD.is_dir():
+        pytest.skip(f"real head CT not available ({REAL_HEAD} is absent: a fresh clone has no ../shared/data)")
+    ct = read_volume(REAL_HEAD, rescale=(1.0, -1024.0))
+    write_volume(ct, tmp_path / "ct.nii.gz")
+    write_volume(ct.with_array(ct.array + 40.0), tmp_path / "sct.nii.gz")
+    assert main(["compare", str(tmp_path / "sct.nii.gz"), str(tmp_path / "ct.nii.gz"), "--out",
+                 str(tmp_path / "out"), "--pane-size", "128"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    mae = {(r["metric"], r["window"], r["region"]): r["value"] for r in metrics["rows"]}
+    assert mae[("mae_hu", "full", "head")] == pytest.approx(40.0, abs=4.0)  # bone above 1000 HU is clipped
+    image = np.asarray(Image.open(tmp_path / "out" / "compare.png").convert("RGB")).astype(int)
+    assert image.shape[0] > 256 and image.shape[1] > 3 * 128
+    top, bottom = image[: image.shape[0] // 2], image[image.shape[0] // 2:]
+    for half, red in ((top, True), (bottom, False)):
+        reddish = (half[..., 0] - half[..., 2] > 60).mean()
+        assert (reddish > 0.02) == red, reddish
+        grey = half[(np.abs(half[..., 0] - half[..., 2]) < 8)]
+        assert (grey.mean(axis=1) > 200).mean() > 0.005 and (grey.mean(axis=1) < 10).mean() > 0.2  # skull, air
