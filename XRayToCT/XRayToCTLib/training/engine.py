@@ -283,6 +283,13 @@ class Engine:
                                 f"{cfg.model} has none")
         # the full grid is predicted unless only the reconstruction on points needs it
         self.need_grid = not self.points or cfg.lambda_proj > 0 or self.disc is not None
+        self._setup_training()
+
+    def _setup_training(self) -> None:
+        """Optimisers, mixed precision, DDP / compile wrappers and the run's counters: the part
+        of the set-up every engine (this one, :class:`~.translation.TranslationEngine`) shares,
+        once ``model``, ``disc`` and ``points`` are there."""
+        cfg, dist = self.cfg, self.dist
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                       weight_decay=cfg.weight_decay)
         self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas),

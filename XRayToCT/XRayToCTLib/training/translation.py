@@ -28,12 +28,10 @@ similarity of the output against the target, both in [0, 1], over the whole imag
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from .. import models
 from ..errors import InputError, XRayToCTError
@@ -146,36 +144,7 @@ class TranslationEngine(Engine):
             self.adversarial = AdversarialLoss(self.disc_config["gan_loss"])
         self.points = 0
         self.need_grid = True
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                                      weight_decay=cfg.weight_decay)
-        self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas),
-                                       weight_decay=cfg.weight_decay) if self.disc else None)
-        amp = cfg.amp
-        if self.device.type != "cuda":
-            if amp == "fp16":
-                warnings.warn(f"fp16 mixed precision needs CUDA; training in float32 on "
-                              f"{self.device}")
-            amp = "bf16" if amp == "bf16" else "off"
-        elif amp == "auto":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16"))
-        self.amp = amp
-        self.g_train: torch.nn.Module = self.model
-        self.d_train = self.disc
-        if dist.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.g_train = DistributedDataParallel(self.model, device_ids=ids)
-            if self.disc is not None:
-                self.d_train = DistributedDataParallel(self.disc, device_ids=ids)
-        if cfg.compile:
-            self.g_train = torch.compile(self.g_train)
-        self.epoch = 0
-        self.step = 0
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-        self.last_val: dict[str, float] = {}
-        self.tb = None
+        self._setup_training()
 
     def train_step(self, batch) -> dict[str, float]:
         """One step of the discriminator (if any), then of the generator (module doc)."""
