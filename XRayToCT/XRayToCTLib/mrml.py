@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import vtk
@@ -365,22 +365,44 @@ def update_node_from_sct(node, sct: Volume, *, model: str, consistency: Mapping[
     return node
 
 
-def uncertainty_color_node(scene, name: str = "XRayToCT uncertainty (HU)"):
-    """A sequential colour table for a spread map (black, no spread -> red -> yellow -> white,
-    the largest), 256 entries; the same node is reused when it exists."""
+def _color_table(scene, name: str, rgb_of: Callable[[float], tuple[float, float, float]],
+                 label_of: Callable[[float], str], n: int = 256):
+    """A 256-entry user colour table node ``name`` (reused when it exists): entry ``i`` gets
+    ``rgb_of(t)`` and ``label_of(t)`` with ``t = i / (n - 1)`` in [0, 1]."""
     existing = scene.GetFirstNodeByName(name)
     if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
         return existing
     node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
     node.SetTypeToUser()
-    n = 256
     node.SetNumberOfColors(n)
     for index in range(n):
         t = index / (n - 1)
-        rgb = (min(1.0, 3.0 * t), min(1.0, max(0.0, 3.0 * t - 1.0)), min(1.0, max(0.0, 3.0 * t - 2.0)))
-        node.SetColor(index, f"{t * 100:.0f}%", rgb[0], rgb[1], rgb[2], 1.0)
+        node.SetColor(index, label_of(t), *rgb_of(t), 1.0)
     node.SetAttribute("Category", "XRayToCT")
     return node
+
+
+def _show_colored(node, volume: Volume, window_level: tuple[float, float], color_node, legend: str,
+                  *, kind: str, source_node) -> None:
+    """``volume`` into ``node`` shown through ``color_node`` (no interpolation) with a colour
+    legend titled ``legend``; labelled ``kind``, synthetic, derived from ``source_node``."""
+    update_node_from_volume(node, volume, window_level=window_level)
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetAndObserveColorNodeID(color_node.GetID())
+        display.SetInterpolate(False)
+        _ensure_color_legend(display, legend)
+    node.SetAttribute(ATTRIBUTE_KIND, kind)
+    node.SetAttribute(ATTRIBUTE_SYNTHETIC, "true")
+    node.SetAttribute(ATTRIBUTE_SOURCE, source_node.GetID())
+
+
+def uncertainty_color_node(scene, name: str = "XRayToCT uncertainty (HU)"):
+    """A sequential colour table for a spread map (black, no spread -> red -> yellow -> white,
+    the largest), 256 entries; the same node is reused when it exists."""
+    return _color_table(scene, name, lambda t: (min(1.0, 3.0 * t), min(1.0, max(0.0, 3.0 * t - 1.0)),
+                                                min(1.0, max(0.0, 3.0 * t - 2.0))),
+                        lambda t: f"{t * 100:.0f}%")
 
 
 def update_uncertainty_node(node, uncertainty: Volume, sct_node, *, range_hu: float = 200.0):
@@ -390,15 +412,8 @@ def update_uncertainty_node(node, uncertainty: Volume, sct_node, *, range_hu: fl
     Returns the node."""
     if not (math.isfinite(range_hu) and range_hu > 0):
         raise ValueError(f"range_hu must be positive, got {range_hu}")
-    update_node_from_volume(node, uncertainty, window_level=(range_hu, range_hu / 2.0))
-    display = node.GetDisplayNode()
-    if display is not None:
-        display.SetAndObserveColorNodeID(uncertainty_color_node(_scene_of(node)).GetID())
-        display.SetInterpolate(False)
-        _ensure_color_legend(display, "sCT uncertainty: SD of the samples (HU)")
-    node.SetAttribute(ATTRIBUTE_KIND, KIND_UNCERTAINTY)
-    node.SetAttribute(ATTRIBUTE_SYNTHETIC, "true")
-    node.SetAttribute(ATTRIBUTE_SOURCE, sct_node.GetID())
+    _show_colored(node, uncertainty, (range_hu, range_hu / 2.0), uncertainty_color_node(_scene_of(node)),
+                  "sCT uncertainty: SD of the samples (HU)", kind=KIND_UNCERTAINTY, source_node=sct_node)
     node.SetDescription(f"Uncertainty of a {SYNTHETIC_LABEL}: the voxel standard deviation (HU) of the "
                         "model's samples (XRayToCT); not a measurement of the patient.")
     sct_node.SetAttribute(ATTRIBUTE_UNCERTAINTY, node.GetID())
@@ -559,22 +574,11 @@ def set_difference_opacity(scene, opacity: float) -> None:
 def difference_color_node(scene, name: str = "XRayToCT difference (HU)"):
     """A diverging colour table (blue = sCT below the ground truth, white = equal, red = above),
     256 entries; the same node is reused when it exists."""
-    existing = scene.GetFirstNodeByName(name)
-    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
-        return existing
-    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
-    node.SetTypeToUser()
-    n = 256
-    node.SetNumberOfColors(n)
-    for index in range(n):
-        t = index / (n - 1) * 2.0 - 1.0  # -1 .. 1
-        if t < 0:
-            rgb = (1.0 + t, 1.0 + t, 1.0)          # blue -> white
-        else:
-            rgb = (1.0, 1.0 - t, 1.0 - t)          # white -> red
-        node.SetColor(index, f"{t * 100:+.0f}%", rgb[0], rgb[1], rgb[2], 1.0)
-    node.SetAttribute("Category", "XRayToCT")
-    return node
+    def rgb(t: float) -> tuple[float, float, float]:
+        d = 2.0 * t - 1.0  # -1 .. 1
+        return (1.0 + d, 1.0 + d, 1.0) if d < 0 else (1.0, 1.0 - d, 1.0 - d)  # blue -> white -> red
+
+    return _color_table(scene, name, rgb, lambda t: f"{(2.0 * t - 1.0) * 100:+.0f}%")
 
 
 def update_difference_node(node, sct_node, gt_node, *, range_hu: float = 500.0,
@@ -587,17 +591,8 @@ def update_difference_node(node, sct_node, gt_node, *, range_hu: float = 500.0,
         raise ValueError(f"range_hu must be positive, got {range_hu}")
     diff = difference if difference is not None else \
         difference_volume(volume_from_node(sct_node), volume_from_node(gt_node))
-    scene = _scene_of(sct_node)
-    color = difference_color_node(scene)
-    update_node_from_volume(node, diff, window_level=(2.0 * range_hu, 0.0))
-    display = node.GetDisplayNode()
-    if display is not None:
-        display.SetAndObserveColorNodeID(color.GetID())
-        display.SetInterpolate(False)
-        _ensure_color_legend(display, "sCT - ground truth (HU)")
-    node.SetAttribute(ATTRIBUTE_KIND, KIND_DIFFERENCE)
-    node.SetAttribute(ATTRIBUTE_SYNTHETIC, "true")
-    node.SetAttribute(ATTRIBUTE_SOURCE, sct_node.GetID())
+    _show_colored(node, diff, (2.0 * range_hu, 0.0), difference_color_node(_scene_of(sct_node)),
+                  "sCT - ground truth (HU)", kind=KIND_DIFFERENCE, source_node=sct_node)
     node.SetDescription("Difference sCT - ground truth in HU (XRayToCT); derived from a synthetic CT.")
     return node
 
