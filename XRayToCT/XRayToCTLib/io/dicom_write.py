@@ -98,8 +98,9 @@ def _base_dataset(volume: Volume, source_info: dict[str, Any], series_descriptio
     return attrs
 
 
-def _write_slice(path: Path, attrs: dict[str, Any], pixels: np.ndarray) -> None:
-    """One CT Image Storage file (explicit VR little endian)."""
+def _write_slice(path: Path, attrs: dict[str, Any], pixels: np.ndarray, dtype: str = "<i2") -> None:
+    """One DICOM file of ``attrs`` and ``pixels`` stored as ``dtype`` (explicit VR little
+    endian): a CT slice, or a radiograph (``"<u2"``)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = attrs["SOPClassUID"]
     meta.MediaStorageSOPInstanceUID = attrs["SOPInstanceUID"]
@@ -108,7 +109,7 @@ def _write_slice(path: Path, attrs: dict[str, Any], pixels: np.ndarray) -> None:
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     for key, value in attrs.items():
         setattr(ds, key, value)
-    ds.PixelData = np.ascontiguousarray(pixels.astype("<i2")).tobytes()
+    ds.PixelData = np.ascontiguousarray(pixels.astype(dtype)).tobytes()
     if int(pydicom.__version__.split(".")[0]) >= 3:
         ds.save_as(str(path), enforce_file_format=True)
     else:  # pragma: no cover - pydicom 2.x
@@ -301,21 +302,5 @@ def write_radiograph_dicom(radiograph: Any, path: str | os.PathLike, *, modality
                                    patient_orientation(geom.row_dir)],
         })
 
-    def write(tmp: Path) -> None:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = attrs["SOPClassUID"]
-        meta.MediaStorageSOPInstanceUID = attrs["SOPInstanceUID"]
-        meta.TransferSyntaxUID = EXPLICIT_VR_LITTLE_ENDIAN
-        meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
-        ds = FileDataset(str(tmp), {}, file_meta=meta, preamble=b"\0" * 128)
-        for key, value in attrs.items():
-            setattr(ds, key, value)
-        ds.PixelData = np.ascontiguousarray(stored.astype("<u2")).tobytes()
-        if int(pydicom.__version__.split(".")[0]) >= 3:
-            ds.save_as(str(tmp), enforce_file_format=True)
-        else:  # pragma: no cover - pydicom 2.x
-            ds.is_little_endian, ds.is_implicit_VR = True, False
-            ds.save_as(str(tmp), write_like_original=False)
-
-    atomic_write(p, write, to_path=True, create_parent=False)
+    atomic_write(p, lambda tmp: _write_slice(tmp, attrs, stored, "<u2"), to_path=True, create_parent=False)
     return p
