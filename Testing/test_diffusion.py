@@ -13,7 +13,6 @@ import SimpleITK as sitk
 import torch
 
 from XRayToCTLib import inference, models
-from XRayToCTLib.cli import main
 from XRayToCTLib.drr import DRR
 from XRayToCTLib.errors import InputError
 from XRayToCTLib.evaluation import uncertainty_calibration
@@ -22,6 +21,8 @@ from XRayToCTLib.io import read_volume, write_radiograph, write_volume
 from XRayToCTLib.models import package
 from XRayToCTLib.phantom import head_phantom
 from XRayToCTLib.training.engine import Engine
+
+from test_inference import run  # the CLI in this process: (exit status, stdout, stderr)
 
 META = {"training_data": {"description": "none: random weights (a test model)"},
         "validation": {}}
@@ -50,12 +51,6 @@ def tiny_prior(seed: int = 1) -> torch.nn.Module:
 
 def views(seed: int = 0, batch: int = 1) -> torch.Tensor:
     return torch.rand(batch, 2, PIXELS, PIXELS, generator=torch.Generator().manual_seed(seed))
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

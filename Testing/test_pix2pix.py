@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from XRayToCTLib import models
-from XRayToCTLib.cli import main
 from XRayToCTLib.drr import DRR, default_biplanar
 from XRayToCTLib.errors import InputError, XRayToCTError
 from XRayToCTLib.geometry import Radiograph
@@ -23,12 +22,14 @@ from XRayToCTLib.metrics import fsim
 from XRayToCTLib.models import package
 from XRayToCTLib.models.pix2pix import (Pix2PixDiscriminator, build_pix2pix_discriminator,
                                         is_translation)
-from XRayToCTLib.pairs import PairDataset, build_pairs
+from XRayToCTLib.pairs import PairDataset
 from XRayToCTLib.phantom import head_phantom
 from XRayToCTLib.training import TrainConfig, export_run, train
 from XRayToCTLib.training.distributed import Dist
 from XRayToCTLib.training.losses import AdversarialLoss
 from XRayToCTLib.training.translation import TranslationEngine
+
+from test_inference import run, small_model  # a random two-view reconstruction model at a test size
 
 SMALL = {"channels": [4, 8, 16], "strides": [2, 2]}
 SMALL_DISC = {"disc_channels": 4, "disc_layers": 2}
@@ -39,21 +40,6 @@ META = {"training_data": {"description": "none: random weights (a test model)"},
 def tiny_pix2pix(size: int = 32, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return models.build_model("pix2pix", {"image_size": size, **SMALL})
-
-
-def tiny_recon(pixels: int = 32) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return models.build_model("x2ct_gan", {
-        "image_size": pixels, "output_size": 32, "output_spacing": 8.0,
-        "stem_channels": 8, "growth_rate": 4, "encoder_blocks": [1, 1, 1],
-        "decoder_channels": [4, 4, 8, 8], "decoder_blocks": [1, 1, 1, 0],
-        "fusion_blocks": [1, 1, 1, 0]})
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +242,7 @@ def test_harmonize_cli_keeps_geometry_and_says_so(tmp_path, capsys):
     big = Harmonizer(pkg).translate_array(np.random.default_rng(0).random((50, 70)))
     assert big.shape == (50, 70)
     # a reconstruction model is not a harmoniser
-    recon = package.save_package(tiny_recon(), tmp_path / "r.safetensors", metadata=META)
+    recon = package.save_package(small_model(), tmp_path / "r.safetensors", metadata=META)
     code, _, err = run(["harmonize", src, "--model", recon, "--out", tmp_path / "x.nrrd"],
                        capsys)
     assert code != 0 and "not a harmoniser" in err and len(err.strip().splitlines()) == 1
@@ -275,7 +261,7 @@ def test_reconstructor_refuses_a_pix2pix_package(tmp_path, capsys):
 
 def test_reconstruct_harmonize_translates_each_view_and_records_it(tmp_path, capsys):
     pkg = package.save_package(tiny_pix2pix(), tmp_path / "h.safetensors", metadata=META)
-    recon = package.save_package(tiny_recon(), tmp_path / "r.safetensors", metadata=META)
+    recon = package.save_package(small_model(), tmp_path / "r.safetensors", metadata=META)
     spec = Reconstructor(recon, device="cpu").spec
     images = DRR({v: spec.projection(v) for v in spec.views}).render(head_phantom(48, 5.0, seed=6))
     files = {v: write_radiograph(images[v], tmp_path / f"{v}.nrrd") for v in spec.views}

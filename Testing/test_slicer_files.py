@@ -1325,14 +1325,9 @@ def test_widget_actions_reach_the_logic(xraytoct, scene, monkeypatch, tmp_path):
     monkeypatch.setattr(xraytoct.XRayToCTLogic, "modelCatalog", lambda self: [
         {"name": model, "title": "Tiny", "description": "A test model.", "views": ["ap", "lateral"],
          "output_size": 64, "trained_on": "nothing"}])
-    from XRayToCTLib import models
     from XRayToCTLib.models import package
-    import torch
-    torch.manual_seed(0)
-    harmonizer = str(tmp_path / "tiny_pix2pix.safetensors")
-    package.save_package(models.build_model("pix2pix", {"image_size": 64, "channels": [4, 8, 16], "strides": [2, 2]}),
-                         harmonizer, metadata={"training_data": {"description": "none: random weights"},
-                                               "validation": {}})
+    from test_pix2pix import META, tiny_pix2pix
+    harmonizer = str(package.save_package(tiny_pix2pix(64), tmp_path / "tiny_pix2pix.safetensors", metadata=META))
     monkeypatch.setattr(xraytoct.XRayToCTLogic, "harmonizerCatalog", lambda self: [
         {"name": harmonizer, "title": "Tiny harmoniser", "kind": "translation_2d"}])
     missing = ["torch"]  # first run: a package is missing, and the panel offers to install it

@@ -201,14 +201,10 @@ def test_simulated_radiographs_in_a_process(xraytoct, scene, head):  # noqa: F81
 def test_harmonize_each_checked_view_in_a_process(xraytoct, scene, tmp_path):  # noqa: F811
     """Harmonize (issue 12): a radiograph node is translated by a harmoniser package into a new
     node with the same view and geometry; DRRs are not offered for harmonisation."""
-    from XRayToCTLib import models
     from XRayToCTLib.geometry import Radiograph, default_biplanar
     from XRayToCTLib.models import package
-    torch.manual_seed(0)
-    harmonizer = tmp_path / "tiny_pix2pix.safetensors"
-    package.save_package(models.build_model("pix2pix", {"image_size": 32, "channels": [4, 8, 16],
-                                                        "strides": [2, 2]}), harmonizer,
-                         metadata={"training_data": {"description": "none: random weights"}, "validation": {}})
+    from test_pix2pix import META, tiny_pix2pix
+    harmonizer = package.save_package(tiny_pix2pix(32), tmp_path / "tiny_pix2pix.safetensors", metadata=META)
     geometry = default_biplanar(pixels=32)["ap"]
     image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "AP X-ray")
@@ -229,16 +225,11 @@ def test_harmonize_each_checked_view_in_a_process(xraytoct, scene, tmp_path):  #
 def test_diffusion_samples_give_an_uncertainty_overlay_and_compare_reports_the_spread(xraytoct, scene, tmp_path):  # noqa: F811
     """Samples (issue 11) from the panel: a diffusion package's mean sCT, its uncertainty map
     as a colour overlay linked from the sCT node, and Compare's spread rows."""
-    from XRayToCTLib import models
     from XRayToCTLib.drr import DRR
     from XRayToCTLib.models import package
-    torch.manual_seed(0)
-    model = models.build_model("diffusion", {
-        "image_size": 16, "output_size": 16, "output_spacing": 16.0, "prior": None, "diffusion_size": 8,
-        "channels": [8, 8], "norm_groups": 4, "train_timesteps": 50, "sample_steps": 3, "cache": 8})
-    path = tmp_path / "tiny_diffusion.safetensors"
-    package.save_package(model, path, metadata={"training_data": {"description": "none: random weights"},
-                                                "validation": {}})
+    from test_diffusion import META, tiny_diffusion
+    model = tiny_diffusion()
+    path = package.save_package(model, tmp_path / "tiny_diffusion.safetensors", metadata=META)
     ct = head_phantom(32, 8.0, seed=2, pose=False)
     drrs = DRR({v: model.spec.projection(v) for v in model.spec.views}).render(ct)
     nodes = {}
@@ -273,11 +264,8 @@ def test_reconstruct_with_a_harmoniser_from_the_console_and_in_a_process(xraytoc
     from XRayToCTLib import models
     from XRayToCTLib.drr import DRR
     from XRayToCTLib.models import package
-    torch.manual_seed(0)
-    meta = {"training_data": {"description": "none: random weights"}, "validation": {}}
-    harmonizer = tmp_path / "tiny_pix2pix.safetensors"
-    package.save_package(models.build_model("pix2pix", {"image_size": 64, "channels": [4, 8, 16],
-                                                        "strides": [2, 2]}), harmonizer, metadata=meta)
+    from test_pix2pix import META, tiny_pix2pix
+    harmonizer = package.save_package(tiny_pix2pix(64), tmp_path / "tiny_pix2pix.safetensors", metadata=META)
     spec = models.load_model(MODEL)[0].spec
     drrs = DRR({v: spec.projection(v) for v in spec.views}).render(head_phantom(64, 4.0, seed=2, pose=False))
     nodes = {}
