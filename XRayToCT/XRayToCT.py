@@ -961,7 +961,7 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
                             harmonize: Optional[str] = None):
         """:meth:`reconstruct` in a background process (``xraytoct reconstruct``); the task's
         ``result()`` is the sCT node. ``refine`` is False, True or a number of steps."""
-        if refine not in (True, False) and not isinstance(refine, int):
+        if not isinstance(refine, int):  # False, True or a number of steps (bools are ints)
             raise XRayToCTError(_("In the background refine is True or a number of steps; "
                                   "for other settings call reconstruct()."))
         job = self._reconstructionJob(apVolumeNode, lateralVolumeNode, modelName, device,

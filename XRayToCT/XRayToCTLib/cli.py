@@ -835,7 +835,7 @@ def _cmd_pairs(args) -> int:
 
 def _cmd_harmonize(args) -> int:
     from .harmonize import evaluate_pairs, harmonize_file
-    from .io import json_text, write_json
+    from .io import write_json
     if args.evaluate:
         res = evaluate_pairs(args.input, args.model, split=args.split, device=args.device)
         for stage in ("before", "after"):

@@ -638,7 +638,6 @@ class Reconstructor:
             warnings.warn(w, RuntimeWarning, stacklevel=2)
         timings["prepare"] = time.perf_counter() - t0
         raw = view_stack(prepared, names)
-        t = time.perf_counter()
         extra: dict[str, Any] = {}
         sct, sd, scores, reproj = self._predict(raw, prepared, settings, samples, seed, timings,
                                                 extra, progress,

@@ -117,7 +117,7 @@ def reconstruction_task(finish: Callable[[Any], Any], *, model: str, device: str
     :func:`put_reconstruction`) gets what it wrote as an object with ``sct``, ``drrs`` (the
     images the model saw), ``consistency``, ``info`` (the JSON) and ``uncertainty`` (or None).
     ``refine``: False, True or a number of steps."""
-    if refine is not True and refine is not False and not isinstance(refine, int):
+    if not isinstance(refine, int):  # bools are ints
         raise ValueError("in a background process refine is True, False or a number of steps")
 
     def prepare(folder):

@@ -48,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
